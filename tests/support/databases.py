@@ -1,0 +1,1 @@
+"""Fixtures: databases (being written)."""

@@ -1,0 +1,1 @@
+"""Fixtures: sandbox (being written)."""
