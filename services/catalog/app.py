@@ -1,0 +1,104 @@
+"""The catalog's ASGI app (`services.catalog.app:app`).
+
+Serves the scar-treatment knowledge (modalities, preparations, protocols, the
+assessment Questionnaire, local terminology) over FHIR R4 REST.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
+
+from services.catalog.content import load_content
+from services.catalog.searchparams import CATALOG_TYPES, SEARCH_PARAMS, SORTABLE
+from services.catalog.settings import CatalogSettings
+from services.catalog.tables import CatalogResource, CatalogResourceVersion, CatalogSearchIndex
+from services.fhir.capability import (
+    COMMON_SEARCH_PARAMS,
+    CapabilityBuilder,
+    Operation,
+    ResourceCapability,
+    SearchParam,
+)
+from services.fhir.db import Migrations
+from services.fhir.interactions import ResourceInteractions
+from services.fhir.outcome import Unprocessable
+from services.fhir.service import ServiceContext, build_app
+from services.fhir.store import ResourceStore
+
+VERSION = "0.1.0"
+MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "catalog_alembic_version")
+
+
+def make_store() -> ResourceStore:
+    return ResourceStore(CatalogResource, CatalogResourceVersion, CatalogSearchIndex, SEARCH_PARAMS)
+
+
+def canonical_is_unique(session: Session, resource: dict[str, Any], resource_id: str | None) -> None:
+    """Business rule of the catalog: `url` + `version` names exactly one live resource of a type."""
+    url = resource.get("url")
+    if not isinstance(url, str):
+        return
+    stmt = select(CatalogResource.id).where(
+        CatalogResource.resource_type == resource["resourceType"], CatalogResource.url == url,
+        CatalogResource.version == resource.get("version"), CatalogResource.deleted == False,  # noqa: E712
+    )
+    clash = [rid for rid in session.exec(stmt).all() if rid != resource_id]
+    if clash:
+        version = resource.get("version") or "(no version)"
+        raise Unprocessable(
+            f"{resource['resourceType']}/{clash[0]} already has url {url} and version {version}; "
+            "publish a new version instead", code="duplicate", expression=f"{resource['resourceType']}.version")
+
+
+def capability() -> CapabilityBuilder:
+    builder = CapabilityBuilder(
+        name="CicatrixCatalog", title="Catalog", software_version=VERSION,
+        description="Scar-treatment knowledge: modalities, preparations, protocols and the scar assessment.",
+        system_interactions=("batch", "transaction"),
+    )
+    for resource_type in CATALOG_TYPES:
+        params = COMMON_SEARCH_PARAMS + tuple(
+            SearchParam(d.name, d.type, d.documentation) for d in SEARCH_PARAMS[resource_type].values())
+        operations = [Operation("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate")]
+        if resource_type == "ValueSet":
+            operations += [Operation("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"),
+                           Operation("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code")]
+        if resource_type == "CodeSystem":
+            operations.append(Operation("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup"))
+        includes = tuple(f"{resource_type}:{d.name}" for d in SEARCH_PARAMS[resource_type].values()
+                         if d.type == "reference")
+        builder.add(ResourceCapability(
+            type=resource_type,
+            interactions=("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
+            search_params=params, operations=tuple(operations), search_include=includes,
+        ))
+    return builder
+
+
+def create_app(settings: CatalogSettings | None = None) -> FastAPI:
+    settings = settings or CatalogSettings()
+    store = make_store()
+
+    async def load(ctx: ServiceContext) -> None:
+        if settings.LOAD_CONTENT:
+            def run() -> None:
+                with ctx.session() as session:
+                    load_content(session, store, settings.CONTENT_DIR, CATALOG_TYPES, canonical_is_unique)
+            await run_in_threadpool(run)
+
+    app = build_app(name="catalog", title="Cicatrix catalog", settings=settings, migrations=MIGRATIONS,
+                    capability=capability(), startup=[load])
+    app.state.ctx.extras["store"] = store
+    interactions = ResourceInteractions(store=store, types=CATALOG_TYPES, search_params=SEARCH_PARAMS,
+                                        sortable=SORTABLE, writable=CATALOG_TYPES,
+                                        before_write=canonical_is_unique)
+    app.include_router(interactions.router())
+    return app
+
+
+app = create_app()

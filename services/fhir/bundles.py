@@ -1,0 +1,132 @@
+"""Bundles assembled from stored bytes.
+
+A searchset or history Bundle is written by splicing each stored resource's JSON
+bytes into the envelope, so serving a page costs no parse and no re-validation of
+what was validated on write. Only `_summary` and `_elements` (which must subset a
+resource) parse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cache
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+
+from services.fhir.outcome import Issue, operation_outcome
+from services.fhir.store import SearchPage, StoredResource, instant, utcnow
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+             "display": "subsetted"}
+ALWAYS_KEPT = ("resourceType", "id", "meta")
+
+
+@cache
+def summary_elements(resource_type: str) -> frozenset[str]:
+    """Top-level elements marked `isSummary` in the R4 definition (via the R4B model metadata)."""
+    model = get_fhir_model_class(resource_type)
+    names = set()
+    for field in model.model_fields.values():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("summary_element_property") and field.alias:
+            names.add(field.alias)
+            names.add("_" + field.alias)
+    return frozenset(names)
+
+
+@cache
+def mandatory_elements(resource_type: str) -> frozenset[str]:
+    model = get_fhir_model_class(resource_type)
+    names = set()
+    for field in model.model_fields.values():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if (extra.get("element_required") or field.is_required()) and field.alias:
+            names.add(field.alias)
+    return frozenset(names)
+
+
+def subset(content: bytes, *, summary: str | None, elements: Sequence[str]) -> bytes:
+    """Apply `_summary` / `_elements` to one stored resource and tag it SUBSETTED."""
+    if not elements and summary in (None, "false"):
+        return content
+    resource: dict[str, Any] = orjson.loads(content)
+    resource_type = resource["resourceType"]
+    if elements:
+        keep = set(elements) | {"_" + e for e in elements} | mandatory_elements(resource_type)
+    elif summary == "true":
+        keep = set(summary_elements(resource_type))
+    elif summary == "text":
+        keep = {"text"} | mandatory_elements(resource_type)
+    else:  # data: everything but the narrative
+        keep = set(resource) - {"text"}
+    reduced = {k: v for k, v in resource.items() if k in keep or k in ALWAYS_KEPT}
+    meta = dict(reduced.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    reduced["meta"] = meta
+    return orjson.dumps(reduced)
+
+
+def _entry(base: str, stored: StoredResource, mode: str, *, summary: str | None, elements: Sequence[str]) -> bytes:
+    assert stored.content is not None
+    head = orjson.dumps(f"{base}/{stored.resource_type}/{stored.id}")
+    body = subset(stored.content, summary=summary, elements=elements)
+    return b'{"fullUrl":' + head + b',"resource":' + body + b',"search":{"mode":"' + mode.encode() + b'"}}'
+
+
+def paging_url(base: str, resource_type: str, params: Iterable[tuple[str, str]], cursor: str | None = None) -> str:
+    pairs = list(params)
+    if cursor:
+        pairs.append(("_cursor", cursor))
+    query = urlencode(pairs)
+    return f"{base}/{resource_type}" + (f"?{query}" if query else "")
+
+
+def searchset(base: str, page: SearchPage, *, resource_type: str, params: Sequence[tuple[str, str]],
+              cursor: str | None, summary: str | None, elements: Sequence[str],
+              warnings: Sequence[Issue] = ()) -> bytes:
+    """The searchset Bundle bytes for one page, with self / first / next / previous links."""
+    links = [{"relation": "self", "url": paging_url(base, resource_type, params, cursor)},
+             {"relation": "first", "url": paging_url(base, resource_type, params)}]
+    if page.next_cursor:
+        links.append({"relation": "next", "url": paging_url(base, resource_type, params, page.next_cursor)})
+    if page.previous_cursor:
+        links.append({"relation": "previous", "url": paging_url(base, resource_type, params, page.previous_cursor)})
+    envelope: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                                "meta": {"lastUpdated": instant(utcnow())}}
+    if page.total is not None:
+        envelope["total"] = page.total
+    envelope["link"] = links
+    entries = [_entry(base, m, "match", summary=summary, elements=elements) for m in page.matches]
+    entries += [_entry(base, m, "include", summary=None, elements=()) for m in page.included]
+    if warnings:
+        outcome = orjson.dumps(operation_outcome(warnings))
+        entries.append(b'{"resource":' + outcome + b',"search":{"mode":"outcome"}}')
+    head = orjson.dumps(envelope)
+    if not entries:
+        return head
+    return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def history(base: str, versions: Sequence[StoredResource], *, self_url: str) -> bytes:
+    """A history Bundle (newest first): each entry with its request and response, deletions without a resource."""
+    envelope = {"resourceType": "Bundle", "type": "history", "meta": {"lastUpdated": instant(utcnow())},
+                "total": len(versions), "link": [{"relation": "self", "url": self_url}]}
+    entries = []
+    for v in versions:
+        url = f"{v.resource_type}/{v.id}"
+        request = {"method": v.method if v.method in ("POST", "PUT", "DELETE") else "PUT",
+                   "url": v.resource_type if v.method == "POST" else url}
+        response = {"status": "204" if v.deleted else ("201" if v.version_id == 1 else "200"),
+                    "etag": f'W/"{v.version_id}"', "lastModified": instant(v.last_updated)}
+        parts = b'{"fullUrl":' + orjson.dumps(f"{base}/{url}")
+        if v.content is not None and not v.deleted:
+            parts += b',"resource":' + v.content
+        parts += b',"request":' + orjson.dumps(request) + b',"response":' + orjson.dumps(response) + b"}"
+        entries.append(parts)
+    head = orjson.dumps(envelope)
+    if not entries:
+        return head
+    return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"

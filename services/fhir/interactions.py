@@ -1,0 +1,241 @@
+"""The FHIR RESTful interactions on resource types, as one router both services mount.
+
+read, vread, history-instance, search-type (GET and POST `_search`), create,
+update (If-Match required), delete and `$validate`, over a `ResourceStore`. A
+service chooses which types and interactions it offers and may add a write hook
+for its own business rules (the catalog's `url` + `version` uniqueness, say).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from services.fhir.bundles import history, searchset
+from services.fhir.jsonio import FORM_BODY_TYPE, media_type, read_json, read_resource
+from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, operation_outcome
+from services.fhir.responses import FhirResponse
+from services.fhir.rest import fhir_base, read_response, version_from_etag, write_response
+from services.fhir.searchparams import SearchParamDef, parse_query
+from services.fhir.service import ContextDep, SessionDep
+from services.fhir.store import ResourceStore, StoredResource
+from services.fhir.validation import r4_issues
+
+WriteHook = Callable[[Session, dict[str, Any], str | None], None]
+"""Called with (session, resource, id or None for create) before a write; raises FhirError to refuse it."""
+
+
+@dataclass
+class ResourceInteractions:
+    store: ResourceStore
+    types: Sequence[str]
+    search_params: Mapping[str, Mapping[str, SearchParamDef]]
+    sortable: Sequence[str] = ()
+    writable: Sequence[str] = ()
+    before_write: WriteHook | None = None
+    search_hook: Callable[[Request, str, list[tuple[str, str]]], list[tuple[str, str]]] | None = None
+    """May add criteria to a search (access control narrows searches this way)."""
+    read_hook: Callable[[Request, StoredResource], None] | None = None
+    includable: dict[str, Mapping[str, SearchParamDef]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.includable = {t: {n: d for n, d in self.search_params.get(t, {}).items() if d.type == "reference"}
+                           for t in self.types}
+
+    def check_type(self, resource_type: str) -> None:
+        if resource_type not in self.types:
+            raise NotFound(f"Resource type '{resource_type}' is not served here; see /fhir/metadata",
+                           expression="resourceType", code="not-supported")
+
+    # ------------------------------------------------------------------ router
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/fhir", tags=["resources"])
+        router.add_api_route("/{resource_type}/$validate", self.validate, methods=["POST"], name="validate")
+        router.add_api_route("/{resource_type}/_search", self.search_post, methods=["POST"], name="search-post")
+        router.add_api_route("/{resource_type}/{resource_id}/_history/{version_id}", self.vread, methods=["GET"],
+                             name="vread")
+        router.add_api_route("/{resource_type}/{resource_id}/_history", self.history, methods=["GET"],
+                             name="history-instance")
+        router.add_api_route("/{resource_type}/{resource_id}", self.read, methods=["GET"], name="read")
+        router.add_api_route("/{resource_type}", self.search, methods=["GET"], name="search-type")
+        if self.writable:
+            router.add_api_route("/{resource_type}", self.create, methods=["POST"], name="create")
+            router.add_api_route("/{resource_type}/{resource_id}", self.update, methods=["PUT"], name="update")
+            router.add_api_route("/{resource_type}/{resource_id}", self.delete, methods=["DELETE"], name="delete")
+        return router
+
+    # ------------------------------------------------------------------- reads
+
+    def read(self, resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+        """Read the current version (304 when If-None-Match names it)."""
+        self.check_type(resource_type)
+        stored = self.store.read(session, resource_type, resource_id)
+        if self.read_hook:
+            self.read_hook(request, stored)
+        return read_response(request, stored)
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str, request: Request,
+              session: SessionDep) -> Response:
+        """Read one version."""
+        self.check_type(resource_type)
+        stored = self.store.vread(session, resource_type, resource_id, version_id)
+        if self.read_hook:
+            self.read_hook(request, stored)
+        return read_response(request, stored)
+
+    def history(self, resource_type: str, resource_id: str, request: Request, session: SessionDep,
+                ctx: ContextDep) -> Response:
+        """Every version, newest first."""
+        self.check_type(resource_type)
+        versions = self.store.history(session, resource_type, resource_id, count=1000)
+        if self.read_hook:
+            for version in versions:
+                if not version.deleted:
+                    self.read_hook(request, version)
+        base = fhir_base(request, ctx.settings.BASE_URL)
+        body = history(base, versions, self_url=f"{base}/{resource_type}/{resource_id}/_history")
+        return FhirResponse(body)
+
+    def search(self, resource_type: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+        """Search with FHIR semantics; unknown parameters draw a warning (or 400 under handling=strict)."""
+        pairs = parse_qsl(request.url.query, keep_blank_values=True)
+        return self._search(resource_type, pairs, request, session, ctx)
+
+    async def search_post(self, resource_type: str, request: Request, session: SessionDep,
+                          ctx: ContextDep) -> Response:
+        """Search by POST with a form-encoded body (same parameters as GET)."""
+        self.check_type(resource_type)
+        if media_type(request) != FORM_BODY_TYPE:
+            raise FhirError(f"POST _search takes {FORM_BODY_TYPE}", status=415, code="not-supported")
+        body = (await request.body()).decode("utf-8", errors="replace")
+        pairs = parse_qsl(request.url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
+        return self._search(resource_type, pairs, request, session, ctx)
+
+    def _search(self, resource_type: str, pairs: list[tuple[str, str]], request: Request, session: Session,
+                ctx: Any) -> Response:
+        self.check_type(resource_type)
+        if self.search_hook:
+            pairs = self.search_hook(request, resource_type, pairs)
+        query = parse_query(resource_type, pairs, self.search_params.get(resource_type, {}),
+                            sortable=self.sortable, includable=self.includable.get(resource_type, {}),
+                            all_includable=self.includable)
+        warnings: list[Issue] = []
+        if query.unknown:
+            message = f"Unknown search parameter(s) ignored: {', '.join(query.unknown)}"
+            if "handling=strict" in request.headers.get("prefer", ""):
+                raise BadRequest(message.replace(" ignored", ""), expression=query.unknown[0], code="not-supported")
+            warnings.append(Issue(code="not-supported", severity="warning", diagnostics=message,
+                                  expression=tuple(query.unknown)))
+            query.passthrough = [(k, v) for k, v in query.passthrough if k not in query.unknown]
+        page = self.store.search(session, query)
+        if self.read_hook:
+            for match in page.matches + page.included:
+                self.read_hook(request, match)
+        base = fhir_base(request, ctx.settings.BASE_URL)
+        body = searchset(base, page, resource_type=resource_type, params=query.passthrough, cursor=query.cursor,
+                         summary=query.summary, elements=query.elements, warnings=warnings)
+        return FhirResponse(body)
+
+    # ------------------------------------------------------------------ writes
+
+    def _checked(self, session: Session, resource: dict[str, Any], resource_id: str | None) -> None:
+        issues = r4_issues(resource)
+        if issues:
+            raise BadRequest(issues[0].diagnostics, issues=issues)
+        if self.before_write:
+            self.before_write(session, resource, resource_id)
+
+    async def create(self, resource_type: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+        """Create with a server-assigned id; 201 with Location and ETag."""
+        self._check_writable(resource_type)
+        resource = await read_resource(request, expected_type=resource_type)
+        resource.pop("id", None)
+
+        def write() -> StoredResource:
+            self._checked(session, resource, None)
+            stored = self.store.create(session, resource)
+            session.commit()
+            return stored
+
+        stored = await run_in_threadpool(write)
+        return write_response(request, stored, base=fhir_base(request, ctx.settings.BASE_URL), created=True)
+
+    async def update(self, resource_type: str, resource_id: str, request: Request, session: SessionDep,
+                     ctx: ContextDep) -> Response:
+        """Update an existing resource; If-Match with its current version is required."""
+        self._check_writable(resource_type)
+        if_match = version_from_etag(request.headers.get("if-match"))
+        if if_match is None:
+            raise BadRequest("Updates require an If-Match header with the current version, e.g. W/\"3\"",
+                             expression="If-Match", code="required")
+        resource = await read_resource(request, expected_type=resource_type)
+        if resource.get("id") != resource_id:
+            raise BadRequest(f"The body's id '{resource.get('id')}' does not match the URL id '{resource_id}'",
+                             expression=f"{resource_type}.id")
+
+        def write() -> tuple[StoredResource, bool]:
+            self._checked(session, resource, resource_id)
+            result = self.store.update(session, resource_type, resource_id, resource, if_match=if_match)
+            session.commit()
+            return result
+
+        stored, created = await run_in_threadpool(write)
+        return write_response(request, stored, base=fhir_base(request, ctx.settings.BASE_URL), created=created)
+
+    def delete(self, resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+        """Delete (a new, deleted version); later reads answer 410."""
+        self._check_writable(resource_type)
+        if_match = version_from_etag(request.headers.get("if-match"))
+        self.store.read(session, resource_type, resource_id)  # 404 / 410 before anything changes
+        self.store.delete(session, resource_type, resource_id, if_match=if_match)
+        session.commit()
+        outcome = operation_outcome([Issue(code="informational", severity="information",
+                                           diagnostics=f"{resource_type}/{resource_id} deleted")])
+        return FhirResponse(outcome)
+
+    async def validate(self, resource_type: str, request: Request, session: SessionDep) -> Response:
+        """$validate: the OperationOutcome a create would give, storing nothing."""
+        self.check_type(resource_type)
+        body = await read_json(request)
+        resource = _resource_from_validate_body(body)
+        if resource.get("resourceType") != resource_type:
+            raise BadRequest(f"Expected a {resource_type} to validate", expression="resourceType")
+        issues = await run_in_threadpool(self._validation_issues, session, resource)
+        if not issues:
+            issues = [Issue(code="informational", severity="information",
+                            diagnostics=f"The {resource_type} is valid")]
+        return FhirResponse(operation_outcome(issues))
+
+    def _validation_issues(self, session: Session, resource: dict[str, Any]) -> list[Issue]:
+        issues = r4_issues(resource)
+        if not issues and self.before_write:
+            try:
+                self.before_write(session, resource, resource.get("id"))
+            except FhirError as error:
+                issues = list(error.issues)
+        return issues
+
+    def _check_writable(self, resource_type: str) -> None:
+        self.check_type(resource_type)
+        if resource_type not in self.writable:
+            raise FhirError(f"{resource_type} cannot be written here", status=405, code="not-supported")
+
+
+def _resource_from_validate_body(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        for parameter in body.get("parameter", []):
+            if isinstance(parameter, dict) and parameter.get("name") == "resource" and isinstance(
+                    parameter.get("resource"), dict):
+                return parameter["resource"]
+        raise BadRequest("$validate Parameters need a 'resource' parameter", expression="Parameters.parameter")
+    if not isinstance(body, dict) or "resourceType" not in body:
+        raise BadRequest("$validate takes a resource or Parameters with a 'resource'", code="structure")
+    return body

@@ -1,0 +1,77 @@
+"""Request ids, structured logs and Prometheus metrics.
+
+Logs are one JSON object per line with the request id, so a hospital's log
+pipeline can follow a request across services. They carry resource types, ids,
+routes and statuses only: never names, birth dates or assessment answers (PHI).
+Each app owns its own metrics registry so two apps in one process (the tests)
+do not collide.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route the root logger to stderr as JSON lines (idempotent)."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.handlers = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log prints full URLs, whose query strings may hold patient ids; we log our own.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class HttpMetrics:
+    """Requests by route and status, and a latency histogram, in a registry of the app's own."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "Time to answer an HTTP request", ["service", "method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.service = service
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(self.service, method, route, str(status)).inc()
+        self.latency.labels(self.service, method, route).observe(seconds)

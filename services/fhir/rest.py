@@ -1,0 +1,64 @@
+"""HTTP conventions of FHIR REST (R4 http.html) that every route shares.
+
+ETag / If-Match / If-None-Match, Location and Last-Modified on writes, `Prefer:
+return=...`, and the public base URL used in links.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.fhir.outcome import BadRequest, operation_outcome
+from services.fhir.responses import FhirResponse, etag, http_date
+from services.fhir.store import StoredResource
+
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
+
+
+def version_from_etag(header: str | None, *, name: str = "If-Match") -> int | None:
+    """'W/"3"' -> 3; a header that is present but unreadable is a 400."""
+    if header is None:
+        return None
+    match = _ETAG.match(header)
+    if not match:
+        raise BadRequest(f"{name} must be a version ETag such as W/\"3\", not '{header}'", expression=name)
+    return int(match.group(1))
+
+
+def fhir_base(request: Request, configured: str | None) -> str:
+    """The public FHIR base URL: configured, or derived from the request (behind a proxy, configure it)."""
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.url.scheme}://{request.url.netloc}/fhir"
+
+
+def resource_headers(stored: StoredResource) -> dict[str, str]:
+    return {"ETag": etag(stored.version_id), "Last-Modified": http_date(stored.last_updated)}
+
+
+def read_response(request: Request, stored: StoredResource) -> Response:
+    """200 with the stored bytes, or 304 when the client's If-None-Match already names this version."""
+    headers = resource_headers(stored)
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and any(
+        tag.strip() in (headers["ETag"], f'"{stored.version_id}"', "*") for tag in if_none_match.split(",")
+    ):
+        return Response(status_code=304, headers=headers)
+    return FhirResponse(stored.content, headers=headers)
+
+
+def write_response(request: Request, stored: StoredResource, *, base: str, created: bool) -> Response:
+    """201/200 after a write, honouring `Prefer: return=minimal | representation | OperationOutcome`."""
+    headers = resource_headers(stored)
+    headers["Location"] = f"{base}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+    status = 201 if created else 200
+    prefer = request.headers.get("prefer", "")
+    if "return=minimal" in prefer:
+        return Response(status_code=status, headers=headers)
+    if "return=OperationOutcome" in prefer:
+        outcome = operation_outcome([])
+        return FhirResponse(outcome, status_code=status, headers=headers)
+    return FhirResponse(stored.content, status_code=status, headers=headers)

@@ -1,0 +1,138 @@
+"""The FastAPI app every Cicatrix service is built on.
+
+`build_app` wires what both services share: the edge middleware (request ids,
+406/413, metrics, access log), OperationOutcome error handlers, the health and
+metrics endpoints, `/fhir/metadata`, and a start-up that applies migrations when
+the embedded default asks for it. A service adds its own routers and start-up work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from services.fhir.capability import CapabilityBuilder
+from services.fhir.db import Migrations, make_engine, ping
+from services.fhir.edge import FhirEdgeMiddleware
+from services.fhir.errors import install_error_handlers
+from services.fhir.observability import HttpMetrics, configure_logging
+from services.fhir.outcome import Issue, ServiceUnavailable, operation_outcome
+from services.fhir.responses import FhirResponse, etag
+from services.fhir.settings import ServiceSettings
+
+log = logging.getLogger("cicatrix.service")
+
+StartupHook = Callable[["ServiceContext"], Awaitable[None]]
+
+
+@dataclass
+class ServiceContext:
+    """What a running service holds: its settings, database engine and metrics."""
+
+    name: str
+    settings: ServiceSettings
+    engine: Engine
+    migrations: Migrations
+    metrics: HttpMetrics
+    capability: CapabilityBuilder
+    capability_bytes: bytes = b""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+
+def get_context(request: Request) -> ServiceContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+def get_session(request: Request):  # type: ignore[no-untyped-def]
+    """A session per request that rolls back unless the handler committed (unit-of-work default)."""
+    with get_context(request).session() as session:
+        yield session
+
+
+ContextDep = Annotated[ServiceContext, Depends(get_context)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
+              capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
+              shutdown: list[StartupHook] | None = None) -> FastAPI:
+    configure_logging(settings.LOG_LEVEL)
+    metrics = HttpMetrics(name)
+    ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
+                         migrations=migrations, metrics=metrics, capability=capability)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.AUTO_MIGRATE:
+            await run_in_threadpool(migrations.upgrade, ctx.engine)
+        ctx.capability_bytes = capability.build_bytes(settings.BASE_URL)
+        for hook in startup or []:
+            await hook(ctx)
+        log.info("service started", extra={"service": name})
+        try:
+            yield
+        finally:
+            for hook in shutdown or []:
+                await hook(ctx)
+            ctx.engine.dispose()
+            log.info("service stopped", extra={"service": name})
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json")
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(FhirEdgeMiddleware, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
+    _add_operational_routes(app, ctx)
+    return app
+
+
+def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        """Process is alive (no dependencies checked: restarting would not fix them)."""
+        return JSONResponse({"status": "ok", "service": ctx.name})
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        """Ready for traffic: database reachable and every migration applied."""
+        try:
+            ping(ctx.engine)
+            current = ctx.migrations.is_current(ctx.engine)
+        except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+            log.warning("readiness check failed", extra={"error": type(exc).__name__})
+            raise ServiceUnavailable("The database is not reachable") from None
+        if not current:
+            raise ServiceUnavailable("Database migrations are not applied; run `cicatrix migrate`")
+        return JSONResponse({"status": "ready", "service": ctx.name})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/fhir/metadata", tags=["capabilities"])
+    def capabilities(request: Request) -> Response:
+        """The CapabilityStatement: exactly what this service implements."""
+        if not ctx.capability_bytes:
+            ctx.capability_bytes = ctx.capability.build_bytes(ctx.settings.BASE_URL)
+        tag = etag(hashlib.sha256(ctx.capability_bytes).hexdigest()[:16])
+        if request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers={"ETag": tag})
+        return FhirResponse(ctx.capability_bytes, headers={"ETag": tag})
+
+
+def outcome_response(issues: list[Issue], status: int = 200) -> FhirResponse:
+    return FhirResponse(operation_outcome(issues), status_code=status)

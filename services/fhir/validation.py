@@ -1,0 +1,96 @@
+"""Write-time validation of incoming resources against R4.
+
+The R4B models check structure, cardinality, primitive formats and choice types,
+but accept any string for a `code` with a required binding and accept elements that
+exist only in R4B. This module adds both checks so that what a service stores is
+what an R4 server would accept. Every problem becomes one OperationOutcome issue
+with a FHIRPath `expression`, and all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from services.fhir.errors import validation_issues
+from services.fhir.outcome import BadRequest, Issue
+
+R4B_ONLY_ELEMENTS = frozenset({"subjectCanonical"})
+R4B_ONLY_TYPES = frozenset({"Ingredient", "ClinicalUseDefinition", "AdministrableProductDefinition",
+                            "ManufacturedItemDefinition", "PackagedProductDefinition",
+                            "MedicinalProductDefinition", "RegulatedAuthorization", "SubscriptionStatus",
+                            "SubscriptionTopic", "NutritionProduct", "Citation", "Evidence", "EvidenceReport",
+                            "EvidenceVariable"})
+
+
+def model_class(resource_type: str) -> type[FHIRAbstractModel]:
+    if resource_type in R4B_ONLY_TYPES:
+        raise KeyError(resource_type)
+    try:
+        return get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError):
+        raise KeyError(resource_type) from None
+
+
+def r4_issues(resource: dict[str, Any]) -> list[Issue]:
+    """Every reason `resource` is not valid R4 (empty when it is)."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        return [Issue(code="structure", diagnostics="resourceType is missing", expression=("resourceType",))]
+    try:
+        cls = model_class(resource_type)
+    except KeyError:
+        return [Issue(code="not-supported", diagnostics=f"'{resource_type}' is not an R4 resource type",
+                      expression=("resourceType",))]
+    issues = [Issue(code="structure", diagnostics=f"{path}: '{key}' is not an R4 element (it exists only in R4B)",
+                    expression=(path,)) for path, key in _r4b_only(resource, resource_type)]
+    try:
+        model = cls.model_validate(resource)
+    except ValidationError as exc:
+        return issues + validation_issues(exc.errors(include_url=False), prefix=resource_type)
+    return issues + list(_binding_issues(model, resource_type))
+
+
+def parse(resource: dict[str, Any]) -> FHIRAbstractModel:
+    """The R4B model of a valid R4 resource; 400 with every problem otherwise."""
+    issues = r4_issues(resource)
+    if issues:
+        raise BadRequest(issues[0].diagnostics, issues=issues)
+    return model_class(resource["resourceType"]).model_validate(resource)
+
+
+def _r4b_only(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in R4B_ONLY_ELEMENTS:
+                yield f"{path}.{key}", key
+            yield from _r4b_only(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _r4b_only(item, f"{path}[{i}]")
+
+
+def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
+    """Missing required primitives, and codes outside a required binding (recorded as enum_values)."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        alias = field.alias or name
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if value is None and extra.get("element_required") and getattr(model, f"{name}__ext", None) is None:
+            yield Issue(code="required", expression=(f"{path}.{alias}",),
+                        diagnostics=f"{path}.{alias}: this element is required")
+        if value is None or name == "fhir_comments":
+            continue
+        allowed = extra.get("enum_values")
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
+            if allowed and isinstance(item, str) and item not in allowed:
+                yield Issue(code="code-invalid", expression=(where,),
+                            diagnostics=f"{where}: '{item}' is not one of {', '.join(allowed)}")
+            elif isinstance(item, FHIRAbstractModel):
+                yield from _binding_issues(item, where)
