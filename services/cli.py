@@ -1,0 +1,147 @@
+"""The `cicatrix` command.
+
+    cicatrix up                      run catalog, careplan and the EHR sandbox locally
+    cicatrix serve catalog|careplan  run one service (uvicorn) with its settings
+    cicatrix migrate [SERVICE]       apply database migrations (both services by default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SANDBOX = ROOT / "tools" / "ehr-sandbox" / "server.js"
+
+
+def _settings(service: str):  # type: ignore[no-untyped-def]
+    if service == "catalog":
+        from services.catalog.settings import CatalogSettings
+        return CatalogSettings()
+    from services.careplan.settings import CareplanSettings
+    return CareplanSettings()
+
+
+def migrate(services: list[str]) -> int:
+    from services.fhir.db import make_engine
+    for service in services:
+        if service == "catalog":
+            from services.catalog.app import MIGRATIONS
+        else:
+            from services.careplan.app import MIGRATIONS
+        settings = _settings(service)
+        engine = make_engine(settings.DATABASE_URL)
+        MIGRATIONS.upgrade(engine)
+        engine.dispose()
+        print(f"{service}: migrations applied ({MIGRATIONS.head()})")
+    return 0
+
+
+def serve(service: str) -> int:
+    import uvicorn
+    settings = _settings(service)
+    uvicorn.run(f"services.{service}.app:app", host=settings.HOST, port=settings.PORT,
+                log_level=settings.LOG_LEVEL.lower(), access_log=False, proxy_headers=True)
+    return 0
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready within {seconds:.0f} s")
+
+
+def up() -> int:
+    """Start the three processes, print where they are, stop them all on Ctrl-C / SIGTERM."""
+    node = shutil.which("node")
+    if node is None:
+        print("Node.js 20+ is required for the EHR sandbox", file=sys.stderr)
+        return 1
+    (ROOT / "var").mkdir(exist_ok=True)
+    env = dict(os.environ)
+    catalog, careplan = _settings("catalog"), _settings("careplan")
+    sandbox_port = int(env.get("EHR_SANDBOX_PORT", "8090"))
+    specs = [
+        ("ehr-sandbox", [node, str(SANDBOX)], {"EHR_SANDBOX_PORT": str(sandbox_port)},
+         f"http://127.0.0.1:{sandbox_port}/fhir/metadata"),
+        ("catalog", [sys.executable, "-m", "services.cli", "serve", "catalog"], {},
+         f"http://{catalog.HOST}:{catalog.PORT}/readyz"),
+        ("careplan", [sys.executable, "-m", "services.cli", "serve", "careplan"], {},
+         f"http://{careplan.HOST}:{careplan.PORT}/readyz"),
+    ]
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, command, extra_env, ready_url in specs:
+            process = subprocess.Popen(command, cwd=ROOT, env={**env, **extra_env})
+            processes.append((name, process))
+            _wait_ready(ready_url, process)
+        print("\nCicatrix is running:")
+        print(f"  catalog      http://{catalog.HOST}:{catalog.PORT}/fhir/metadata")
+        print(f"  careplan     http://{careplan.HOST}:{careplan.PORT}/fhir/metadata")
+        print(f"  EHR sandbox  http://127.0.0.1:{sandbox_port}/fhir/metadata")
+        print("Press Ctrl-C to stop.\n", flush=True)
+        while not stopping:
+            for name, process in processes:
+                if process.poll() is not None:
+                    print(f"{name} exited with {process.returncode}; stopping the stack", file=sys.stderr)
+                    return 1
+            time.sleep(0.3)
+        return 0
+    except RuntimeError as exc:
+        print(f"cicatrix up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for _, process in reversed(processes):
+            if process.poll() is None:
+                process.terminate()
+        for _, process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        print("Cicatrix stopped.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cicatrix", description="Cicatrix care-plan services")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run catalog, careplan and the EHR sandbox locally")
+    serve_parser = commands.add_parser("serve", help="run one service")
+    serve_parser.add_argument("service", choices=["catalog", "careplan"])
+    migrate_parser = commands.add_parser("migrate", help="apply database migrations")
+    migrate_parser.add_argument("service", nargs="?", choices=["catalog", "careplan"],
+                                help="one service (both when omitted)")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return up()
+    if args.command == "serve":
+        return serve(args.service)
+    return migrate([args.service] if args.service else ["catalog", "careplan"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

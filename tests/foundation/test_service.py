@@ -1,0 +1,104 @@
+"""Both apps: capabilities, health, readiness, metrics and migrations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from sqlalchemy import inspect
+
+from services.careplan.app import MIGRATIONS as CAREPLAN_MIGRATIONS
+from services.catalog.app import MIGRATIONS as CATALOG_MIGRATIONS
+from services.fhir.db import make_engine
+from tests.support.apps import careplan_app, catalog_app, running
+
+SERVICES = ["catalog", "careplan"]
+
+
+def make(service: str, database_url: str, **settings: object):
+    if service == "catalog":
+        return catalog_app(database_url, content_dir=None, **settings)
+    return careplan_app(database_url, **settings)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_metadata_is_a_valid_r4_capability_statement(service, database_url, r4_validator):
+    with running(make(service, database_url)) as client:
+        response = client.get("/fhir/metadata")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/fhir+json; charset=utf-8"
+    assert response.headers["etag"].startswith('W/"')
+    statement = response.json()
+    r4_validator.assert_valid(statement)
+    assert statement["fhirVersion"] == "4.0.1"
+    assert statement["kind"] == "instance"
+    assert statement["rest"][0]["resource"], "a service must declare the resources it serves"
+
+
+def test_catalog_capability_lists_exactly_the_served_types(database_url):
+    with running(make("catalog", database_url)) as client:
+        statement = client.get("/fhir/metadata").json()
+        types = {r["type"] for r in statement["rest"][0]["resource"]}
+        assert types == {"ActivityDefinition", "PlanDefinition", "Medication", "MedicationKnowledge",
+                         "Questionnaire", "CodeSystem", "ValueSet"}
+        for resource in statement["rest"][0]["resource"]:
+            assert client.get(f"/fhir/{resource['type']}").status_code == 200
+        assert client.get("/fhir/Patient").status_code == 404
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_health_and_readiness(service, database_url):
+    with running(make(service, database_url)) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready", "service": service}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_readiness_fails_until_migrations_are_applied(service, database_url, r4_validator):
+    with running(make(service, database_url, AUTO_MIGRATE=False)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        r4_validator.assert_valid(response.json())
+        assert "cicatrix migrate" in response.json()["issue"][0]["diagnostics"]
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_metrics_count_requests_by_route_and_status(service, tmp_path):
+    with running(make(service, f"sqlite:///{tmp_path}/m.db")) as client:
+        client.get("/fhir/metadata")
+        client.get("/fhir/metadata")
+        client.get("/no/such/thing")
+        text = client.get("/metrics").text
+    assert f'http_requests_total{{method="GET",route="/fhir/metadata",service="{service}",status="200"}} 2.0' in text
+    assert f'route="unmatched",service="{service}",status="404"' in text
+    assert "http_request_duration_seconds_bucket" in text
+
+
+def test_both_services_migrate_into_one_database_without_collisions(database_url):
+    engine = make_engine(database_url)
+    CATALOG_MIGRATIONS.upgrade(engine)
+    CAREPLAN_MIGRATIONS.upgrade(engine)
+    CATALOG_MIGRATIONS.upgrade(engine)  # idempotent
+    tables = set(inspect(engine).get_table_names())
+    assert {"catalog_resource", "careplan_resource", "catalog_alembic_version",
+            "careplan_alembic_version"} <= tables
+    assert CATALOG_MIGRATIONS.is_current(engine) and CAREPLAN_MIGRATIONS.is_current(engine)
+    engine.dispose()
+
+
+def test_logs_are_json_lines_with_the_request_id(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cicatrix.access")
+    with running(make("careplan", f"sqlite:///{tmp_path}/l.db")) as client:
+        client.get("/fhir/CarePlan?subject=Patient/jane-doe-1980", headers={"x-request-id": "req-42"})
+    records = [r for r in caplog.records if r.name == "cicatrix.access"]
+    assert records
+    from services.fhir.observability import JsonFormatter
+
+    line = json.loads(JsonFormatter().format(records[-1]))
+    assert line["route"] == "/fhir/{resource_type}" and line["status"] == 200
+    assert line["request_id"] == "req-42"
+    assert "jane-doe" not in json.dumps(line), "query strings (patient ids) must not be logged"
