@@ -19,7 +19,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, insert, not_, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -331,7 +344,8 @@ class ResourceStore:
             keys.append((R.id, False))
         return keys
 
-    def _includes(self, session: Session, matches: Sequence[StoredResource], query: SearchQuery) -> list[StoredResource]:
+    def _includes(self, session: Session, matches: Sequence[StoredResource],
+                  query: SearchQuery) -> list[StoredResource]:
         seen = {(m.resource_type, m.id) for m in matches}
         included: list[StoredResource] = []
         frontier, first_round = list(matches), True

@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from tests.support.apps import FHIR_JSON, careplan_app, catalog_app, running
 
-
 SERVICES = {"catalog": "ActivityDefinition", "careplan": "CarePlan"}
 
 
