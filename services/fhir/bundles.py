@@ -94,8 +94,8 @@ def searchset(base: str, page: SearchPage, *, resource_type: str, params: Sequen
         links.append({"relation": "next", "url": paging_url(base, resource_type, params, page.next_cursor)})
     if page.previous_cursor:
         links.append({"relation": "previous", "url": paging_url(base, resource_type, params, page.previous_cursor)})
-    envelope: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                                "meta": {"lastUpdated": instant(utcnow())}}
+    # No meta.lastUpdated: the same page over the same data is the same bytes, so it can carry an ETag.
+    envelope: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if page.total is not None:
         envelope["total"] = page.total
     envelope["link"] = links

@@ -22,7 +22,7 @@ from services.fhir.bundles import history, searchset
 from services.fhir.jsonio import FORM_BODY_TYPE, media_type, read_json, read_resource
 from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
-from services.fhir.rest import fhir_base, read_response, version_from_etag, write_response
+from services.fhir.rest import content_etag_response, fhir_base, read_response, version_from_etag, write_response
 from services.fhir.searchparams import SearchParamDef, parse_query
 from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
@@ -142,7 +142,7 @@ class ResourceInteractions:
         base = fhir_base(request, ctx.settings.BASE_URL)
         body = searchset(base, page, resource_type=resource_type, params=query.passthrough, cursor=query.cursor,
                          summary=query.summary, elements=query.elements, warnings=warnings)
-        return FhirResponse(body)
+        return content_etag_response(request, body)
 
     # ------------------------------------------------------------------ writes
 

@@ -6,6 +6,7 @@ return=...`, and the public base URL used in links.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from starlette.requests import Request
@@ -62,3 +63,13 @@ def write_response(request: Request, stored: StoredResource, *, base: str, creat
         outcome = operation_outcome([])
         return FhirResponse(outcome, status_code=status, headers=headers)
     return FhirResponse(stored.content, status_code=status, headers=headers)
+
+
+def content_etag_response(request: Request, body: bytes) -> Response:
+    """A response whose weak ETag is a digest of its bytes (search results): 304 when the client has them.
+
+    This is what lets the care-plan service revalidate its cached protocols cheaply."""
+    tag = f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers={"ETag": tag})
+    return FhirResponse(body, headers={"ETag": tag})
