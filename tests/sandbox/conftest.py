@@ -1,0 +1,122 @@
+"""Helpers for the EHR sandbox's own tests: an HTTP client on its FHIR base and R4 resources to send it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.sandbox import EhrSandbox
+
+FHIR_JSON = "application/fhir+json"
+
+
+class Fhir:
+    """A thin FHIR JSON client: what a careplan dispatcher would send, without any of its logic."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        headers = {"Accept": FHIR_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=10.0)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.get(path, **kwargs)
+
+    def post(self, path: str, resource: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        return self.http.post(
+            path,
+            content=json.dumps(resource),
+            headers={"Content-Type": FHIR_JSON, **(headers or {})},
+            **kwargs,
+        )
+
+    def put(self, path: str, resource: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        return self.http.put(
+            path,
+            content=json.dumps(resource),
+            headers={"Content-Type": FHIR_JSON, **(headers or {})},
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def fhir(ehr_sandbox: EhrSandbox) -> Iterator[Fhir]:
+    client = Fhir(ehr_sandbox.base_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def careplan(identifier: str = "assessment-qr1", **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "identifier": [{"system": "https://example.org/fhir/careplan-id", "value": identifier}],
+        "status": "active",
+        "intent": "plan",
+        "title": "Atrophic scar correction",
+        "subject": {"reference": "Patient/p1"},
+    }
+    resource.update(overrides)
+    return resource
+
+
+def provenance(target: str, submission: str = "assessment-qr1") -> dict[str, Any]:
+    return {
+        "resourceType": "Provenance",
+        "meta": {"tag": [{"system": "https://example.org/fhir/submission", "code": submission}]},
+        "target": [{"reference": target}],
+        "recorded": "2025-02-20T10:00:05+01:00",
+        "agent": [{"who": {"reference": "Device/careplan-service"}}],
+    }
+
+
+def urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def delivery_transaction(identifier: str = "assessment-qr1", plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the careplan dispatcher sends: CarePlan + Provenance, both conditional, linked by urn:uuid."""
+    plan_urn, provenance_urn = urn(), urn()
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": plan_urn,
+                "resource": plan or careplan(identifier),
+                "request": {
+                    "method": "POST",
+                    "url": "CarePlan",
+                    "ifNoneExist": f"identifier=https://example.org/fhir/careplan-id|{identifier}",
+                },
+            },
+            {
+                "fullUrl": provenance_urn,
+                "resource": provenance(plan_urn, identifier),
+                "request": {
+                    "method": "POST",
+                    "url": "Provenance",
+                    "ifNoneExist": f"_tag=https://example.org/fhir/submission|{identifier}",
+                },
+            },
+        ],
+    }
+
+
+def issue_text(outcome: dict[str, Any]) -> str:
+    """All diagnostics and details of an OperationOutcome, for assertions on why something failed."""
+    assert outcome["resourceType"] == "OperationOutcome", outcome
+    parts = []
+    for issue in outcome["issue"]:
+        parts += [issue.get("diagnostics", ""), issue.get("details", {}).get("text", "")]
+        parts += issue.get("expression", [])
+    return " ".join(parts)
