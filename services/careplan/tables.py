@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Index
-from sqlmodel import SQLModel
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index
+from sqlmodel import Field, SQLModel
 
 from services.fhir.tables import ResourceColumns, ResourceVersionColumns, SearchIndexColumns
 
@@ -27,3 +29,21 @@ class CareplanSearchIndex(SearchIndexColumns, table=True):
         Index("ix_careplan_search_norm", "resource_type", "param", "norm"),
         Index("ix_careplan_search_resource", "resource_type", "resource_id"),
     )
+
+
+class AssessmentPlan(SQLModel, table=True):
+    """Which plan an assessment produced: makes `$generate` idempotent and finds the plan a reassessment replaces.
+
+    The primary key is the assessment (its identifier, else its id) for one patient, so two concurrent
+    submissions of the same assessment cannot both create a plan: the second insert fails and reads the first.
+    """
+
+    __tablename__ = "careplan_assessment_plan"
+    __table_args__ = (Index("ix_careplan_assessment_plan_site", "subject", "body_site"),)
+
+    subject: str = Field(primary_key=True, max_length=128)
+    assessment_key: str = Field(primary_key=True, max_length=512)
+    body_site: str = Field(max_length=512)
+    careplan_id: str = Field(max_length=64)
+    questionnaire_response_id: str = Field(max_length=64)
+    created: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)

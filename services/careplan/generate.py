@@ -1,0 +1,191 @@
+"""From assessment to stored CarePlan: the `$generate` and `$apply` use cases.
+
+`draft_plan` does the planning (intake checks, protocol, screening, schedule) and
+stores nothing: it is all `$apply` needs. `generate` adds what makes the plan a
+record: it stores the assessment and the plan in one transaction, answers a
+resubmitted assessment with the plan it already produced, and revokes the active
+plan of the same patient and body site that a reassessment replaces. Every CarePlan
+version it writes is handed to the plan hooks inside that same transaction (the
+delivery outbox is one), so nothing is written that is not also queued.
+"""
+
+from __future__ import annotations
+
+import calendar as month_calendar
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from services.careplan.careplan_builder import build_careplan, plan_identifier
+from services.careplan.intake import Assessment, GenerateRequest, check_assessment, stored_response_id
+from services.careplan.knowledge import Knowledge, Protocol, versioned
+from services.careplan.planning import PlanDraft, make_plan
+from services.careplan.scheduling import (
+    ClinicCalendar,
+    CoursePlan,
+    Procedure,
+    Schedule,
+    SchedulingError,
+    schedule,
+    symmetric_conflicts,
+)
+from services.careplan.tables import AssessmentPlan
+from services.fhir.outcome import Unprocessable
+from services.fhir.store import ResourceStore, StoredResource
+
+log = logging.getLogger("cicatrix.careplan.generate")
+
+PlanHook = Callable[[Session, StoredResource, StoredResource | None], None]
+"""Called inside the plan's transaction for every CarePlan version written: (session, new version, previous)."""
+
+
+@dataclass
+class PlanResult:
+    careplan: dict[str, Any]
+    assessment: Assessment
+    protocol: Protocol
+
+
+def add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    return date(year, month, min(day.day, month_calendar.monthrange(year, month)[1]))
+
+
+def next_working_day(clinic: ClinicCalendar, today: date) -> date:
+    return clinic.next_open_day(today + timedelta(days=1))
+
+
+class CarePlanner:
+    def __init__(self, knowledge: Knowledge, clinic: ClinicCalendar, questionnaire_url: str) -> None:
+        self.knowledge = knowledge
+        self.clinic = clinic
+        self.questionnaire_url = questionnaire_url
+
+    async def draft_plan(self, request: GenerateRequest, *, status: str = "draft",
+                         protocol: Protocol | None = None, assessment_reference: str | None = None,
+                         identifier: str | None = None) -> PlanResult:
+        questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
+        assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
+        if protocol is None:
+            protocol = await self._protocol(request, assessment)
+        allergies = assessment.allergies(request.allergy_intolerances)
+        draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
+        start = request.start or next_working_day(self.clinic, datetime.now(ZoneInfo(self.clinic.timezone)).date())
+        sessions, end = self._schedule(draft, start)
+        careplan = build_careplan(
+            draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
+            status=status, start=start, end=end, created=datetime.now(UTC),
+            assessment_reference=assessment_reference)
+        return PlanResult(careplan, assessment, protocol)
+
+    async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
+        if request.plan_definition:
+            protocol = await self.knowledge.protocol_by_canonical(request.plan_definition)
+            if protocol is None:
+                raise Unprocessable(f"The catalog has no active PlanDefinition {request.plan_definition}",
+                                    code="not-found", expression="Parameters.parameter")
+            return protocol
+        scar = assessment.scar_type or {}
+        protocol = await self.knowledge.protocol_for(scar)
+        if protocol is None:
+            raise Unprocessable(
+                f"The catalog has no treatment protocol for scar type {scar.get('display') or scar.get('code')} "
+                f"({scar.get('system')}|{scar.get('code')})", code="not-supported",
+                expression="QuestionnaireResponse.item.where(linkId='scar-type').answer")
+        return protocol
+
+    def _schedule(self, draft: PlanDraft, start: date) -> tuple[Schedule, date]:
+        planned = [a for a in draft.activities if a.exclusion is None and not a.is_home_care and a.rhythm]
+        keys_by_canonical: dict[str, list[str]] = {}
+        for activity in planned:
+            for name in (versioned(activity.definition), activity.definition.get("url", "")):
+                keys_by_canonical.setdefault(name, []).append(activity.key)
+        procedures = symmetric_conflicts([
+            Procedure(key=a.key, rhythm=a.rhythm, min_interval_days=a.min_interval_days,  # type: ignore[arg-type]
+                      not_same_day=frozenset(k for c in a.not_same_day for k in keys_by_canonical.get(c, [])))
+            for a in planned])
+        course = draft.course
+        end = add_months(start, course.months_high) if course and course.months_high else None
+        try:
+            result = schedule(procedures, self.clinic,
+                              CoursePlan(start=start, end=end, break_days=course.break_days if course else 0))
+        except SchedulingError as exc:
+            raise Unprocessable(f"The sessions cannot be scheduled: {exc}", code="business-rule") from None
+        if end is None:
+            end = max(result.last_day() or start, add_months(start, 1))
+        return result, end
+
+
+# ------------------------------------------------------------------- storage
+
+
+class PlanRepository:
+    """Stores assessments and plans; idempotent per assessment, revoking what a reassessment replaces."""
+
+    def __init__(self, store: ResourceStore, hooks: list[PlanHook]) -> None:
+        self.store = store
+        self.hooks = hooks
+
+    def existing(self, session: Session, subject: str, assessment_key: str) -> StoredResource | None:
+        row = session.get(AssessmentPlan, (subject, assessment_key))
+        return self.store.read(session, "CarePlan", row.careplan_id) if row else None
+
+    def save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
+        """Store the plan (and its assessment); returns (plan, created). A duplicate returns the first plan."""
+        assessment = result.assessment
+        site = assessment.body_site or {}
+        body_site = f"{site.get('system', '')}|{site.get('code', '')}"
+        previous = self._active_plan_for_site(session, assessment.subject, body_site)
+        careplan = dict(result.careplan)
+        if previous is not None:
+            careplan["replaces"] = [{"reference": f"CarePlan/{previous.id}"}]
+        response = dict(assessment.response)
+        response_id = stored_response_id(assessment.subject, assessment.key)
+        try:
+            self.store.update(session, "QuestionnaireResponse", response_id, response, if_match=None,
+                              create_if_missing=True)
+            stored = self.store.create(session, careplan, resource_id=careplan_id)
+            session.add(AssessmentPlan(subject=assessment.subject, assessment_key=assessment.key,
+                                       body_site=body_site, careplan_id=stored.id,
+                                       questionnaire_response_id=response_id, created=stored.last_updated))
+            session.flush()
+            for hook in self.hooks:
+                hook(session, stored, None)
+            if previous is not None:
+                self._revoke(session, previous, replaced_by=stored.id)
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            existing = self.existing(session, assessment.subject, assessment.key)
+            if existing is None:
+                raise
+            return existing, False
+        log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": previous.id if previous else None})
+        return stored, True
+
+    def _active_plan_for_site(self, session: Session, subject: str, body_site: str) -> StoredResource | None:
+        rows = session.scalars(select(AssessmentPlan).where(
+            AssessmentPlan.subject == subject, AssessmentPlan.body_site == body_site,
+        ).order_by(AssessmentPlan.created.desc())).all()
+        for row in rows:
+            plan = self.store.read(session, "CarePlan", row.careplan_id)
+            if plan.parsed().get("status") == "active":
+                return plan
+        return None
+
+    def _revoke(self, session: Session, plan: StoredResource, *, replaced_by: str) -> None:
+        resource = plan.parsed()
+        resource["status"] = "revoked"
+        notes = resource.setdefault("note", [])
+        notes.append({"text": f"Revoked: replaced by CarePlan/{replaced_by} after a reassessment."})
+        stored, _ = self.store.update(session, "CarePlan", plan.id, resource, if_match=plan.version_id)
+        for hook in self.hooks:
+            hook(session, stored, plan)

@@ -1,0 +1,193 @@
+"""The treatment knowledge a plan is built from, read from the catalog.
+
+A `Protocol` bundles one PlanDefinition with everything it points to: its
+ActivityDefinitions (by canonical), the preparations they deliver (Medication) and
+the class facts about them (MedicationKnowledge.productType, e.g. retinoid), plus
+the screening rule sets (PlanDefinitions of type eca-rule). FHIRPath expressions
+are compiled once per protocol version and reused for every assessment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fhirpathpy
+from fhirpathpy.models import models as fhirpath_models
+
+from services.careplan.catalog_client import CatalogClient
+from services.fhir.outcome import Unprocessable
+
+EXT = "https://fhir.cicatrix.org/StructureDefinition/"
+DELIVERED_PREPARATION = EXT + "delivered-preparation"
+NOT_SAME_DAY_AS = EXT + "not-same-day-as"
+MINIMUM_INTERVAL = EXT + "minimum-interval"
+COURSE_BREAK = EXT + "course-break"
+GOAL_CONDITION = EXT + "goal-condition"
+PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
+
+Expression = Callable[[Any, dict[str, Any]], list[Any]]
+
+
+def canonical_url(canonical: str) -> str:
+    return canonical.split("|", 1)[0]
+
+
+def versioned(resource: dict[str, Any]) -> str:
+    return f"{resource['url']}|{resource['version']}" if resource.get("version") else resource["url"]
+
+
+def extensions(element: dict[str, Any], url: str) -> list[Any]:
+    """The values of `element`'s extensions with this url (value[x] whatever its type)."""
+    values = []
+    for extension in element.get("extension", []):
+        if extension.get("url") == url:
+            values.extend(v for k, v in extension.items() if k.startswith("value"))
+    return values
+
+
+def duration_days(duration: dict[str, Any]) -> int:
+    factor = {"d": 1, "wk": 7, "mo": 30, "a": 365, "h": 1 / 24, "min": 1 / 1440}
+    return round(float(duration.get("value", 0)) * factor.get(duration.get("code", "d"), 1))
+
+
+def codings(concept: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return list((concept or {}).get("coding", []))
+
+
+@dataclass
+class ExpressionCache:
+    """FHIRPath compiled once per expression text (protocol versions share unchanged expressions)."""
+
+    compiled: dict[str, Expression] = field(default_factory=dict)
+
+    def evaluate(self, expression: str, resource: Any, variables: dict[str, Any]) -> list[Any]:
+        function = self.compiled.get(expression)
+        if function is None:
+            try:
+                function = fhirpathpy.compile(expression, model=fhirpath_models["r4"])
+            except Exception as exc:  # noqa: BLE001 - fhirpathpy raises plain exceptions on syntax errors
+                raise Unprocessable(f"The catalog holds an expression that does not compile: {expression!r} "
+                                    f"({exc})", code="invariant") from None
+            self.compiled[expression] = function
+        return function(resource, variables)
+
+    def is_true(self, expression: str, resource: Any, variables: dict[str, Any]) -> bool:
+        result = self.evaluate(expression, resource, variables)
+        return result == [True]
+
+
+@dataclass
+class Protocol:
+    plan: dict[str, Any]
+    activities: dict[str, dict[str, Any]]
+    """ActivityDefinitions by url and by url|version."""
+    medications: dict[str, dict[str, Any]]
+    """Medications by 'Medication/<id>'."""
+    classes: dict[str, list[dict[str, Any]]]
+    """MedicationKnowledge.productType codings by 'Medication/<id>'."""
+    screening: list[dict[str, Any]]
+    """Screening rule sets (PlanDefinitions of type eca-rule)."""
+
+    @property
+    def canonical(self) -> str:
+        return versioned(self.plan)
+
+    def activity(self, canonical: str) -> dict[str, Any] | None:
+        return self.activities.get(canonical) or self.activities.get(canonical_url(canonical))
+
+    def applicability(self, action: dict[str, Any]) -> list[str]:
+        return [c["expression"]["expression"] for c in action.get("condition", [])
+                if c.get("kind") == "applicability" and c.get("expression", {}).get("expression")]
+
+    def walk(self) -> Iterator[dict[str, Any]]:
+        yield from _walk_actions(self.plan)
+
+
+class Knowledge:
+    """Fetches protocols, the Questionnaire and value sets from the catalog (through its cache)."""
+
+    def __init__(self, catalog: CatalogClient) -> None:
+        self.catalog = catalog
+        self.expressions = ExpressionCache()
+
+    async def questionnaire(self, canonical: str) -> dict[str, Any]:
+        url, _, version = canonical.partition("|")
+        params = [("url", url), ("status", "active")] + ([("version", version)] if version else [])
+        bundle = await self.catalog.get("/Questionnaire", params)
+        found = _resources(bundle, "Questionnaire")
+        if not found:
+            raise Unprocessable(f"The catalog has no active Questionnaire {canonical}", code="not-found")
+        return max(found, key=lambda q: q.get("version", ""))
+
+    async def value_set_codes(self, canonical: str) -> set[tuple[str, str]]:
+        """(system, code) pairs of a ValueSet's expansion."""
+        url, _, version = canonical.partition("|")
+        params = [("url", url), ("count", "1000")] + ([("valueSetVersion", version)] if version else [])
+        expansion = await self.catalog.get("/ValueSet/$expand", params)
+        return {(c.get("system", ""), c.get("code", "")) for c in _contains(expansion.get("expansion", {}))}
+
+    async def protocol_for(self, scar_type: dict[str, Any]) -> Protocol | None:
+        """The active clinical protocol whose use context is this scar type, with all it references."""
+        token = f"{scar_type.get('system', '')}|{scar_type.get('code', '')}"
+        return await self._protocol([("context", token), ("status", "active"),
+                                     ("type", f"{PLAN_TYPE_SYSTEM}|clinical-protocol")])
+
+    async def protocol_by_canonical(self, canonical: str) -> Protocol | None:
+        url, _, version = canonical.partition("|")
+        return await self._protocol([("url", url), ("status", "active")] + ([("version", version)] if version else []))
+
+    async def protocol_by_id(self, plan_id: str) -> Protocol | None:
+        return await self._protocol([("_id", plan_id)])
+
+    async def _protocol(self, criteria: list[tuple[str, str]]) -> Protocol | None:
+        bundle = await self.catalog.get("/PlanDefinition", criteria + [
+            ("_include", "PlanDefinition:definition"), ("_include:iterate", "ActivityDefinition:product"),
+            ("_count", "50")])
+        plans = [r for r in _resources(bundle, "PlanDefinition", mode="match")]
+        if not plans:
+            return None
+        plan = max(plans, key=lambda p: p.get("version", ""))
+        activities: dict[str, dict[str, Any]] = {}
+        for activity in _resources(bundle, "ActivityDefinition"):
+            activities[activity["url"]] = activity
+            activities[versioned(activity)] = activity
+        medications = {f"Medication/{m['id']}": m for m in _resources(bundle, "Medication")}
+        wanted = {ref.get("reference", "") for action in _walk_actions(plan)
+                  for ref in extensions(action, DELIVERED_PREPARATION)}
+        missing = sorted(r.split("/", 1)[1] for r in wanted - set(medications) if r.startswith("Medication/"))
+        if missing:
+            extra = await self.catalog.get("/Medication", [("_id", ",".join(missing)), ("_count", "1000")])
+            medications |= {f"Medication/{m['id']}": m for m in _resources(extra, "Medication")}
+        knowledge = await self.catalog.get("/MedicationKnowledge", [("status", "active"), ("_count", "1000")])
+        classes: dict[str, list[dict[str, Any]]] = {}
+        for item in _resources(knowledge, "MedicationKnowledge"):
+            for medication in item.get("associatedMedication", []):
+                found = [c for concept in item.get("productType", []) for c in codings(concept)]
+                classes.setdefault(medication.get("reference", ""), []).extend(found)
+        screening_bundle = await self.catalog.get("/PlanDefinition", [
+            ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")])
+        return Protocol(plan=plan, activities=activities, medications=medications, classes=classes,
+                        screening=_resources(screening_bundle, "PlanDefinition"))
+
+
+def _walk_actions(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def visit(actions: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for action in actions:
+            yield action
+            yield from visit(action.get("action", []))
+    yield from visit(plan.get("action", []))
+
+
+def _resources(bundle: dict[str, Any], resource_type: str, mode: str | None = None) -> list[dict[str, Any]]:
+    return [entry["resource"] for entry in bundle.get("entry", [])
+            if entry.get("resource", {}).get("resourceType") == resource_type
+            and (mode is None or entry.get("search", {}).get("mode") == mode)]
+
+
+def _contains(expansion: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for item in expansion.get("contains", []):
+        if item.get("code"):
+            yield item
+        yield from _contains(item)

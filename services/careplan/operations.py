@@ -1,0 +1,76 @@
+"""The care-plan operations: `CarePlan/$generate` and `PlanDefinition/$apply`.
+
+`$generate` creates and stores the plan (201 with Location; 200 with the same plan
+when the assessment was already submitted). `$apply` answers the CarePlan the
+protocol would produce and stores nothing, as the Clinical Practice Guidelines
+operation defines.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from services.careplan.careplan_builder import plan_identifier
+from services.careplan.generate import CarePlanner, PlanRepository
+from services.careplan.intake import assessment_key, parse_apply, parse_generate, stored_response_id
+from services.fhir.jsonio import read_json
+from services.fhir.outcome import NotFound
+from services.fhir.responses import FhirResponse
+from services.fhir.rest import fhir_base, write_response
+from services.fhir.service import ContextDep, ServiceContext
+from services.fhir.store import StoredResource
+
+GENERATE_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/CarePlan-generate"
+APPLY_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/PlanDefinition-apply"
+
+
+def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRouter:
+    router = APIRouter(prefix="/fhir", tags=["operations"])
+
+    @router.post("/CarePlan/$generate", name="generate")
+    async def generate(request: Request, ctx: ContextDep) -> Response:
+        """Create the CarePlan for an assessment (idempotent per assessment)."""
+        parsed = parse_generate(await read_json(request))
+        key = assessment_key(parsed.assessment)
+        base = fhir_base(request, ctx.settings.BASE_URL)
+        if key is not None:
+            found = await run_in_threadpool(_existing, ctx, repository, parsed.subject, key)
+            if found is not None:
+                return write_response(request, found, base=base, created=False)
+        identifier = plan_identifier(key, parsed.subject) if key else None
+        reference = f"QuestionnaireResponse/{stored_response_id(parsed.subject, key)}" if key else None
+        result = await planner.draft_plan(parsed, status=parsed.status, identifier=identifier,
+                                          assessment_reference=reference)
+
+        def save():  # type: ignore[no-untyped-def]
+            with ctx.session() as session:
+                return repository.save(session, result, careplan_id=identifier)
+
+        stored, created = await run_in_threadpool(save)
+        return write_response(request, stored, base=base, created=created)
+
+    @router.post("/PlanDefinition/$apply", name="apply-type")
+    async def apply(request: Request) -> Response:
+        """The CarePlan a protocol would produce for an assessment; stores nothing."""
+        parsed = parse_apply(await read_json(request), None)
+        result = await planner.draft_plan(parsed, status="draft")
+        return FhirResponse(result.careplan)
+
+    @router.post("/PlanDefinition/{plan_id}/$apply", name="apply-instance")
+    async def apply_instance(plan_id: str, request: Request) -> Response:
+        """$apply of one catalog PlanDefinition by id."""
+        parsed = parse_apply(await read_json(request), None)
+        protocol = await planner.knowledge.protocol_by_id(plan_id)
+        if protocol is None:
+            raise NotFound(f"The catalog has no PlanDefinition/{plan_id}")
+        result = await planner.draft_plan(parsed, status="draft", protocol=protocol)
+        return FhirResponse(result.careplan)
+
+    return router
+
+
+def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:
+    with ctx.session() as session:
+        return repository.existing(session, subject, key)

@@ -1,0 +1,307 @@
+"""Applying a protocol to an assessment: which activities, with which preparations, and what is left out.
+
+Everything clinical comes from catalog content: applicability conditions (FHIRPath
+over the assessment), group selection behaviours, the screening rule sets and the
+class facts of each preparation. This module only evaluates them:
+
+- an action applies when all its applicability conditions are true;
+- a group with `requiredBehavior = could` lists alternatives the clinician may pick
+  (named on the plan, not scheduled); other groups are planned, `exactly-one` and
+  `at-most-one` taking their first child that survives screening, `all-or-none`
+  dropping every child when one is excluded;
+- an ActivityDefinition of kind CarePlan sets the course (timingRange, course-break),
+  one of kind CommunicationRequest becomes a note for the patient conversation;
+- screening excludes preparations (by class, by allergy on ingredient code or
+  name) and modalities (declined); a drug-delivery procedure whose preparations
+  are all excluded is excluded too. Exclusions stay on the plan with their reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.careplan.intake import Allergy, Assessment
+from services.careplan.knowledge import (
+    COURSE_BREAK,
+    DELIVERED_PREPARATION,
+    GOAL_CONDITION,
+    MINIMUM_INTERVAL,
+    NOT_SAME_DAY_AS,
+    ExpressionCache,
+    Protocol,
+    codings,
+    duration_days,
+    extensions,
+    versioned,
+)
+from services.careplan.scheduling import Rhythm
+from services.fhir.searchparams import normalise
+
+MEDICATION_CLASS_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/medication-class"
+SCAR_CARE_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/scar-care"
+RULE_ALLERGY = (SCAR_CARE_SYSTEM, "allergy")
+RULE_DECLINED = (SCAR_CARE_SYSTEM, "declined")
+RULE_NO_PREPARATION = (SCAR_CARE_SYSTEM, "no-remaining-preparation")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Why something was left out: the rule's reason code and its sentence for the clinician."""
+
+    reason: dict[str, Any]
+    text: str
+
+    def concept(self) -> dict[str, Any]:
+        return {"coding": codings(self.reason), "text": self.text}
+
+
+@dataclass
+class Preparation:
+    medication: dict[str, Any]
+    reference: str
+    exclusion: Exclusion | None = None
+
+    @property
+    def name(self) -> str:
+        code = self.medication.get("code") or {}
+        return code.get("text") or next((c.get("display") for c in codings(code)), self.reference)
+
+
+@dataclass
+class PlannedActivity:
+    key: str
+    title: str
+    definition: dict[str, Any]
+    preparations: list[Preparation] = field(default_factory=list)
+    goal_ids: list[str] = field(default_factory=list)
+    exclusion: Exclusion | None = None
+    rhythm: Rhythm | None = None
+    min_interval_days: int = 1
+    not_same_day: list[str] = field(default_factory=list)
+    """Canonicals of ActivityDefinitions that must not share a day with this one."""
+
+    @property
+    def is_home_care(self) -> bool:
+        return self.definition.get("kind") == "MedicationRequest"
+
+    @property
+    def usable_preparations(self) -> list[Preparation]:
+        return [p for p in self.preparations if p.exclusion is None]
+
+
+@dataclass
+class Course:
+    months_low: int
+    months_high: int
+    break_days: int
+    title: str
+
+
+@dataclass
+class PlanDraft:
+    protocol: Protocol
+    goals: list[dict[str, Any]]
+    activities: list[PlannedActivity]
+    alternatives: list[str]
+    notes: list[str]
+    course: Course | None
+    screening_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Screening:
+    excluded_classes: dict[tuple[str, str], Exclusion] = field(default_factory=dict)
+    allergy: Exclusion | None = None
+    declined: Exclusion | None = None
+    no_preparation: Exclusion | None = None
+    allergies: list[Allergy] = field(default_factory=list)
+    declined_codes: set[tuple[str, str]] = field(default_factory=set)
+
+
+def make_plan(protocol: Protocol, assessment: Assessment, allergies: list[Allergy],
+              expressions: ExpressionCache) -> PlanDraft:
+    variables = {"resource": assessment.response, "context": assessment.response}
+
+    def applies(element: dict[str, Any]) -> bool:
+        return all(expressions.is_true(e, assessment.response, variables) for e in protocol.applicability(element))
+
+    screening = _screening(protocol, assessment, allergies, expressions, variables)
+    draft = PlanDraft(protocol=protocol, goals=[], activities=[], alternatives=[], notes=[], course=None)
+    for goal in protocol.plan.get("goal", []):
+        conditions = [e.get("expression") for e in extensions(goal, GOAL_CONDITION) if isinstance(e, dict)]
+        if all(expressions.is_true(c, assessment.response, variables) for c in conditions if c):
+            draft.goals.append(goal)
+    goal_ids = {g.get("id") for g in draft.goals}
+    for action in protocol.plan.get("action", []):
+        if applies(action):
+            _apply_action(action, protocol, screening, draft, applies, goal_ids)
+    return draft
+
+
+def _apply_action(action: dict[str, Any], protocol: Protocol, screening: Screening, draft: PlanDraft,
+                  applies: Any, goal_ids: set[str | None]) -> None:
+    definition = protocol.activity(action.get("definitionCanonical", "")) if action.get("definitionCanonical") \
+        else None
+    children = [child for child in action.get("action", []) if applies(child)]
+    if definition is not None and definition.get("kind") == "CarePlan":
+        timing = action.get("timingRange") or definition.get("timingRange") or {}
+        breaks = extensions(action, COURSE_BREAK) or extensions(definition, COURSE_BREAK)
+        draft.course = Course(months_low=int(timing.get("low", {}).get("value", 0)),
+                              months_high=int(timing.get("high", timing.get("low", {})).get("value", 0)),
+                              break_days=duration_days(breaks[0]) if breaks else 0,
+                              title=action.get("title") or definition.get("title", ""))
+        if action.get("textEquivalent"):
+            draft.notes.append(action["textEquivalent"])
+        return
+    if definition is not None and definition.get("kind") == "CommunicationRequest":
+        draft.notes.append(action.get("textEquivalent") or definition.get("description") or action.get("title", ""))
+        return
+    if action.get("requiredBehavior") == "could":
+        draft.alternatives.extend(_titles(action, children, protocol))
+        return
+    if definition is not None:
+        activity = _activity(action, definition, protocol, screening, goal_ids)
+        draft.activities.append(activity)
+        return
+    planned = [_activity(child, protocol.activity(child["definitionCanonical"]) or {}, protocol, screening, goal_ids)
+               for child in children if child.get("definitionCanonical")]
+    behaviour = action.get("selectionBehavior")
+    if behaviour in ("exactly-one", "at-most-one"):
+        chosen = next((a for a in planned if a.exclusion is None), None)
+        for activity in planned:
+            if activity is chosen or activity.exclusion is not None:
+                draft.activities.append(activity)
+            else:
+                draft.alternatives.append(f"{activity.title} (instead of {chosen.title if chosen else 'none'})")
+    elif behaviour == "all-or-none" and any(a.exclusion for a in planned):
+        first = next(a for a in planned if a.exclusion)
+        for activity in planned:
+            activity.exclusion = activity.exclusion or Exclusion(
+                first.exclusion.reason if first.exclusion else {},
+                f"Left out with {first.title}, as the regimen is used whole or not at all")
+            draft.activities.append(activity)
+    else:
+        draft.activities.extend(planned)
+    for child in children:  # nested groups
+        if child.get("action") and not child.get("definitionCanonical"):
+            _apply_action(child, protocol, screening, draft, applies, goal_ids)
+
+
+def _titles(action: dict[str, Any], children: list[dict[str, Any]], protocol: Protocol) -> list[str]:
+    titles = []
+    for child in children:
+        definition = protocol.activity(child.get("definitionCanonical", "")) or {}
+        titles.append(child.get("title") or definition.get("title") or "")
+    return [t for t in titles if t]
+
+
+def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Protocol, screening: Screening,
+              goal_ids: set[str | None]) -> PlannedActivity:
+    timing = action.get("timingTiming") or definition.get("timingTiming") or {}
+    repeat = timing.get("repeat") or {}
+    rhythm = None
+    if repeat and definition.get("kind") != "MedicationRequest":
+        rhythm = Rhythm(frequency=int(repeat.get("frequency", 1)), period=float(repeat.get("period", 1)),
+                        period_unit=repeat.get("periodUnit", "wk"), count=int(repeat.get("count", 1)),
+                        count_max=repeat.get("countMax"))
+    intervals = extensions(definition, MINIMUM_INTERVAL)
+    references = [v.get("reference", "") for v in extensions(action, DELIVERED_PREPARATION)] or \
+                 [v.get("reference", "") for v in extensions(definition, DELIVERED_PREPARATION)]
+    if not references and definition.get("productReference"):
+        references = [definition["productReference"].get("reference", "")]
+    activity = PlannedActivity(
+        key=action.get("id") or definition.get("id", ""),
+        title=action.get("title") or definition.get("title", ""),
+        definition=definition,
+        preparations=[Preparation(protocol.medications[r], r) for r in references if r in protocol.medications],
+        goal_ids=[g for g in action.get("goalId", []) if g in goal_ids] or [g for g in goal_ids if g],
+        rhythm=rhythm,
+        min_interval_days=duration_days(intervals[0]) if intervals else 1,
+        not_same_day=[v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)],
+    )
+    _screen(activity, protocol, screening)
+    return activity
+
+
+# ------------------------------------------------------------------ screening
+
+
+def _screening(protocol: Protocol, assessment: Assessment, allergies: list[Allergy], expressions: ExpressionCache,
+               variables: dict[str, Any]) -> Screening:
+    screening = Screening(allergies=allergies)
+    screening.declined_codes = {(c.get("system", ""), c.get("code", "")) for c in
+                                assessment.answers.get("declined-modality", []) if isinstance(c, dict)}
+    for rules in protocol.screening:
+        for rule in rules.get("action", []):
+            conditions = protocol.applicability(rule)
+            if not all(expressions.is_true(c, assessment.response, variables) for c in conditions):
+                continue
+            reason = (rule.get("reason") or [{}])[0]
+            exclusion = Exclusion(reason, rule.get("textEquivalent") or rule.get("title", ""))
+            for concept in rule.get("code", []):
+                for coding in codings(concept):
+                    key = (coding.get("system", ""), coding.get("code", ""))
+                    if key[0] == MEDICATION_CLASS_SYSTEM:
+                        screening.excluded_classes[key] = exclusion
+                    elif key == RULE_ALLERGY:
+                        screening.allergy = exclusion
+                    elif key == RULE_DECLINED:
+                        screening.declined = exclusion
+                    elif key == RULE_NO_PREPARATION:
+                        screening.no_preparation = exclusion
+    return screening
+
+
+def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening) -> None:
+    codes = {(c.get("system", ""), c.get("code", "")) for c in codings(activity.definition.get("code"))}
+    if screening.declined and codes & screening.declined_codes:
+        activity.exclusion = screening.declined
+        return
+    for preparation in activity.preparations:
+        for coding in protocol.classes.get(preparation.reference, []):
+            key = (coding.get("system", ""), coding.get("code", ""))
+            if key in screening.excluded_classes:
+                preparation.exclusion = screening.excluded_classes[key]
+                break
+        if preparation.exclusion is None and screening.allergy and screening.allergies:
+            allergen = _allergen(preparation.medication, screening.allergies)
+            if allergen:
+                preparation.exclusion = Exclusion(screening.allergy.reason,
+                                                  f"{screening.allergy.text} ({allergen})")
+    if activity.preparations and not activity.usable_preparations:
+        rule = screening.no_preparation
+        first = activity.preparations[0].exclusion
+        activity.exclusion = Exclusion(rule.reason, rule.text) if rule else first
+
+
+def _allergen(medication: dict[str, Any], allergies: list[Allergy]) -> str | None:
+    """The ingredient (or product) the patient is allergic to, matched on code or on normalised name."""
+    names: list[tuple[str, set[tuple[str, str]]]] = []
+    code = medication.get("code") or {}
+    names.append((code.get("text", ""), {(c.get("system", ""), c.get("code", "")) for c in codings(code)}))
+    for ingredient in medication.get("ingredient", []):
+        concept = ingredient.get("itemCodeableConcept") or {}
+        texts = [concept.get("text", "")] + [c.get("display", "") for c in codings(concept)]
+        ingredient_codes = {(c.get("system", ""), c.get("code", "")) for c in codings(concept)}
+        names.extend((t, ingredient_codes) for t in texts if t)
+    for allergy in allergies:
+        for text, codes in names:
+            if allergy.code and (allergy.system or "", allergy.code) in codes:
+                return text or allergy.code
+            if allergy.code and not allergy.system and any(c == allergy.code for _, c in codes):
+                return text or allergy.code
+            if allergy.name and _name_matches(allergy.name, normalise(text)):
+                return text
+    return None
+
+
+def _name_matches(allergen: str, name: str) -> bool:
+    """'camphor' matches 'Camphor' and 'natural camphor', not 'camphorated'; hyphens and spaces are alike."""
+    allergen, name = allergen.replace("-", " "), name.replace("-", " ")
+    return bool(allergen) and re.search(rf"(?<![a-z0-9]){re.escape(allergen)}(?![a-z0-9])", name) is not None
+
+
+def protocol_canonical(protocol: Protocol) -> str:
+    return versioned(protocol.plan)
