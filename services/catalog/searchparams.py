@@ -5,9 +5,11 @@ from __future__ import annotations
 from services.fhir.searchparams import SearchParamDef
 
 CATALOG_TYPES = ("ActivityDefinition", "PlanDefinition", "Medication", "MedicationKnowledge", "Questionnaire",
-                 "CodeSystem", "ValueSet")
+                 "CodeSystem", "ValueSet", "StructureDefinition")
+"""StructureDefinition: the definitions of the catalog's own extensions (delivered-preparation, ...)."""
 
-_KNOWLEDGE_ARTIFACT = ("ActivityDefinition", "PlanDefinition", "Questionnaire", "CodeSystem", "ValueSet")
+_KNOWLEDGE_ARTIFACT = ("ActivityDefinition", "PlanDefinition", "Questionnaire", "CodeSystem", "ValueSet",
+                       "StructureDefinition")
 
 
 def _canonical_params(resource_type: str) -> dict[str, SearchParamDef]:
@@ -43,6 +45,10 @@ SEARCH_PARAMS["PlanDefinition"] |= {
         "(PlanDefinition.action | PlanDefinition.action.repeat(action)).definitionCanonical",
         "Activities and plans the protocol's actions point to",
         targets=("ActivityDefinition", "PlanDefinition", "Questionnaire")),
+}
+SEARCH_PARAMS["StructureDefinition"] |= {
+    "type": SearchParamDef("type", "uri", "StructureDefinition.type", "The type defined or constrained"),
+    "kind": SearchParamDef("kind", "token", "StructureDefinition.kind", "primitive-type | complex-type | resource"),
 }
 SEARCH_PARAMS["Questionnaire"] |= {
     "code": SearchParamDef("code", "token", "Questionnaire.item.code", "Codes of the questions"),

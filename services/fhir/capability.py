@@ -105,7 +105,6 @@ class CapabilityBuilder:
         entry: dict[str, Any] = {
             "type": capability.type,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{capability.type}",
-            "interaction": [{"code": code} for code in capability.interactions],
             "versioning": capability.versioning,
             "readHistory": capability.read_history,
             "updateCreate": False,
@@ -114,6 +113,8 @@ class CapabilityBuilder:
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
         }
+        if capability.interactions:  # R4 JSON never carries an empty array
+            entry["interaction"] = [{"code": code} for code in capability.interactions]
         if capability.documentation:
             entry["documentation"] = capability.documentation
         if capability.search_include:

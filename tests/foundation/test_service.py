@@ -41,7 +41,7 @@ def test_catalog_capability_lists_exactly_the_served_types(database_url):
         statement = client.get("/fhir/metadata").json()
         types = {r["type"] for r in statement["rest"][0]["resource"]}
         assert types == {"ActivityDefinition", "PlanDefinition", "Medication", "MedicationKnowledge",
-                         "Questionnaire", "CodeSystem", "ValueSet"}
+                         "Questionnaire", "CodeSystem", "ValueSet", "StructureDefinition"}
         for resource in statement["rest"][0]["resource"]:
             assert client.get(f"/fhir/{resource['type']}").status_code == 200
         assert client.get("/fhir/Patient").status_code == 404
