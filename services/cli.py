@@ -77,6 +77,9 @@ def up() -> int:
     env = dict(os.environ)
     catalog, careplan = _settings("catalog"), _settings("careplan")
     sandbox_port = int(env.get("EHR_SANDBOX_PORT", "8090"))
+    # The care-plan service follows the catalog and sandbox wherever they were put, unless told otherwise.
+    env.setdefault("CAREPLAN_CATALOG_URL", f"http://{catalog.HOST}:{catalog.PORT}/fhir")
+    env.setdefault("CAREPLAN_EHR_BASE_URL", f"http://127.0.0.1:{sandbox_port}/fhir")
     specs = [
         ("ehr-sandbox", [node, str(SANDBOX)], {"EHR_SANDBOX_PORT": str(sandbox_port)},
          f"http://127.0.0.1:{sandbox_port}/fhir/metadata"),
