@@ -28,7 +28,8 @@ VERSION = "1.0.0"
 EXT = f"{BASE}/StructureDefinition/"
 R4 = models["r4"]
 
-CANONICAL_TYPES = {"ActivityDefinition", "PlanDefinition", "Questionnaire", "CodeSystem", "ValueSet"}
+CANONICAL_TYPES = {"ActivityDefinition", "PlanDefinition", "Questionnaire", "CodeSystem", "ValueSet",
+                   "StructureDefinition"}
 CATALOG_TYPES = CANONICAL_TYPES | {"Medication", "MedicationKnowledge"}
 KNOWN_EXTENSIONS = {
     EXT + "delivered-preparation": "valueReference",
@@ -230,6 +231,27 @@ def test_metadata_conventions(path: Path) -> None:
         assert resource["status"] == "active"
 
 
+@pytest.mark.parametrize("url,value_type", [(u, t) for u, t in KNOWN_EXTENSIONS.items() if u.startswith(EXT)])
+def test_extension_definitions(url: str, value_type: str) -> None:
+    sd = _resolve(url)
+    assert sd is not None and sd["resourceType"] == "StructureDefinition"
+    assert (sd["type"], sd["kind"], sd["derivation"], sd["fhirVersion"]) == (
+        "Extension", "complex-type", "constraint", "4.0.1")
+    elements = {e["path"]: e for e in sd["differential"]["element"]}
+    assert elements["Extension.url"]["fixedUri"] == url
+    assert elements["Extension.extension"]["max"] == "0"
+    type_code = value_type.removeprefix("value")
+    if type_code == "Canonical":  # primitive types are lower-case
+        type_code = "canonical"
+    assert [t["code"] for t in elements["Extension.value[x]"]["type"]] == [type_code]
+    used_on = {c["expression"] for c in sd["context"]}
+    for key, resource in RESOURCES.items():
+        for where, k, value in _walk(resource):
+            if k == "url" and value == url and "extension[" in where:
+                owner = "PlanDefinition.action" if ".action" in where else resource["resourceType"]
+                assert owner in used_on, f"{key}: {url} used on {owner}, outside its context"
+
+
 def test_url_and_version_are_unique() -> None:
     keys = Counter((r["url"], r["version"]) for r in RESOURCES.values() if "url" in r)
     assert [k for k, n in keys.items() if n > 1] == []
@@ -251,10 +273,12 @@ def test_references_and_canonicals_resolve(path: Path) -> None:
         elif key in {"definitionCanonical", "valueCanonical", "answerValueSet", "valueSet"} or (
                 key == "resource" and isinstance(value, str)):
             assert _resolve(value) is not None, f"{where}: {value} does not resolve to a content file"
-        elif key == "url" and isinstance(value, str) and where.endswith(".url") and ".extension" in where:
+        elif key == "url" and isinstance(value, str) and re.search(r"(^|\.)extension\[\d+\]\.url$", where):
             assert value in KNOWN_EXTENSIONS, f"{where}: undocumented extension {value}"
+            if value.startswith(EXT):
+                assert _resolve(value) is not None, f"{where}: no StructureDefinition for {value}"
         elif isinstance(value, str) and value.startswith(BASE + "/") and key not in {"url", "system"}:
-            assert _resolve(value) is not None or value.startswith(EXT), f"{where}: {value} does not resolve"
+            assert _resolve(value) is not None, f"{where}: {value} does not resolve"
     # every canonical pointing into our base (definitionCanonical etc.) carries the version
     for where, key, value in _walk(resource):
         if key in {"definitionCanonical", "valueCanonical", "answerValueSet"}:
