@@ -3,6 +3,8 @@
     cicatrix up                      run catalog, careplan and the EHR sandbox locally
     cicatrix serve catalog|careplan  run one service (uvicorn) with its settings
     cicatrix migrate [SERVICE]       apply database migrations (both services by default)
+    cicatrix plan FILE [--start D]   print the plan for an assessment (running stack, or --local)
+    cicatrix examples                regenerate contracts/fhir/examples/*.careplan.json
 """
 
 from __future__ import annotations
@@ -129,6 +131,78 @@ def up() -> int:
         print("Cicatrix stopped.", flush=True)
 
 
+def _plan_request(path: Path, start: str | None) -> dict:  # type: ignore[type-arg]
+    """A file holding $generate Parameters, or a bare QuestionnaireResponse (its subject becomes the subject)."""
+    import json
+
+    body = json.loads(path.read_text())
+    if body.get("resourceType") == "QuestionnaireResponse":
+        subject = (body.get("subject") or {}).get("reference", "Patient/unknown")
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": "subject", "valueReference": {"reference": subject}}, {"name": "assessment", "resource": body}]}
+    if start:
+        body["parameter"] = [p for p in body.get("parameter", []) if p.get("name") != "start"]
+        body["parameter"].append({"name": "start", "valueDate": start})
+    return body
+
+
+def plan(path: Path, start: str | None, local: bool) -> int:
+    """Print what the plan for an assessment would be: what, when, why ($apply semantics: nothing stored)."""
+    import asyncio
+
+    from services.careplan.plan_table import render_plan
+
+    request = _plan_request(path, start)
+    if local:
+        from services.careplan.examples import plan_example
+        from services.careplan.local import local_planner
+
+        async def run() -> tuple[str, dict]:  # type: ignore[type-arg]
+            async with local_planner() as planner:
+                return await plan_example(planner, request)
+
+        kind, resource = asyncio.run(run())
+    else:
+        settings = _settings("careplan")
+        apply_body = {"resourceType": "Parameters", "parameter": []}
+        for parameter in request["parameter"]:
+            if parameter["name"] == "assessment":
+                apply_body["parameter"].append({"name": "data", "resource": {
+                    "resourceType": "Bundle", "type": "collection",
+                    "entry": [{"resource": parameter["resource"]}]}})
+            else:
+                apply_body["parameter"].append(parameter)
+        url = f"http://{settings.HOST}:{settings.PORT}/fhir/PlanDefinition/$apply"
+        try:
+            response = httpx.post(url, json=apply_body, headers={"Content-Type": "application/fhir+json"}, timeout=30)
+        except httpx.HTTPError as exc:
+            print(f"cicatrix plan: cannot reach {url} ({exc}); start the stack with `make up` or use --local",
+                  file=sys.stderr)
+            return 2
+        resource = response.json()
+        kind = "careplan" if resource.get("resourceType") == "CarePlan" else "outcome"
+    print(render_plan(resource) if kind == "careplan" else _outcome_text(resource))
+    return 0 if kind == "careplan" else 1
+
+
+def _outcome_text(outcome: dict) -> str:  # type: ignore[type-arg]
+    lines = ["The assessment was refused:"]
+    for issue in outcome.get("issue", []):
+        where = ", ".join(issue.get("expression", []))
+        lines.append(f"  - {issue.get('diagnostics', '')}" + (f"  [{where}]" if where else ""))
+    return "\n".join(lines)
+
+
+def examples() -> int:
+    import asyncio
+
+    from services.careplan.examples import write_all
+
+    for path in asyncio.run(write_all()):
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cicatrix", description="Cicatrix care-plan services")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     migrate_parser = commands.add_parser("migrate", help="apply database migrations")
     migrate_parser.add_argument("service", nargs="?", choices=["catalog", "careplan"],
                                 help="one service (both when omitted)")
+    plan_parser = commands.add_parser("plan", help="print the plan for an assessment")
+    plan_parser.add_argument("file", type=Path, help="$generate Parameters or a QuestionnaireResponse (JSON)")
+    plan_parser.add_argument("--start", help="first day of treatment (YYYY-MM-DD)")
+    plan_parser.add_argument("--local", action="store_true", help="plan in-process, without a running stack")
+    commands.add_parser("examples", help="regenerate the example plans in contracts/fhir/examples")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        return plan(args.file, args.start, args.local)
+    if args.command == "examples":
+        return examples()
     if args.command == "up":
         return up()
     if args.command == "serve":

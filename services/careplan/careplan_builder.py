@@ -136,7 +136,7 @@ def _product(detail: dict[str, Any], preparations: list[Preparation]) -> None:
     elif preparations:
         names = ", ".join(p.name for p in preparations)
         detail["productCodeableConcept"] = {"text": f"One of: {names}"}
-        detail["description"] = f"{detail.get('description', '')} Preparations: {names}.".strip()
+        detail["description"] = f"{detail.get('description', '').rstrip('.')}. Preparations: {names}."
 
 
 def _clean(detail: dict[str, Any]) -> dict[str, Any]:
@@ -145,11 +145,10 @@ def _clean(detail: dict[str, Any]) -> dict[str, Any]:
 
 def _notes(draft: PlanDraft) -> list[str]:
     notes = list(dict.fromkeys(draft.notes))
-    if draft.course:
-        course = draft.course
-        notes.append(f"{course.title}: {course.months_low} to {course.months_high} months; in-clinic procedures "
-                     f"are repeated in series with a {course.break_days}-day break between series, home care "
-                     "continues every day.")
+    in_clinic = any(a.rhythm and not a.is_home_care and a.exclusion is None for a in draft.activities)
+    if draft.course and draft.course.break_days and in_clinic:
+        notes.append(f"In-clinic procedures are repeated in series with a {draft.course.break_days}-day break "
+                     "between series for the whole course; home care continues every day.")
     if draft.alternatives:
         notes.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
     return notes

@@ -71,7 +71,7 @@ class CarePlanner:
 
     async def draft_plan(self, request: GenerateRequest, *, status: str = "draft",
                          protocol: Protocol | None = None, assessment_reference: str | None = None,
-                         identifier: str | None = None) -> PlanResult:
+                         identifier: str | None = None, created: datetime | None = None) -> PlanResult:
         questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
         assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
         if protocol is None:
@@ -82,7 +82,7 @@ class CarePlanner:
         sessions, end = self._schedule(draft, start)
         careplan = build_careplan(
             draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
-            status=status, start=start, end=end, created=datetime.now(UTC),
+            status=status, start=start, end=end, created=created or datetime.now(UTC),
             assessment_reference=assessment_reference)
         return PlanResult(careplan, assessment, protocol)
 

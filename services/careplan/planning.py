@@ -133,7 +133,7 @@ def make_plan(protocol: Protocol, assessment: Assessment, allergies: list[Allerg
         conditions = [e.get("expression") for e in extensions(goal, GOAL_CONDITION) if isinstance(e, dict)]
         if all(expressions.is_true(c, assessment.response, variables) for c in conditions if c):
             draft.goals.append(goal)
-    goal_ids = {g.get("id") for g in draft.goals}
+    goal_ids = [g["id"] for g in draft.goals if g.get("id")]  # ordered: plans must be reproducible
     for action in protocol.plan.get("action", []):
         if applies(action):
             _apply_action(action, protocol, screening, draft, applies, goal_ids)
@@ -141,7 +141,7 @@ def make_plan(protocol: Protocol, assessment: Assessment, allergies: list[Allerg
 
 
 def _apply_action(action: dict[str, Any], protocol: Protocol, screening: Screening, draft: PlanDraft,
-                  applies: Any, goal_ids: set[str | None]) -> None:
+                  applies: Any, goal_ids: list[str]) -> None:
     definition = protocol.activity(action.get("definitionCanonical", "")) if action.get("definitionCanonical") \
         else None
     children = [child for child in action.get("action", []) if applies(child)]
@@ -162,31 +162,56 @@ def _apply_action(action: dict[str, Any], protocol: Protocol, screening: Screeni
         draft.alternatives.extend(_titles(action, children, protocol))
         return
     if definition is not None:
-        activity = _activity(action, definition, protocol, screening, goal_ids)
-        draft.activities.append(activity)
+        draft.activities.append(_activity(action, definition, protocol, screening, goal_ids))
         return
-    planned = [_activity(child, protocol.activity(child["definitionCanonical"]) or {}, protocol, screening, goal_ids)
-               for child in children if child.get("definitionCanonical")]
+    activities, alternatives = _group(action, protocol, screening, applies, goal_ids)
+    draft.activities.extend(activities)
+    draft.alternatives.extend(alternatives)
+
+
+def _group(action: dict[str, Any], protocol: Protocol, screening: Screening, applies: Any,
+           goal_ids: list[str]) -> tuple[list[PlannedActivity], list[str]]:
+    """Resolve a group by its selectionBehavior; each child (an activity or a nested group) is one option.
+
+    Returns the activities it contributes (chosen ones and visible exclusions) and the titles of usable options
+    that were not chosen (alternatives)."""
+    options: list[tuple[str, list[PlannedActivity]]] = []
+    alternatives: list[str] = []
+    for child in action.get("action", []):
+        if not applies(child):
+            continue
+        if child.get("definitionCanonical"):
+            definition = protocol.activity(child["definitionCanonical"]) or {}
+            activity = _activity(child, definition, protocol, screening, goal_ids)
+            options.append((activity.title, [activity]))
+        elif child.get("action"):
+            nested, nested_alternatives = _group(child, protocol, screening, applies, goal_ids)
+            options.append((child.get("title", ""), nested))
+            alternatives.extend(nested_alternatives)
     behaviour = action.get("selectionBehavior")
     if behaviour in ("exactly-one", "at-most-one"):
-        chosen = next((a for a in planned if a.exclusion is None), None)
-        for activity in planned:
-            if activity is chosen or activity.exclusion is not None:
-                draft.activities.append(activity)
+        chosen = next((option for option in options if _usable(option[1])), None)
+        activities = []
+        for title, option in options:
+            if option is (chosen[1] if chosen else None):
+                activities.extend(option)
             else:
-                draft.alternatives.append(f"{activity.title} (instead of {chosen.title if chosen else 'none'})")
-    elif behaviour == "all-or-none" and any(a.exclusion for a in planned):
-        first = next(a for a in planned if a.exclusion)
-        for activity in planned:
+                activities.extend(a for a in option if a.exclusion is not None)
+                if _usable(option) and chosen:
+                    alternatives.append(f"{title} (instead of {chosen[0]})")
+        return activities, alternatives
+    activities = [a for _, option in options for a in option]
+    if behaviour == "all-or-none" and any(a.exclusion for a in activities):
+        first = next(a for a in activities if a.exclusion)
+        for activity in activities:
             activity.exclusion = activity.exclusion or Exclusion(
                 first.exclusion.reason if first.exclusion else {},
-                f"Left out with {first.title}, as the regimen is used whole or not at all")
-            draft.activities.append(activity)
-    else:
-        draft.activities.extend(planned)
-    for child in children:  # nested groups
-        if child.get("action") and not child.get("definitionCanonical"):
-            _apply_action(child, protocol, screening, draft, applies, goal_ids)
+                f"Left out with {first.title}: the regimen is used whole or not at all")
+    return activities, alternatives
+
+
+def _usable(activities: list[PlannedActivity]) -> bool:
+    return bool(activities) and all(a.exclusion is None for a in activities)
 
 
 def _titles(action: dict[str, Any], children: list[dict[str, Any]], protocol: Protocol) -> list[str]:
@@ -198,7 +223,7 @@ def _titles(action: dict[str, Any], children: list[dict[str, Any]], protocol: Pr
 
 
 def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Protocol, screening: Screening,
-              goal_ids: set[str | None]) -> PlannedActivity:
+              goal_ids: list[str]) -> PlannedActivity:
     timing = action.get("timingTiming") or definition.get("timingTiming") or {}
     repeat = timing.get("repeat") or {}
     rhythm = None
@@ -216,7 +241,7 @@ def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Prot
         title=action.get("title") or definition.get("title", ""),
         definition=definition,
         preparations=[Preparation(protocol.medications[r], r) for r in references if r in protocol.medications],
-        goal_ids=[g for g in action.get("goalId", []) if g in goal_ids] or [g for g in goal_ids if g],
+        goal_ids=[g for g in action.get("goalId", []) if g in goal_ids] or list(goal_ids),
         rhythm=rhythm,
         min_interval_days=duration_days(intervals[0]) if intervals else 1,
         not_same_day=[v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)],
@@ -271,9 +296,11 @@ def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening)
                 preparation.exclusion = Exclusion(screening.allergy.reason,
                                                   f"{screening.allergy.text} ({allergen})")
     if activity.preparations and not activity.usable_preparations:
+        own = activity.preparations[0].exclusion
         rule = screening.no_preparation
-        first = activity.preparations[0].exclusion
-        activity.exclusion = Exclusion(rule.reason, rule.text) if rule else first
+        # Home care *is* its preparation: it goes for the preparation's own reason. A delivery procedure
+        # (phoresis, mesotherapy) goes because nothing is left for it to deliver.
+        activity.exclusion = own if activity.is_home_care or rule is None else Exclusion(rule.reason, rule.text)
 
 
 def _allergen(medication: dict[str, Any], allergies: list[Allergy]) -> str | None:

@@ -36,6 +36,7 @@ KNOWN_EXTENSIONS = {
     EXT + "not-same-day-as": "valueCanonical",
     EXT + "minimum-interval": "valueDuration",
     EXT + "course-break": "valueDuration",
+    EXT + "goal-condition": "valueExpression",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-unit": "valueCoding",
 }
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -248,7 +249,8 @@ def test_extension_definitions(url: str, value_type: str) -> None:
     for key, resource in RESOURCES.items():
         for where, k, value in _walk(resource):
             if k == "url" and value == url and "extension[" in where:
-                owner = "PlanDefinition.action" if ".action" in where else resource["resourceType"]
+                owner = ("PlanDefinition.action" if re.search(r"(^|\.)action\[", where)
+                         else "PlanDefinition.goal" if re.search(r"(^|\.)goal\[", where) else resource["resourceType"])
                 assert owner in used_on, f"{key}: {url} used on {owner}, outside its context"
 
 
