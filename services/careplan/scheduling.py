@@ -119,7 +119,8 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
     while True:
         course_days: list[date] = []
         for procedure in procedures:
-            days = _place(procedure, course_start, calendar, booked, course.end or horizon)
+            previous = result.sessions[procedure.key][-1].date() if result.sessions[procedure.key] else None
+            days = _place(procedure, course_start, calendar, booked, course.end or horizon, previous)
             for day in days:
                 booked[day].append(procedure.key)
             course_days.extend(days)
@@ -139,13 +140,16 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
 
 
 def _place(procedure: Procedure, start: date, calendar: ClinicCalendar, booked: dict[date, list[str]],
-           last_allowed: date) -> list[date]:
-    """Days for one course of one procedure: ideal dates from the rhythm, nudged forward to admissible days."""
+           last_allowed: date, previous: date | None) -> list[date]:
+    """Days for one course of one procedure: ideal dates from the rhythm, nudged forward to admissible days.
+
+    `previous` is the procedure's last session of an earlier course: the minimum interval holds across courses."""
     days: list[date] = []
     gap = max(procedure.min_interval_days, 1)
     for n in range(procedure.rhythm.count):
         ideal = start + timedelta(days=math.floor(n * procedure.rhythm.interval_days))
-        earliest = max(ideal, days[-1] + timedelta(days=gap)) if days else ideal
+        last = days[-1] if days else previous
+        earliest = max(ideal, last + timedelta(days=gap)) if last else ideal
         day = _first_admissible(procedure, earliest, calendar, booked, last_allowed)
         if day is None:
             if n == 0:

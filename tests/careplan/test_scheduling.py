@@ -1,0 +1,112 @@
+"""Property tests of the scheduler: every invariant holds for random protocols, start dates and calendars."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.careplan.scheduling import (
+    ClinicCalendar,
+    CoursePlan,
+    Procedure,
+    Rhythm,
+    schedule,
+    symmetric_conflicts,
+)
+
+KEYS = ["aha", "vacuum", "meso", "phono", "derm"]
+
+
+@st.composite
+def procedures(draw: st.DrawFn) -> list[Procedure]:
+    keys = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=5, unique=True))
+    result = []
+    for key in keys:
+        rhythm = Rhythm(frequency=draw(st.integers(1, 3)), period=draw(st.sampled_from([1, 2])),
+                        period_unit=draw(st.sampled_from(["wk", "d", "mo"])), count=draw(st.integers(1, 15)))
+        conflicts = frozenset(draw(st.lists(st.sampled_from([k for k in keys if k != key] or [key]), max_size=2)))
+        result.append(Procedure(key, rhythm, draw(st.integers(1, 10)), conflicts - {key}))
+    return symmetric_conflicts(result)
+
+
+@st.composite
+def calendars(draw: st.DrawFn) -> ClinicCalendar:
+    days = frozenset(draw(st.lists(st.integers(0, 6), min_size=1, max_size=7, unique=True)))
+    start = date(2026, 1, 1)
+    closed = frozenset(start + timedelta(days=d) for d in draw(st.lists(st.integers(0, 400), max_size=30)))
+    return ClinicCalendar(working_days=days, closed=closed, max_per_day=draw(st.integers(1, 3)),
+                          timezone=draw(st.sampled_from(["Europe/Berlin", "UTC", "America/New_York"])))
+
+
+starts = st.dates(min_value=date(2026, 1, 1), max_value=date(2026, 12, 31))
+ends = st.one_of(st.none(), st.integers(60, 540))
+
+
+@settings(max_examples=150, deadline=None)
+@given(procedures(), calendars(), starts, ends, st.integers(0, 45))
+def test_schedule_invariants(procs, calendar, start, length, break_days):
+    end = start + timedelta(days=length) if length else None
+    result = schedule(procs, calendar, CoursePlan(start=start, end=end, break_days=break_days))
+    by_day: dict[date, list[str]] = {}
+    for procedure in procs:
+        moments = result.sessions[procedure.key]
+        days = [m.date() for m in moments]
+        assert days == sorted(days)
+        for previous, current in zip(days, days[1:], strict=False):
+            assert (current - previous).days >= procedure.min_interval_days, "minimum interval"
+        for moment in moments:
+            assert moment.tzinfo is not None and moment.utcoffset() is not None, "session times carry an offset"
+            day = moment.date()
+            assert day >= start
+            if end is not None:
+                assert day <= end
+            assert calendar.is_open(day), "only on working, non-closed days"
+            by_day.setdefault(day, []).append(procedure.key)
+        if end is None:
+            assert len(moments) <= procedure.rhythm.count
+    lookup = {p.key: p for p in procs}
+    for day, keys in by_day.items():
+        assert len(keys) <= calendar.max_per_day, "daily cap"
+        assert len(keys) == len(set(keys)), "one session of a procedure per day"
+        for key in keys:
+            assert not (lookup[key].not_same_day & set(keys)), "no conflicting procedures on one day"
+
+
+@settings(max_examples=50, deadline=None)
+@given(procedures(), calendars(), starts)
+def test_schedule_is_deterministic(procs, calendar, start):
+    course = CoursePlan(start=start, end=start + timedelta(days=200), break_days=30)
+    assert schedule(procs, calendar, course).sessions == schedule(procs, calendar, course).sessions
+
+
+@settings(max_examples=50, deadline=None)
+@given(calendars(), starts)
+def test_one_course_places_every_session_when_the_clinic_is_open(calendar, start):
+    dermabrasion = Procedure("derm", Rhythm(frequency=2, period=1, period_unit="wk", count=10, count_max=15), 2)
+    result = schedule([dermabrasion], calendar, CoursePlan(start=start))
+    assert len(result.sessions["derm"]) == 10, "one course of therapeutic dermabrasion is 10 sessions"
+
+
+def test_therapeutic_dermabrasion_twice_a_week_on_clinic_days():
+    monday = date(2026, 3, 2)
+    result = schedule([Procedure("derm", Rhythm(2, 1, "wk", 10, 15), 2)], ClinicCalendar(timezone="Europe/Berlin"),
+                      CoursePlan(start=monday))
+    days = [m.date() for m in result.sessions["derm"]]
+    assert len(days) == 10
+    for week in range(5):
+        in_week = [d for d in days if monday + timedelta(weeks=week) <= d < monday + timedelta(weeks=week + 1)]
+        assert len(in_week) == 2
+    assert result.sessions["derm"][0].isoformat() == "2026-03-02T09:00:00+01:00"
+    after_dst = [m for m in result.sessions["derm"] if m.date() > date(2026, 3, 29)]
+    assert after_dst and all(m.isoformat().endswith("+02:00") for m in after_dst), "offsets follow DST"
+
+
+def test_long_courses_repeat_after_the_break():
+    start = date(2026, 3, 2)
+    result = schedule([Procedure("aha", Rhythm(1, 2, "wk", 5), 7)], ClinicCalendar(),
+                      CoursePlan(start=start, end=start + timedelta(days=540), break_days=30))
+    days = [m.date() for m in result.sessions["aha"]]
+    gaps = [(b - a).days for a, b in zip(days, days[1:], strict=False)]
+    assert result.courses > 5 and max(gaps) >= 30
