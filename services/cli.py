@@ -5,6 +5,7 @@
     cicatrix migrate [SERVICE]       apply database migrations (both services by default)
     cicatrix plan FILE [--start D]   print the plan for an assessment (running stack, or --local)
     cicatrix examples                regenerate contracts/fhir/examples/*.careplan.json
+    cicatrix openapi                 regenerate contracts/openapi/<service>.json
 """
 
 from __future__ import annotations
@@ -203,6 +204,25 @@ def examples() -> int:
     return 0
 
 
+def openapi_documents() -> dict[str, str]:
+    """Each service's OpenAPI document as committed under contracts/openapi (stable key order)."""
+    import json
+
+    from services.careplan.app import create_app as careplan_app
+    from services.catalog.app import create_app as catalog_app
+
+    return {name: json.dumps(factory().openapi(), indent=2, sort_keys=True) + "\n"
+            for name, factory in (("catalog", catalog_app), ("careplan", careplan_app))}
+
+
+def openapi() -> int:
+    for name, document in openapi_documents().items():
+        path = ROOT / "contracts" / "openapi" / f"{name}.json"
+        path.write_text(document)
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cicatrix", description="Cicatrix care-plan services")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,11 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser.add_argument("--start", help="first day of treatment (YYYY-MM-DD)")
     plan_parser.add_argument("--local", action="store_true", help="plan in-process, without a running stack")
     commands.add_parser("examples", help="regenerate the example plans in contracts/fhir/examples")
+    commands.add_parser("openapi", help="regenerate the OpenAPI documents in contracts/openapi")
     args = parser.parse_args(argv)
     if args.command == "plan":
         return plan(args.file, args.start, args.local)
     if args.command == "examples":
         return examples()
+    if args.command == "openapi":
+        return openapi()
     if args.command == "up":
         return up()
     if args.command == "serve":

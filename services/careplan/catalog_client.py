@@ -42,12 +42,18 @@ class CatalogClient:
         self.base_url = base_url.rstrip("/")
         self.fresh_seconds = fresh_seconds
         self.max_entries = max_entries
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
-                                       headers={"Accept": FHIR_JSON})
+        self._timeout = timeout
+        self._transport = transport
+        self._http = self._new_client()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout, transport=self._transport,
+                                 headers={"Accept": FHIR_JSON})
+
     async def close(self) -> None:
+        """Close the connections; the cache stays, and the next request opens new connections."""
         await self._http.aclose()
 
     async def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
@@ -65,6 +71,8 @@ class CatalogClient:
 
     async def _fetch(self, key: str, path: str, params: Sequence[tuple[str, str]], cached: _Cached | None) -> Any:
         headers = {"If-None-Match": cached.etag} if cached and cached.etag else {}
+        if self._http.is_closed:
+            self._http = self._new_client()
         try:
             response = await self._http.get(path, params=list(params), headers=headers)
         except httpx.HTTPError as exc:

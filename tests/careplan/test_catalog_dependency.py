@@ -1,0 +1,68 @@
+"""The care-plan service depends on the catalog over HTTP: protocols are data, and outages are survivable."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import httpx
+
+from services.catalog.settings import CONTENT_DIR
+from tests.careplan.conftest import answer, assessment_of, example
+from tests.support.apps import FHIR_JSON, careplan_app, catalog_app, running
+from tests.support.servers import free_port, serve
+
+
+def generate(client, parameters):
+    return client.post("/fhir/CarePlan/$generate", json=parameters, headers=FHIR_JSON)
+
+
+def test_a_protocol_published_into_the_catalog_is_used_without_code_change(tmp_path, r4_validator):
+    protocol = json.loads((CONTENT_DIR / "PlanDefinition" / "hypotrophic-scar-protocol.json").read_text())
+    keloid = copy.deepcopy(protocol)
+    keloid.pop("id")
+    keloid.pop("meta", None)
+    keloid["url"] = "https://hospital.example/fhir/PlanDefinition/keloid-home-care"
+    keloid["name"], keloid["title"] = "KeloidHomeCare", "Keloid home care (hospital protocol)"
+    scar = {"system": "https://fhir.cicatrix.org/CodeSystem/scar-type", "code": "keloid", "display": "Keloid scar"}
+    keloid["useContext"][0]["valueCodeableConcept"] = {"coding": [scar]}
+    text = json.dumps(keloid).replace("code='hypotrophic'", "code='keloid'")
+    with serve(catalog_app(f"sqlite:///{tmp_path}/catalog.db", LOG_LEVEL="WARNING")) as catalog:
+        parameters = example("keloid-unsupported")
+        with running(careplan_app(f"sqlite:///{tmp_path}/cp.db", CATALOG_URL=catalog + "/fhir",
+                                  CATALOG_CACHE_SECONDS=0)) as careplan:
+            assert generate(careplan, parameters).status_code == 422
+            published = httpx.post(catalog + "/fhir/PlanDefinition", content=text, headers=FHIR_JSON)
+            assert published.status_code == 201, published.text
+            response = generate(careplan, parameters)
+            assert response.status_code == 201, response.text
+            plan = response.json()
+            r4_validator.assert_valid(plan)
+            assert plan["instantiatesCanonical"] == [f"{keloid['url']}|{keloid['version']}"]
+
+
+def test_plans_keep_flowing_from_the_last_good_copy_while_the_catalog_is_down(tmp_path):
+    port = free_port()
+    app = careplan_app(f"sqlite:///{tmp_path}/cp.db", CATALOG_URL=f"http://127.0.0.1:{port}/fhir",
+                       CATALOG_CACHE_SECONDS=0, CATALOG_TIMEOUT_SECONDS=1)
+    with running(app) as careplan:
+        with serve(catalog_app(f"sqlite:///{tmp_path}/catalog.db", LOG_LEVEL="WARNING"), port=port):
+            assert generate(careplan, example("atrophic-chest-visible-vessels")).status_code == 201
+            assert generate(careplan, example("atrophic-pregnant")).status_code == 201  # revalidated (304s)
+        # the catalog is down now: every revalidation fails, the last good copy is used
+        during_outage = example("atrophic-chest-visible-vessels")
+        assessment_of(during_outage)["id"] = "during-outage"
+        assessment_of(during_outage)["identifier"]["value"] = "during-outage"
+        answer(during_outage, "scar-age-months")["answer"] = [{"valueInteger": 30}]
+        response = generate(careplan, during_outage)
+        assert response.status_code == 201, response.text
+        assert response.json()["period"]["end"] == "2027-09-02", "the old-scar course came from the cached protocol"
+
+
+def test_with_nothing_cached_a_catalog_outage_is_503(tmp_path, r4_validator):
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    with running(careplan_app(f"sqlite:///{tmp_path}/cp.db", CATALOG_URL=dead, CATALOG_TIMEOUT_SECONDS=1)) as careplan:
+        response = generate(careplan, example("atrophic-chest-visible-vessels"))
+    assert response.status_code == 503
+    r4_validator.assert_valid(response.json())
+    assert "catalog" in response.json()["issue"][0]["diagnostics"]
