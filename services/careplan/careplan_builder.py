@@ -109,13 +109,18 @@ def _activities(activity: PlannedActivity, schedule: Schedule, start: date, end:
     else:
         sessions = schedule.sessions.get(activity.key, [])
         rhythm = activity.rhythm
-        repeat = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()}}
+        repeat: dict[str, Any] = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()}}
         if rhythm is not None:
-            repeat |= {"count": len(sessions), "frequency": rhythm.frequency, "period": rhythm.period,
-                       "periodUnit": rhythm.period_unit}
-        detail |= {"status": "scheduled",
-                   "scheduledTiming": {"event": [m.isoformat() for m in sessions[:MAX_LISTED_DATES]],
-                                       "repeat": repeat}}
+            repeat |= {"frequency": rhythm.frequency, "period": rhythm.period, "periodUnit": rhythm.period_unit}
+        if sessions:
+            repeat["count"] = len(sessions)
+            detail |= {"status": "scheduled",
+                       "scheduledTiming": {"event": [m.isoformat() for m in sessions[:MAX_LISTED_DATES]],
+                                           "repeat": repeat}}
+        else:  # the clinic calendar left no admissible day within the course: say so, do not hide it
+            detail |= {"status": "not-started", "scheduledTiming": {"repeat": repeat},
+                       "statusReason": {"text": "No clinic day was free for this procedure within the course "
+                                                "(working days, closures, daily cap); schedule it by hand"}}
     _product(detail, activity.usable_preparations)
     out.append({"detail": _clean(detail)})
     for preparation in activity.preparations:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, time
+from datetime import date, time, timedelta
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,49 @@ class CareplanSettings(ServiceSettings):
     EHR_TOKEN: str | None = None
     """Static bearer token towards the EHR when EHR_AUTH=bearer."""
 
+    # --- delivery to the EHR (issue 5; see services/careplan/delivery/README.md) ----------------------------
+    DISPATCHER: Literal["embedded", "off"] = "embedded"
+    """Run the delivery dispatcher inside this process (`off` when `cicatrix dispatch` workers do it)."""
+    EHR_DELIVERY: Literal["auto", "transaction", "individual", "document"] = "auto"
+    """Delivery shape; `auto` chooses from the EHR's CapabilityStatement."""
+    DELIVERY_MAX_ATTEMPTS: int = 12
+    """Attempts before a delivery is marked failed (the Task shows why; `$retry` starts again)."""
+    DELIVERY_MAX_AGE: timedelta = timedelta(hours=24)
+    """No retry is scheduled past this age (seconds or ISO 8601 duration, e.g. PT30M)."""
+    DELIVERY_BACKOFF_SECONDS: float = 2.0
+    """First retry delay; doubles per attempt, with jitter, up to DELIVERY_BACKOFF_MAX_SECONDS."""
+    DELIVERY_BACKOFF_MAX_SECONDS: float = 600.0
+    DELIVERY_LEASE_SECONDS: float = 120.0
+    """How long a claimed delivery stays with its worker; a killed worker's deliveries are taken over after it."""
+    DELIVERY_BATCH_SIZE: int = 8
+    """Deliveries one dispatcher works on at once."""
+    DELIVERY_POLL_SECONDS: float = 5.0
+    """Polling interval when no wake-up arrives (LISTEN/NOTIFY on PostgreSQL wakes the dispatcher at once)."""
+    DELIVERY_READ_BACK: bool = True
+    """Read each delivered plan back once and record elements the EHR dropped."""
+    DISPATCHER_SHUTDOWN_GRACE_SECONDS: float = 10.0
+    """On SIGTERM, in-flight deliveries get this long to finish; the rest are released for another worker."""
+    DISPATCHER_METRICS_PORT: int | None = None
+    """`cicatrix dispatch` serves Prometheus metrics on this port when set."""
+    EHR_CONNECT_TIMEOUT_SECONDS: float = 5.0
+    EHR_TIMEOUT_SECONDS: float = 30.0
+    """Per-request read/write timeout towards the EHR."""
+    EHR_CAPABILITY_REFRESH_SECONDS: float = 3600.0
+    """How often the EHR's CapabilityStatement is read again (the delivery shape may change)."""
+    EHR_CA_BUNDLE: Path | None = None
+    """PEM bundle of the CAs the EHR's TLS certificate is checked against (system CAs when unset; never off)."""
+    EHR_SMART_CLIENT_ID: str | None = None
+    """SMART Backend Services client_id (EHR_AUTH=smart-backend)."""
+    EHR_SMART_KEY_FILE: Path | None = None
+    """The client's private key: a PEM file, or a JWK Set JSON file holding the private JWK."""
+    EHR_SMART_KEY_ID: str | None = None
+    """`kid` of the key as registered with the EHR (taken from the JWK when the key file is a JWK Set)."""
+    EHR_SMART_ALGORITHM: Literal["RS384", "ES384"] | None = None
+    """Signing algorithm; derived from the key type when unset."""
+    EHR_SMART_TOKEN_URL: str | None = None
+    """Token endpoint; discovered from [EHR base]/.well-known/smart-configuration when unset."""
+    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crs"
+
     QUESTIONNAIRE_URL: str = "https://fhir.cicatrix.org/Questionnaire/scar-assessment"
     """Canonical of the scar assessment Questionnaire every assessment must answer."""
     CATALOG_CACHE_SECONDS: float = 30.0
@@ -43,6 +87,30 @@ class CareplanSettings(ServiceSettings):
     FIRST_SESSION_TIME: str = "09:00"
     SESSION_MINUTES: int = 45
     """Slot length: a patient's second procedure of a day starts this much after the first."""
+
+    @field_validator("DELIVERY_MAX_AGE", mode="before")
+    @classmethod
+    def _seconds_or_duration(cls, value: object) -> object:
+        """Environment values are text: '86400' means seconds, as does a number; ISO 8601 durations pass on."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return timedelta(seconds=float(value))
+        return value
+
+    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("DELIVERY_BACKOFF_SECONDS", "DELIVERY_BACKOFF_MAX_SECONDS", "DELIVERY_LEASE_SECONDS",
+                     "DELIVERY_POLL_SECONDS", "EHR_CONNECT_TIMEOUT_SECONDS", "EHR_TIMEOUT_SECONDS",
+                     "EHR_CAPABILITY_REFRESH_SECONDS")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive number of seconds")
+        return value
 
     @field_validator("CLINIC_DAYS")
     @classmethod

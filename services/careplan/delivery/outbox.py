@@ -1,0 +1,113 @@
+"""The transactional outbox: one row per CarePlan version to deliver to the EHR.
+
+`enqueue` is a plan hook (see `services.careplan.generate.PlanHook`): the plan
+repository calls it inside the transaction that writes the CarePlan version, so the
+plan and its delivery row commit together or not at all; a crash between the two
+is impossible by construction. On PostgreSQL the same transaction sends
+`NOTIFY careplan_delivery`, which PostgreSQL delivers only on commit, waking the
+dispatchers; an in-process dispatcher is also poked directly after the commit.
+
+A row is a delivery's whole state (the dispatcher keeps nothing in memory that a
+restart would lose) and the FHIR Task clients read is rendered from it
+(`services.careplan.tasks`).
+
+    pending ──claim──▶ sending ──▶ completed
+       ▲                  │ ├───▶ failed ──$retry──▶ pending
+       └──retry / release─┘ └───▶ cancelled (a later version reached the EHR first)
+
+Deliveries of one plan go out in version order: a version is not claimed while an
+earlier one of the same plan is pending or sending.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+import orjson
+from sqlalchemy import DateTime, Index, Text, UniqueConstraint, event, text
+from sqlmodel import Field, Session, SQLModel
+
+from services.fhir.store import StoredResource, utcnow
+
+NOTIFY_CHANNEL = "careplan_delivery"
+
+PENDING, SENDING, COMPLETED, FAILED, CANCELLED = "pending", "sending", "completed", "failed", "cancelled"
+OPEN_STATES = (PENDING, SENDING)
+
+
+class Delivery(SQLModel, table=True):
+    """One CarePlan version on its way to the EHR (and, rendered, one FHIR Task)."""
+
+    __tablename__ = "careplan_delivery"
+    __table_args__ = (
+        UniqueConstraint("careplan_id", "careplan_version", name="uq_careplan_delivery_version"),
+        Index("ix_careplan_delivery_due", "state", "next_attempt_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    careplan_id: str = Field(max_length=64)
+    careplan_version: int
+    subject: str | None = Field(default=None, max_length=256)
+    kind: str = Field(max_length=16)
+    """create (first version) or update; informational: what is sent depends on what the EHR already has."""
+    state: str = Field(default=PENDING, max_length=16)
+    shape: str | None = Field(default=None, max_length=16)
+    attempts: int = 0
+    created: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    updated: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    window_start: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    """Start of the DELIVERY_MAX_AGE window (enqueue time; reset by $retry)."""
+    next_attempt_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    first_attempt_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    lease: int = 0
+    """Fencing token: bumped by every claim; a worker writes its result only while the lease is still its own."""
+    ambiguous: bool = False
+    """The EHR may have applied an earlier attempt: search the EHR before sending again."""
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    outcome: str | None = Field(default=None, sa_type=Text)
+    """The EHR's OperationOutcome (JSON) of the last rejection."""
+    ehr_type: str | None = Field(default=None, max_length=64)
+    ehr_id: str | None = Field(default=None, max_length=128)
+    ehr_version: str | None = Field(default=None, max_length=64)
+    ehr_outputs: str | None = Field(default=None, sa_type=Text)
+    """JSON list of what the EHR holds because of this delivery: "Type/id/_history/vid"."""
+    readback: str | None = Field(default=None, sa_type=Text)
+    """JSON list of elements the EHR dropped (empty list: identical), or null when not read back."""
+    row_version: int = 1
+    """Task.meta.versionId: bumped on every change of this row."""
+
+    def outputs(self) -> list[str]:
+        return orjson.loads(self.ehr_outputs) if self.ehr_outputs else []
+
+    def dropped_elements(self) -> list[str] | None:
+        return orjson.loads(self.readback) if self.readback is not None else None
+
+
+def new_delivery(plan: StoredResource, previous: StoredResource | None, *, now: datetime | None = None) -> Delivery:
+    now = now or utcnow()
+    subject = (plan.parsed().get("subject") or {}).get("reference")
+    return Delivery(id=str(uuid.uuid4()), careplan_id=plan.id, careplan_version=plan.version_id,
+                    subject=subject if isinstance(subject, str) else None,
+                    kind="create" if previous is None else "update", created=now, updated=now, window_start=now,
+                    next_attempt_at=now)
+
+
+def make_enqueue_hook(on_commit: Callable[[], None] | None = None) -> Callable[[Session, StoredResource,
+                                                                                StoredResource | None], None]:
+    """The plan hook that queues every CarePlan version; `on_commit` wakes an in-process dispatcher."""
+
+    def enqueue(session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
+        session.add(new_delivery(plan, previous))
+        session.flush()
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        if on_commit is not None:
+            event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
+
+    return enqueue
