@@ -111,7 +111,8 @@ def _activities(activity: PlannedActivity, schedule: Schedule, start: date, end:
         rhythm = activity.rhythm
         repeat: dict[str, Any] = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()}}
         if rhythm is not None:
-            repeat |= {"frequency": rhythm.frequency, "period": rhythm.period, "periodUnit": rhythm.period_unit}
+            period = int(rhythm.period) if float(rhythm.period).is_integer() else rhythm.period
+            repeat |= {"frequency": rhythm.frequency, "period": period, "periodUnit": rhythm.period_unit}
         if sessions:
             repeat["count"] = len(sessions)
             detail |= {"status": "scheduled",

@@ -67,7 +67,7 @@ def test_schedule_invariants(procs, calendar, start, length, break_days):
         if end is None:
             assert len(moments) <= procedure.rhythm.count
     lookup = {p.key: p for p in procs}
-    for day, keys in by_day.items():
+    for keys in by_day.values():
         assert len(keys) <= calendar.max_per_day, "daily cap"
         assert len(keys) == len(set(keys)), "one session of a procedure per day"
         for key in keys:

@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.careplan.delivery.errors import EhrRejected, EhrTransportError
+from services.careplan.delivery.errors import EhrRejected
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 240
@@ -35,10 +35,17 @@ REFRESH_MARGIN_S = 30
 """A cached token is replaced this long before it expires (never sent when about to lapse in flight)."""
 
 
+class RawSender(Protocol):
+    """What auth needs from the EHR client: one HTTP exchange, httpx errors already translated."""
+
+    async def raw(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                  data: dict[str, str] | None = None) -> httpx.Response: ...
+
+
 class Auth(Protocol):
     """Adds credentials to EHR requests."""
 
-    async def headers(self, http: httpx.AsyncClient) -> dict[str, str]: ...
+    async def headers(self, http: RawSender) -> dict[str, str]: ...
 
     def invalidate(self) -> None:
         """The EHR refused the current credentials (401): forget anything cached."""
@@ -51,7 +58,7 @@ class Auth(Protocol):
 class NoAuth:
     refreshable = False
 
-    async def headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+    async def headers(self, http: RawSender) -> dict[str, str]:
         return {}
 
     def invalidate(self) -> None:
@@ -64,7 +71,7 @@ class BearerAuth:
     def __init__(self, token: str) -> None:
         self._header = {"Authorization": f"Bearer {token}"}
 
-    async def headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+    async def headers(self, http: RawSender) -> dict[str, str]:
         return self._header
 
     def invalidate(self) -> None:
@@ -121,7 +128,7 @@ class SmartBackendAuth:
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
 
-    async def headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+    async def headers(self, http: RawSender) -> dict[str, str]:
         async with self._lock:  # one token request at a time, shared by every concurrent delivery
             if self._token is None or time.monotonic() >= self._expires_at - REFRESH_MARGIN_S:
                 await self._fetch(http)
@@ -137,13 +144,9 @@ class SmartBackendAuth:
         return jwt.encode(claims, self.key.key, algorithm=self.key.algorithm,
                           headers={"kid": self.key.kid, "typ": "JWT"})
 
-    async def _discover(self, http: httpx.AsyncClient) -> str:
+    async def _discover(self, http: RawSender) -> str:
         url = f"{self.fhir_base}/.well-known/smart-configuration"
-        try:
-            response = await http.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise EhrTransportError(f"SMART discovery failed: {type(exc).__name__}", request="GET smart-configuration",
-                                    maybe_applied=False) from exc
+        response = await http.raw("GET", url, headers={"Accept": "application/json"})
         if response.status_code != 200:
             raise EhrRejected(response.status_code, None, request="GET smart-configuration",
                               message=f"SMART discovery answered {response.status_code}")
@@ -153,16 +156,12 @@ class SmartBackendAuth:
                               message="the SMART configuration has no token_endpoint")
         return endpoint
 
-    async def _fetch(self, http: httpx.AsyncClient) -> None:
+    async def _fetch(self, http: RawSender) -> None:
         if self.token_url is None:
             self.token_url = await self._discover(http)
         form = {"grant_type": "client_credentials", "scope": self.scope,
                 "client_assertion_type": ASSERTION_TYPE, "client_assertion": self.assertion(self.token_url)}
-        try:
-            response = await http.post(self.token_url, data=form, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise EhrTransportError(f"token request failed: {type(exc).__name__}", request="POST token",
-                                    maybe_applied=False) from exc
+        response = await http.raw("POST", self.token_url, data=form, headers={"Accept": "application/json"})
         if response.status_code != 200:
             error = _oauth_error(response)
             status = response.status_code
