@@ -27,6 +27,19 @@ R4B_ONLY_TYPES = frozenset({"Ingredient", "ClinicalUseDefinition", "Administrabl
                             "EvidenceVariable"})
 
 
+# Required R4 bindings the R4B models do not enumerate (or enumerate only in part): checked here so the catalog
+# never stores, say, an ActivityDefinition of kind "Procedure" (FHIR-REFERENCE §1.2).
+R4_REQUIRED_CODES: dict[str, frozenset[str]] = {
+    "ActivityDefinition.kind": frozenset({
+        "Appointment", "AppointmentResponse", "CarePlan", "Claim", "CommunicationRequest", "Contract",
+        "DeviceRequest", "EnrollmentRequest", "ImmunizationRecommendation", "MedicationRequest", "NutritionOrder",
+        "ServiceRequest", "SupplyRequest", "Task", "VisionPrescription"}),
+    "QuestionnaireItem.type": frozenset({
+        "group", "display", "boolean", "decimal", "integer", "date", "dateTime", "time", "string", "text", "url",
+        "choice", "open-choice", "attachment", "reference", "quantity"}),
+}
+
+
 def model_class(resource_type: str) -> type[FHIRAbstractModel]:
     if resource_type in R4B_ONLY_TYPES:
         raise KeyError(resource_type)
@@ -85,12 +98,13 @@ def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
                         diagnostics=f"{path}.{alias}: this element is required")
         if value is None or name == "fhir_comments":
             continue
-        allowed = extra.get("enum_values")  # a trailing "+" marks a list the models truncated: not checkable here
+        allowed = R4_REQUIRED_CODES.get(f"{type(model).__name__}.{alias}") or extra.get("enum_values")
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
+            # a "+" in enum_values marks a list the models truncated: only R4_REQUIRED_CODES can check those
             if allowed and "+" not in allowed and isinstance(item, str) and item not in allowed:
                 yield Issue(code="code-invalid", expression=(where,),
-                            diagnostics=f"{where}: '{item}' is not one of {', '.join(allowed)}")
+                            diagnostics=f"{where}: '{item}' is not one of {', '.join(sorted(allowed))}")
             elif isinstance(item, FHIRAbstractModel):
                 yield from _binding_issues(item, where)
