@@ -66,3 +66,15 @@ def test_with_nothing_cached_a_catalog_outage_is_503(tmp_path, r4_validator):
     assert response.status_code == 503
     r4_validator.assert_valid(response.json())
     assert "catalog" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_cached_knowledge_is_revalidated_with_etags(tmp_path):
+    with serve(catalog_app(f"sqlite:///{tmp_path}/catalog.db", LOG_LEVEL="WARNING")) as catalog:
+        with running(careplan_app(f"sqlite:///{tmp_path}/cp.db", CATALOG_URL=catalog + "/fhir",
+                                  CATALOG_CACHE_SECONDS=0)) as careplan:
+            assert generate(careplan, example("atrophic-chest-visible-vessels")).status_code == 201
+            assert generate(careplan, example("atrophic-pregnant")).status_code == 201
+        metrics = httpx.get(catalog + "/metrics").text
+    revalidated = [line for line in metrics.splitlines()
+                   if line.startswith("http_requests_total") and 'status="304"' in line]
+    assert revalidated, "the second plan revalidated the cached protocol instead of downloading it again"
