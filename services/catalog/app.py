@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
+from services.catalog.bundle_processing import BundleProcessor
 from services.catalog.content import load_content
 from services.catalog.searchparams import CATALOG_TYPES, SEARCH_PARAMS, SORTABLE
 from services.catalog.settings import CatalogSettings
 from services.catalog.tables import CatalogResource, CatalogResourceVersion, CatalogSearchIndex
+from services.catalog.terminology import TerminologyOperations
 from services.fhir.capability import (
     COMMON_SEARCH_PARAMS,
     CapabilityBuilder,
@@ -97,6 +99,8 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     interactions = ResourceInteractions(store=store, types=CATALOG_TYPES, search_params=SEARCH_PARAMS,
                                         sortable=SORTABLE, writable=CATALOG_TYPES,
                                         before_write=canonical_is_unique)
+    app.include_router(TerminologyOperations(store).router())  # before `{type}/{id}` reads take `$expand`
+    app.include_router(BundleProcessor(interactions).router())
     app.include_router(interactions.router())
     return app
 

@@ -121,6 +121,12 @@ class ResourceInteractions:
 
     def _search(self, resource_type: str, pairs: list[tuple[str, str]], request: Request, session: Session,
                 ctx: Any) -> Response:
+        body = self.search_bundle(resource_type, pairs, request, session, fhir_base(request, ctx.settings.BASE_URL))
+        return content_etag_response(request, body)
+
+    def search_bundle(self, resource_type: str, pairs: list[tuple[str, str]], request: Request, session: Session,
+                      base: str) -> bytes:
+        """The searchset Bundle bytes of one search (also run by GET entries of batch/transaction Bundles)."""
         self.check_type(resource_type)
         if self.search_hook:
             pairs = self.search_hook(request, resource_type, pairs)
@@ -139,14 +145,13 @@ class ResourceInteractions:
         if self.read_hook:
             for match in page.matches + page.included:
                 self.read_hook(request, match)
-        base = fhir_base(request, ctx.settings.BASE_URL)
-        body = searchset(base, page, resource_type=resource_type, params=query.passthrough, cursor=query.cursor,
+        return searchset(base, page, resource_type=resource_type, params=query.passthrough, cursor=query.cursor,
                          summary=query.summary, elements=query.elements, warnings=warnings)
-        return content_etag_response(request, body)
 
     # ------------------------------------------------------------------ writes
 
-    def _checked(self, session: Session, resource: dict[str, Any], resource_id: str | None) -> None:
+    def check_write(self, session: Session, resource: dict[str, Any], resource_id: str | None) -> None:
+        """Every write's validation (R4 + the service's hook); batch/transaction entries run it too."""
         issues = r4_issues(resource)
         if issues:
             raise BadRequest(issues[0].diagnostics, issues=issues)
@@ -155,12 +160,12 @@ class ResourceInteractions:
 
     async def create(self, resource_type: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """Create with a server-assigned id; 201 with Location and ETag."""
-        self._check_writable(resource_type)
+        self.check_writable(resource_type)
         resource = await read_resource(request, expected_type=resource_type)
         resource.pop("id", None)
 
         def write() -> StoredResource:
-            self._checked(session, resource, None)
+            self.check_write(session, resource, None)
             stored = self.store.create(session, resource)
             session.commit()
             return stored
@@ -171,7 +176,7 @@ class ResourceInteractions:
     async def update(self, resource_type: str, resource_id: str, request: Request, session: SessionDep,
                      ctx: ContextDep) -> Response:
         """Update an existing resource; If-Match with its current version is required."""
-        self._check_writable(resource_type)
+        self.check_writable(resource_type)
         if_match = version_from_etag(request.headers.get("if-match"))
         if if_match is None:
             raise BadRequest("Updates require an If-Match header with the current version, e.g. W/\"3\"",
@@ -182,7 +187,7 @@ class ResourceInteractions:
                              expression=f"{resource_type}.id")
 
         def write() -> tuple[StoredResource, bool]:
-            self._checked(session, resource, resource_id)
+            self.check_write(session, resource, resource_id)
             result = self.store.update(session, resource_type, resource_id, resource, if_match=if_match)
             session.commit()
             return result
@@ -192,7 +197,7 @@ class ResourceInteractions:
 
     def delete(self, resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
         """Delete (a new, deleted version); later reads answer 410."""
-        self._check_writable(resource_type)
+        self.check_writable(resource_type)
         if_match = version_from_etag(request.headers.get("if-match"))
         self.store.read(session, resource_type, resource_id)  # 404 / 410 before anything changes
         self.store.delete(session, resource_type, resource_id, if_match=if_match)
@@ -223,7 +228,7 @@ class ResourceInteractions:
                 issues = list(error.issues)
         return issues
 
-    def _check_writable(self, resource_type: str) -> None:
+    def check_writable(self, resource_type: str) -> None:
         self.check_type(resource_type)
         if resource_type not in self.writable:
             raise FhirError(f"{resource_type} cannot be written here", status=405, code="not-supported")

@@ -256,7 +256,8 @@ class ResourceStore:
         where = [R.resource_type == query.resource_type, R.deleted == false()]
         where += [self._criterion(query.resource_type, c) for c in query.criteria]
         page = SearchPage(matches=[])
-        if query.total in ("accurate", "estimate") or query.summary == "count":
+        # `_count=0` asks for no rows: the count is the only answer (fhirpy's `.count()` relies on it).
+        if query.total in ("accurate", "estimate") or query.summary == "count" or query.count == 0:
             page.total = session.scalar(select(func.count()).select_from(R).where(*where))
         if query.summary == "count" or query.count == 0:
             return page
