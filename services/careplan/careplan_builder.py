@@ -49,7 +49,7 @@ def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment,
         "intent": "plan",
         "category": [{"coding": [{"system": SCAR_CARE_SYSTEM, "code": "scar-therapy-plan",
                                   "display": "Scar therapy plan"}]}],
-        "title": f"{protocol.plan.get('title', 'Scar treatment')}: plan",
+        "title": _title(assessment),
         "description": _description(assessment),
         "subject": {"reference": assessment.subject},
         "period": {"start": start.isoformat(), "end": end.isoformat()},
@@ -63,11 +63,17 @@ def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment,
     return {k: v for k, v in plan.items() if v not in ([], None, "")}
 
 
+def _title(assessment: Assessment) -> str:
+    scar = assessment.scar_type or {}
+    return f"{scar.get('display') or scar.get('code', 'Scar')} treatment plan"
+
+
 def _description(assessment: Assessment) -> str:
     scar = assessment.scar_type or {}
     site = assessment.body_site or {}
-    return (f"{scar.get('display') or scar.get('code', 'Scar')} at {site.get('display') or site.get('code', 'an')}"
-            f" site, about {assessment.one('scar-age-months')} months old")
+    where = (site.get("display") or site.get("code", "unspecified site")).lower()
+    return f"{scar.get('display') or scar.get('code', 'Scar')}, {where}, about {assessment.one('scar-age-months')} " \
+           "months old"
 
 
 def _goal(goal: dict[str, Any], subject: str) -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""Status changes of a stored CarePlan: `PUT` and `PATCH` on `/fhir/CarePlan/{id}`.
+
+A generated plan is a clinical record: its activities, schedule and screening are
+what the protocol produced for one assessment, so they are not edited here (a new
+assessment makes a new plan, which revokes the old one). What a clinician does
+change is the plan's **status** (draft -> active when it is approved, active ->
+revoked when it is withdrawn, ...) and may add **notes**. Both interactions accept
+exactly that:
+
+- `PUT` with the whole CarePlan (as read, `id` = URL id) and `If-Match` on its current
+  version; elements other than `status` and `note` must be unchanged (`meta` ignored);
+- `PATCH` with a JSON Patch (`application/json-patch+json`, RFC 6902: add, remove,
+  replace, test) against the current version, `If-Match` required as well; the
+  patched plan must meet the same rule.
+
+A change writes a new version and, through the plan hooks, queues its delivery in
+the same transaction: the EHR's copy is then updated with `If-Match` on the version
+the EHR last returned (services/careplan/delivery). A request that changes nothing
+answers 200 with the current version and queues nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from services.careplan.generate import PlanHook
+from services.fhir.jsonio import loads, media_type, read_resource
+from services.fhir.outcome import BadRequest, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
+from services.fhir.rest import fhir_base, version_from_etag, write_response
+from services.fhir.service import ContextDep, SessionDep
+from services.fhir.store import ResourceStore, StoredResource
+from services.fhir.validation import r4_issues
+
+JSON_PATCH = "application/json-patch+json"
+MUTABLE = frozenset({"status", "note"})
+IGNORED = frozenset({"meta"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "draft": frozenset({"active", "revoked", "entered-in-error"}),
+    "active": frozenset({"on-hold", "revoked", "completed", "entered-in-error"}),
+    "on-hold": frozenset({"active", "revoked", "entered-in-error"}),
+}
+"""Status changes a clinician may make (R4 request-status); revoked, completed and entered-in-error are final."""
+
+
+def check_change(current: dict[str, Any], proposed: dict[str, Any]) -> None:
+    """422 unless `proposed` differs from `current` in status (an allowed transition) and notes only."""
+    keys = (set(current) | set(proposed)) - IGNORED - MUTABLE
+    changed = sorted(k for k in keys if current.get(k) != proposed.get(k))
+    if changed:
+        raise Unprocessable(
+            "Only status and note can change on a stored CarePlan; submit a new assessment for a new plan "
+            f"(changed: {', '.join(changed)})",
+            issues=[Issue(code="business-rule", diagnostics=f"CarePlan.{key} cannot be changed",
+                          expression=(f"CarePlan.{key}",)) for key in changed])
+    old, new = current.get("status"), proposed.get("status")
+    if old != new and new not in TRANSITIONS.get(str(old), frozenset()):
+        allowed = ", ".join(sorted(TRANSITIONS.get(str(old), frozenset()))) or "none (final)"
+        raise Unprocessable(f"A {old} CarePlan cannot become {new}; allowed: {allowed}",
+                            expression="CarePlan.status", code="business-rule")
+
+
+# ----------------------------------------------------------------- JSON Patch
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise BadRequest(f"JSON Patch path '{path}' must start with '/'", expression="path")
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def _parent(document: Any, parts: list[str]) -> tuple[Any, str]:
+    node = document
+    for part in parts[:-1]:
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise Unprocessable(f"JSON Patch path /{'/'.join(parts)} does not exist", code="processing") from None
+    return node, parts[-1]
+
+
+def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any]:
+    """RFC 6902 add / remove / replace / test on a copy of `document`."""
+    if not isinstance(operations, list):
+        raise BadRequest("A JSON Patch is an array of operations", code="structure")
+    result = copy.deepcopy(document)
+    for index, operation in enumerate(operations):
+        if not isinstance(operation, dict) or "op" not in operation or "path" not in operation:
+            raise BadRequest(f"JSON Patch operation {index} needs 'op' and 'path'", code="structure")
+        op, parts = operation["op"], _pointer(operation["path"])
+        if not parts:
+            raise Unprocessable("JSON Patch cannot replace the whole resource", code="processing")
+        if op not in ("add", "remove", "replace", "test"):
+            raise BadRequest(f"JSON Patch op '{op}' is not supported (add, remove, replace, test)",
+                             code="not-supported")
+        if op in ("add", "replace", "test") and "value" not in operation:
+            raise BadRequest(f"JSON Patch operation {index} ({op}) needs a 'value'", code="structure")
+        parent, key = _parent(result, parts)
+        try:
+            if isinstance(parent, list):
+                position = len(parent) if key == "-" else int(key)
+                if op == "add":
+                    parent.insert(position, operation["value"])
+                elif op == "remove":
+                    parent.pop(position)
+                elif op == "replace":
+                    parent[position] = operation["value"]
+                elif parent[position] != operation["value"]:
+                    raise PreconditionFailed(f"JSON Patch test failed at {operation['path']}", code="processing")
+            elif isinstance(parent, dict):
+                if op in ("remove", "replace", "test") and key not in parent:
+                    raise Unprocessable(f"JSON Patch path {operation['path']} does not exist", code="processing")
+                if op in ("add", "replace"):
+                    parent[key] = operation["value"]
+                elif op == "remove":
+                    del parent[key]
+                elif parent[key] != operation["value"]:
+                    raise PreconditionFailed(f"JSON Patch test failed at {operation['path']}", code="processing")
+            else:
+                raise Unprocessable(f"JSON Patch path {operation['path']} does not exist", code="processing")
+        except (IndexError, ValueError):
+            raise Unprocessable(f"JSON Patch path {operation['path']} does not exist", code="processing") from None
+    return result
+
+
+# --------------------------------------------------------------------- routes
+
+
+def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRouter:
+    router = APIRouter(prefix="/fhir", tags=["resources"])
+
+    def save(session: Session, plan_id: str, if_match: int, change: Any) -> tuple[StoredResource, bool]:
+        """Apply `change(current) -> proposed`; store a new version and queue its delivery unless nothing changed."""
+        current = store.read(session, "CarePlan", plan_id)
+        if current.version_id != if_match:
+            raise PreconditionFailed(f"CarePlan/{plan_id} is at version {current.version_id}, not {if_match}")
+        before = current.parsed()
+        proposed = change(before)
+        if proposed.get("resourceType") != "CarePlan" or proposed.get("id") != plan_id:
+            raise BadRequest("The result must be this CarePlan (resourceType and id unchanged)", expression="id")
+        check_change(before, proposed)
+        if {k: v for k, v in proposed.items() if k != "meta"} == {k: v for k, v in before.items() if k != "meta"}:
+            return current, False
+        issues = r4_issues(proposed)
+        if issues:
+            raise BadRequest(issues[0].diagnostics, issues=issues)
+        stored, _ = store.update(session, "CarePlan", plan_id, proposed, if_match=if_match)
+        for hook in hooks:
+            hook(session, stored, current)
+        session.commit()
+        return stored, True
+
+    def required_if_match(request: Request) -> int:
+        if_match = version_from_etag(request.headers.get("if-match"))
+        if if_match is None:
+            raise BadRequest("Changing a CarePlan requires If-Match with its current version, e.g. W/\"2\"",
+                             expression="If-Match", code="required")
+        return if_match
+
+    @router.put("/CarePlan/{plan_id}", name="update-careplan")
+    async def update_careplan(plan_id: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+        """Change a plan's status (and notes); the change is delivered to the EHR."""
+        if_match = required_if_match(request)
+        resource = await read_resource(request, expected_type="CarePlan")
+        if resource.get("id") != plan_id:
+            raise BadRequest(f"The body's id '{resource.get('id')}' does not match the URL id '{plan_id}'",
+                             expression="CarePlan.id")
+        stored, _ = await run_in_threadpool(save, session, plan_id, if_match, lambda _current: resource)
+        return write_response(request, stored, base=fhir_base(request, ctx.settings.BASE_URL), created=False)
+
+    @router.patch("/CarePlan/{plan_id}", name="patch-careplan")
+    async def patch_careplan(plan_id: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+        """JSON Patch a plan's status (and notes); the change is delivered to the EHR."""
+        if_match = required_if_match(request)
+        if media_type(request) != JSON_PATCH:
+            raise UnsupportedMediaType(f"PATCH takes {JSON_PATCH} (RFC 6902)")
+        operations = loads(await request.body())
+        stored, _ = await run_in_threadpool(save, session, plan_id, if_match,
+                                            lambda current: apply_json_patch(current, operations))
+        return write_response(request, stored, base=fhir_base(request, ctx.settings.BASE_URL), created=False)
+
+    return router
