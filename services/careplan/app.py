@@ -11,12 +11,15 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.careplan.catalog_client import CatalogClient
+from services.careplan.delivery.embedded import EmbeddedDelivery
 from services.careplan.generate import CarePlanner, PlanHook, PlanRepository
 from services.careplan.knowledge import Knowledge
 from services.careplan.operations import APPLY_DEFINITION, GENERATE_DEFINITION, operations_router
+from services.careplan.plan_updates import plan_updates_router
 from services.careplan.searchparams import SEARCH_PARAMS, SORTABLE
 from services.careplan.settings import CareplanSettings
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
+from services.careplan.tasks import RETRY_DEFINITION, tasks_router
 from services.fhir.capability import (
     COMMON_SEARCH_PARAMS,
     CapabilityBuilder,
@@ -47,17 +50,27 @@ def capability() -> CapabilityBuilder:
         params = COMMON_SEARCH_PARAMS + tuple(
             SearchParam(d.name, d.type, d.documentation) for d in SEARCH_PARAMS.get(resource_type, {}).values())
         operations = ()
+        interactions: tuple[str, ...] = ("read", "vread", "history-instance", "search-type")
         if resource_type == "CarePlan":
             operations = (Operation("generate", GENERATE_DEFINITION,
                                     "Create the CarePlan for a scar assessment (idempotent per assessment)"),)
-        builder.add(ResourceCapability(type=resource_type,
-                                       interactions=("read", "vread", "history-instance", "search-type"),
+            interactions += ("update", "patch")  # delivery (issue 5): status changes, see plan_updates.py
+        builder.add(ResourceCapability(type=resource_type, interactions=interactions,
                                        search_params=params, operations=operations))
     builder.add(ResourceCapability(
         type="PlanDefinition", interactions=(), versioning="no-version", read_history=False,
         conditional_read="not-supported",
         documentation="PlanDefinitions live in the catalog; this service applies them",
         operations=(Operation("apply", APPLY_DEFINITION, "The CarePlan a protocol would produce; stores nothing"),)))
+    # --- delivery (issue 5): one Task per delivery of a CarePlan version to the EHR, see tasks.py
+    builder.add(ResourceCapability(
+        type="Task", interactions=("read", "search-type"), versioning="versioned", read_history=False,
+        conditional_read="not-supported",
+        documentation="Delivery of a CarePlan version to the EHR (read-only; rendered from the delivery outbox)",
+        search_params=(SearchParam("focus", "reference", "The CarePlan delivered"),
+                       SearchParam("status", "token", "requested | in-progress | completed | failed | cancelled"),
+                       SearchParam("_id", "token", "Logical id of the Task")),
+        operations=(Operation("retry", RETRY_DEFINITION, "Re-queue a failed delivery"),)))
     return builder
 
 
@@ -68,14 +81,22 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
                             timeout=settings.CATALOG_TIMEOUT_SECONDS)
     hooks: list[PlanHook] = list(plan_hooks or [])
     planner = CarePlanner(Knowledge(catalog), settings.calendar(), settings.QUESTIONNAIRE_URL)
+    # --- delivery (issue 5): the outbox hook queues every CarePlan version in its own transaction
+    delivery = EmbeddedDelivery(settings)
+    hooks.append(delivery.enqueue)
     repository = PlanRepository(store, hooks)
 
     async def close_catalog(_: ServiceContext) -> None:
         await catalog.close()
 
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), shutdown=[close_catalog])
-    app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks}
+                    capability=capability(), startup=[delivery.start], shutdown=[delivery.stop, close_catalog])
+    app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
+                             "delivery": delivery}
+    delivery.register_metrics(app.state.ctx)
+    app.include_router(tasks_router(poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
+    app.include_router(plan_updates_router(store, hooks))
+    # --- end delivery
     app.include_router(operations_router(planner, repository))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,
                                         sortable=SORTABLE)

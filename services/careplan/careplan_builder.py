@@ -168,6 +168,15 @@ def _notes(draft: PlanDraft) -> list[str]:
 
 # ------------------------------------------------------------------ narrative
 
+UNIT_NAMES = {"d": "day", "wk": "week", "mo": "month", "a": "year", "h": "hour"}
+
+
+def rhythm_text(frequency: int, period: float, unit: str) -> str:
+    """'2 a week', '1 every 2 weeks': how clinicians say it."""
+    name = UNIT_NAMES.get(unit, unit)
+    return f"{frequency} a {name}" if period == 1 else f"{frequency} every {period:g} {name}s"
+
+
 
 def narrative(plan: dict[str, Any], draft: PlanDraft, schedule: Schedule) -> str:
     """The plan as XHTML a clinician can read in the EHR: what, how often, which dates, what was left out."""
@@ -181,8 +190,8 @@ def narrative(plan: dict[str, Any], draft: PlanDraft, schedule: Schedule) -> str
         else:
             sessions = schedule.sessions.get(activity.key, [])
             rhythm = activity.rhythm
-            when = escape(f"{rhythm.frequency} per {rhythm.period:g} {rhythm.period_unit}, {len(sessions)} sessions"
-                          if rhythm else f"{len(sessions)} sessions")
+            when = escape(f"{rhythm_text(rhythm.frequency, rhythm.period, rhythm.period_unit)}, "
+                          f"{len(sessions)} sessions" if rhythm else f"{len(sessions)} sessions")
             dates = escape(", ".join(m.strftime("%Y-%m-%d") for m in sessions)) or "none"
         preparations = escape(", ".join(p.name for p in activity.usable_preparations)) or "-"
         rows.append(f"<tr><td>{escape(activity.title)}</td><td>{when}</td><td>{dates}</td>"

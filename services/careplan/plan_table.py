@@ -6,6 +6,8 @@ import textwrap
 from datetime import datetime
 from typing import Any
 
+from services.careplan.careplan_builder import rhythm_text
+
 
 def _dates(events: list[str]) -> str:
     if not events:
@@ -26,11 +28,10 @@ def _rows(plan: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[tuple[
             continue
         timing = detail.get("scheduledTiming", {})
         repeat = timing.get("repeat", {})
+        how = rhythm_text(repeat.get("frequency", 1), repeat.get("period", 1), repeat.get("periodUnit", "d"))
         if timing.get("event"):
-            how = f"{repeat.get('frequency', '?')}x per {repeat.get('period', 1):g} {repeat.get('periodUnit', '')}"
             planned.append((title, how, _dates(timing["event"])))
         else:
-            how = f"{repeat.get('frequency', 1)}x per {repeat.get('period', 1):g} {repeat.get('periodUnit', 'd')}"
             bounds = repeat.get("boundsPeriod", {})
             planned.append((title, how, f"daily {bounds.get('start', '')} to {bounds.get('end', '')}"))
     return planned, excluded

@@ -22,6 +22,7 @@ Logs carry delivery, plan and EHR ids only: never plan content (PHI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -103,9 +104,9 @@ class Dispatcher:
             while not self._stopping:
                 self._wake.clear()
                 claimed = await self._claim()
-                if until_idle and not self._in_flight and not claimed:
-                    if await asyncio.to_thread(outbox.open_count, self.engine) == 0:
-                        return
+                idle = until_idle and not self._in_flight and not claimed
+                if idle and await asyncio.to_thread(outbox.open_count, self.engine) == 0:
+                    return
                 if claimed and len(self._in_flight) < self.settings.DELIVERY_BATCH_SIZE:
                     continue  # there may be more due right now
                 await self._sleep()
@@ -149,10 +150,8 @@ class Dispatcher:
         if due is not None:
             timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()) + 0.005)
         assert self._wake is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-        except TimeoutError:
-            pass
 
     async def _drain(self) -> None:
         """Shutdown: give in-flight deliveries the grace period, then cancel (they release their rows)."""

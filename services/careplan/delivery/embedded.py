@@ -28,9 +28,10 @@ class EmbeddedDelivery:
         self.dispatcher: Dispatcher | None = None
         self.metrics: DeliveryMetrics | None = None
         self._task: asyncio.Task[None] | None = None
-        self.enqueue = make_enqueue_hook(self._poke)
+        self.enqueue = make_enqueue_hook(self.poke)
 
-    def _poke(self) -> None:
+    def poke(self) -> None:
+        """Wake the in-process dispatcher (thread-safe; a no-op when it is off)."""
         if self.dispatcher is not None:
             self.dispatcher.poke()
 
