@@ -61,6 +61,9 @@ def r4_issues(resource: dict[str, Any]) -> list[Issue]:
                       expression=("resourceType",))]
     issues = [Issue(code="structure", diagnostics=f"{path}: '{key}' is not an R4 element (it exists only in R4B)",
                     expression=(path,)) for path, key in _r4b_only(resource, resource_type)]
+    issues += [Issue(code="structure", expression=(path,),
+                     diagnostics=f"{path}: FHIR JSON has no empty arrays, empty objects or nulls; leave it out")
+               for path in _empty(resource, resource_type)]
     try:
         model = cls.model_validate(resource)
     except ValidationError as exc:
@@ -85,6 +88,27 @@ def _r4b_only(node: Any, path: str) -> Iterator[tuple[str, str]]:
     elif isinstance(node, list):
         for i, item in enumerate(node):
             yield from _r4b_only(item, f"{path}[{i}]")
+
+
+def _empty(node: Any, path: str) -> Iterator[str]:
+    """Paths of `[]`, `{}` and `null` (the R4B models accept them; R4 JSON does not).
+
+    A null inside an array is allowed only as the placeholder of a primitive array whose
+    `_name` sibling carries extensions (`"given": [null]` with `"_given": [{...}]`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}"
+            if value is None or value == [] or value == {}:
+                yield where
+            elif isinstance(value, list):
+                paired = (key[1:] if key.startswith("_") else f"_{key}") in node
+                for i, item in enumerate(value):
+                    if (item is None and not paired) or item == {} or item == []:
+                        yield f"{where}[{i}]"
+                    else:
+                        yield from _empty(item, f"{where}[{i}]")
+            else:
+                yield from _empty(value, where)
 
 
 def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:

@@ -8,14 +8,16 @@ shipped content, even when they share one app.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from services.catalog.settings import CONTENT_DIR
 from tests.support.apps import FHIR_JSON, catalog_app, running
+from tests.support.r4 import R4Validator
 
 TEST_BASE = "https://test.cicatrix.invalid"
 SHIPPED_CONTENT = any(CONTENT_DIR.rglob("*.json"))
@@ -28,10 +30,22 @@ def unique(prefix: str = "t") -> str:
 
 
 @contextmanager
-def catalog(database_url: str, *, content: bool = False) -> Iterator[TestClient]:
-    """A running catalog on `database_url`, with or without the shipped content."""
+def catalog(database_url: str, r4_validator: R4Validator, *, content: bool = False) -> Iterator[TestClient]:
+    """A running catalog on `database_url`, with or without the shipped content.
+
+    Every FHIR body it answers goes through the R4 validator on the way back, so no
+    test can forget to check what the catalog emits."""
     with running(catalog_app(database_url, content_dir=CONTENT_DIR if content else None)) as client:
+        client.event_hooks["response"].append(_validating(r4_validator))
         yield client
+
+
+def _validating(r4_validator: R4Validator) -> Callable[[httpx.Response], None]:
+    def check(response: httpx.Response) -> None:
+        response.read()
+        if response.content and response.headers.get("content-type", "").startswith("application/fhir+json"):
+            r4_validator.assert_valid(response.content)
+    return check
 
 
 def activity_definition(name: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -41,8 +55,11 @@ def activity_definition(name: str | None = None, **fields: Any) -> dict[str, Any
 
 
 def code_system(url: str, concepts: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    return {"resourceType": "CodeSystem", "url": url, "version": "1.0.0", "name": unique("System"),
-            "status": "active", "content": "complete", "concept": concepts, **fields}
+    resource = {"resourceType": "CodeSystem", "url": url, "version": "1.0.0", "name": unique("System"),
+                "status": "active", "content": "complete", **fields}
+    if concepts:  # FHIR JSON has no empty arrays
+        resource["concept"] = concepts
+    return resource
 
 
 def value_set(url: str, compose: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from tests.support.r4 import R4Validator
 
 
 @pytest.fixture
-def client(database_url: str) -> Iterator[TestClient]:
-    with catalog(database_url) as client:
+def client(database_url: str, r4_validator: R4Validator) -> Iterator[TestClient]:
+    with catalog(database_url, r4_validator) as client:
         yield client
 
 
@@ -159,6 +159,14 @@ def test_an_invalid_resource_is_400_naming_the_element(client: TestClient, r4_va
                            headers=FHIR_JSON)
     body = error(response, 400, r4_validator)
     assert "ActivityDefinition.status" in outcome_expressions(body)
+
+
+@pytest.mark.parametrize(("field", "value"), [("topic", []), ("purpose", None), ("code", {}),
+                                            ("jurisdiction", [{}])])
+def test_empty_arrays_objects_and_nulls_are_400_naming_the_element(client, r4_validator, field, value):
+    response = client.post("/fhir/ActivityDefinition", json=activity_definition(**{field: value}), headers=FHIR_JSON)
+    body = error(response, 400, r4_validator, "structure")
+    assert outcome_expressions(body)[0].startswith(f"ActivityDefinition.{field}")
 
 
 def test_a_body_of_another_type_is_400(client: TestClient, r4_validator: R4Validator):

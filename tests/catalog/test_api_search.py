@@ -53,8 +53,8 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def client(module_database_url: str) -> Iterator[TestClient]:
-    with catalog(module_database_url) as client:
+def client(module_database_url: str, r4_validator: R4Validator) -> Iterator[TestClient]:
+    with catalog(module_database_url, r4_validator) as client:
         yield client
 
 

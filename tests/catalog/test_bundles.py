@@ -30,8 +30,8 @@ ACTIVITY_URN = "urn:uuid:0b8f1f5c-7f43-4b47-8d0e-5a3f2f1c7d22"
 
 
 @pytest.fixture
-def client(database_url: str) -> Iterator[TestClient]:
-    with catalog(database_url) as client:
+def client(database_url: str, r4_validator: R4Validator) -> Iterator[TestClient]:
+    with catalog(database_url, r4_validator) as client:
         yield client
 
 

@@ -47,8 +47,8 @@ PROPERTIES = [{"code": "notSelectable", "type": "boolean"}, {"code": "status", "
 
 
 @pytest.fixture(scope="module")
-def client(module_database_url: str) -> Iterator[TestClient]:
-    with catalog(module_database_url) as client:
+def client(module_database_url: str, r4_validator: R4Validator) -> Iterator[TestClient]:
+    with catalog(module_database_url, r4_validator) as client:
         yield client
 
 
@@ -447,7 +447,7 @@ def test_capability_statement_lists_the_terminology_operations(client, r4_valida
 def test_every_shipped_value_set_expands_and_each_of_its_codes_validates_and_looks_up(
         module_database_url: str, r4_validator: R4Validator):
     """End to end over the real terminology (the R4 validator sees one answer of each kind per value set)."""
-    with catalog(module_database_url, content=True) as shipped:  # beside this module's own test terminology
+    with catalog(module_database_url, r4_validator, content=True) as shipped:  # beside the module's own terminology
         bundle = ok(shipped.get("/fhir/ValueSet", params={"_count": "1000", "_elements": "url,version"}),
                     r4_validator)
         shipped_sets = [e["resource"] for e in bundle["entry"]
