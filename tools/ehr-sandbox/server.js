@@ -9,20 +9,35 @@
  *   EHR_SANDBOX_HOST   interface to listen on (default 127.0.0.1)
  *   EHR_SANDBOX_PORT   port (default 8090; 0 picks a free port)
  *   EHR_SANDBOX_TOKEN  when set, FHIR requests need "Authorization: Bearer <token>"
+ *   EHR_SANDBOX_PROFILE  capability profile: full (default) | no-transaction | no-careplan-write
+ *   EHR_SANDBOX_SMART_CLIENT_ID, EHR_SANDBOX_SMART_JWKS (a JWK Set, inline JSON or a file path),
+ *   EHR_SANDBOX_SMART_TOKEN_SECONDS   enable the SMART Backend Services token endpoint for that client
  *
  * Prints exactly one line to stdout once it accepts connections:
  *   ehr-sandbox listening on http://HOST:PORT/fhir
  * Everything else (errors) goes to stderr. Exits with status 0 on SIGTERM or SIGINT.
  */
+const fs = require('node:fs');
 const http = require('node:http');
 const { loadDefinitions } = require('./lib/definitions');
 const { createApp } = require('./lib/app');
+const { smartConfigFromEnv } = require('./lib/smart');
 
 function main() {
   const host = process.env.EHR_SANDBOX_HOST || '127.0.0.1';
   const port = parsePort(process.env.EHR_SANDBOX_PORT ?? '8090');
   loadDefinitions();
-  const app = createApp({ token: process.env.EHR_SANDBOX_TOKEN || null });
+  let app;
+  try {
+    app = createApp({
+      token: process.env.EHR_SANDBOX_TOKEN || null,
+      profile: process.env.EHR_SANDBOX_PROFILE || 'full',
+      smart: smartConfigFromEnv(process.env, (file) => fs.readFileSync(file, 'utf8')),
+    });
+  } catch (err) {
+    console.error(`ehr-sandbox: bad configuration: ${err.message}`);
+    process.exit(2);
+  }
   const server = http.createServer(app);
 
   server.on('error', (err) => {

@@ -77,13 +77,15 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float) -> l
         until = now + timedelta(seconds=lease_seconds)
         for row in rows:
             stale = row.state == SENDING  # its worker died or lost its lease: the EHR may have it
+            lease, ambiguous = row.lease, row.ambiguous or stale
             result = session.execute(
-                update(Delivery).where(Delivery.id == row.id, Delivery.lease == row.lease)
-                .values(state=SENDING, claimed_by=worker, claimed_until=until, lease=row.lease + 1,
-                        ambiguous=row.ambiguous or stale, first_attempt_at=row.first_attempt_at or now,
-                        updated=now, row_version=row.row_version + 1))
+                update(Delivery).where(Delivery.id == row.id, Delivery.lease == lease)
+                .values(state=SENDING, claimed_by=worker, claimed_until=until, lease=lease + 1,
+                        ambiguous=ambiguous, first_attempt_at=row.first_attempt_at or now,
+                        updated=now, row_version=row.row_version + 1)
+                .execution_options(synchronize_session=False))
             if result.rowcount == 1:  # type: ignore[attr-defined]
-                claims.append(Claim(row, row.lease + 1, row.ambiguous or stale))
+                claims.append(Claim(row, lease + 1, ambiguous))
         session.commit()
     return claims
 

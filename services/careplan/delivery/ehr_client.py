@@ -27,6 +27,8 @@ from services.careplan.delivery.errors import EhrRejected, EhrTransportError
 from services.careplan.delivery.retry import parse_retry_after
 
 log = logging.getLogger("cicatrix.careplan.delivery.ehr")
+# httpx logs every URL at INFO; ours carry only ids, but one line per request drowns the delivery log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 FHIR_JSON = "application/fhir+json"
 

@@ -4,36 +4,56 @@
  * pipeline every non-control request goes through:
  *
  *   read body -> log -> configured latency -> fault (status | drop answer now; delay waits) -> authenticate ->
- *   route (/fhir, ...) -> apply-then-fail replaces the real answer -> write, complete the log entry
+ *   route (/fhir, SMART discovery, /auth/token) -> apply-then-fail replaces the real answer -> write, complete log
  *
  * Faults act before authentication, as a proxy or an overloaded server would. A request still waiting (latency,
  * delay fault) when the sandbox is reset is dropped unprocessed: a test that gave up on a slow request must not
  * find it applied to the next test's fresh store.
  */
 const { SandboxRepository } = require('./repository');
-const { createCapabilities, checkStatement } = require('./capabilities');
+const { FULL_PROFILE, PROFILES, profileNamed, createCapabilities, checkStatement } = require('./capabilities');
 const { createFhirEndpoint } = require('./fhir');
 const { createControl } = require('./control');
 const { FaultQueue } = require('./faults');
 const { RequestLog } = require('./requestlog');
 const { authenticate, securityFor } = require('./auth');
+const { SmartAuthority, normaliseSmartConfig } = require('./smart');
 const { operationOutcome, outcomeAnswer, parseJson, readBody, sleep, writeAnswer } = require('./http');
 
 /**
- * @param options - { token, latencyMs, profile } startup config; `profile` is a capability profile
- *   (capabilities.FULL_PROFILE by default)
+ * @param options - { token, latencyMs, profile, smart } startup config; `profile` is a capability profile name
+ *   (see capabilities.PROFILES) or a profile object (capabilities.FULL_PROFILE by default); `smart` enables the
+ *   SMART Backend Services token endpoint (see smart.js)
  * @returns (req, res) => void, with `.state` for tests and the server
  */
 function createApp(options = {}) {
-  const startupConfig = { token: options.token || null, latencyMs: options.latencyMs ?? 0 };
-  const capabilities = createCapabilities(options.profile);
-  checkStatement(capabilities);
+  const startProfile = options.profile ?? FULL_PROFILE;
+  const startupConfig = {
+    token: options.token || null,
+    latencyMs: options.latencyMs ?? 0,
+    profile: typeof startProfile === 'string' ? profileNamed(startProfile).name : startProfile.name,
+    smart: normaliseSmartConfig(options.smart ?? null),
+  };
+  /** Capabilities per profile name, built (and checked against R4) once each. */
+  const capabilitiesByName = new Map();
+  function capabilitiesFor(name) {
+    if (!capabilitiesByName.has(name)) {
+      const profile = typeof startProfile === 'object' && startProfile.name === name ? startProfile : profileNamed(name);
+      const built = createCapabilities(profile);
+      checkStatement(built);
+      capabilitiesByName.set(name, built);
+    }
+    return capabilitiesByName.get(name);
+  }
+  capabilitiesFor(startupConfig.profile);
+  Object.keys(PROFILES).forEach(capabilitiesFor);
 
   const state = {
     config: { ...startupConfig },
     repo: new SandboxRepository(),
     faults: new FaultQueue(),
     log: new RequestLog(),
+    smart: new SmartAuthority(),
     /** Incremented by reset(); requests that began in an earlier epoch are dropped instead of processed. */
     epoch: 0,
     reset() {
@@ -41,6 +61,7 @@ function createApp(options = {}) {
       state.repo.clear();
       state.faults.clear();
       state.log.clear();
+      state.smart.clear();
       state.config = { ...startupConfig };
     },
     configure(update) {
@@ -55,8 +76,29 @@ function createApp(options = {}) {
       if (!Number.isFinite(next.latencyMs) || next.latencyMs < 0) {
         throw new Error('latencyMs must be a non-negative number');
       }
+      if ('profile' in update) {
+        capabilitiesFor(next.profile); // throws for an unknown name
+      }
+      if ('smart' in update) {
+        next.smart = normaliseSmartConfig(update.smart);
+      }
       state.config = next;
     },
+    /**
+     * The config as the control API shows it: `token` and `latencyMs` always; `profile` and `smart` only when
+     * they differ from a plain server ("full", null), so existing clients of the control API see what they did.
+     */
+    publicConfig() {
+      const { profile, smart, ...shown } = state.config;
+      return { ...shown, ...(profile !== 'full' ? { profile } : {}), ...(smart ? { smart } : {}) };
+    },
+  };
+
+  /** The capabilities of the profile in force now (the profile can change at run time). */
+  const capabilities = {
+    allows: (...args) => capabilitiesFor(state.config.profile).allows(...args),
+    supportsType: (...args) => capabilitiesFor(state.config.profile).supportsType(...args),
+    statement: (...args) => capabilitiesFor(state.config.profile).statement(...args),
   };
 
   const control = createControl(state);
@@ -66,11 +108,20 @@ function createApp(options = {}) {
     security: () => securityFor(state.config),
   });
 
-  /**
-   * Everything outside /_control, by path prefix. A SMART Backend Services token endpoint would be one more
-   * entry here (e.g. { prefix: '/auth/token', handle: smart.token, open: true }).
-   */
-  const ROUTES = [{ prefix: '/fhir', handle: (request) => fhir.handle(request), open: false }];
+  /** Everything outside /_control, by path prefix; the first match wins. */
+  const ROUTES = [
+    {
+      prefix: '/fhir/.well-known/smart-configuration',
+      handle: (request) => state.smart.discovery(state.config, rootUrl(request)),
+      open: true,
+    },
+    {
+      prefix: '/auth/token',
+      handle: (request) => state.smart.token(state.config, request, `${rootUrl(request)}/auth/token`),
+      open: true,
+    },
+    { prefix: '/fhir', handle: (request) => fhir.handle(request), open: false },
+  ];
 
   async function serve(request) {
     const { pathname } = request.url;
@@ -79,7 +130,7 @@ function createApp(options = {}) {
       return outcomeAnswer(404, `Nothing at ${pathname}; the FHIR base is /fhir`);
     }
     if (!route.open) {
-      const refused = authenticate(state.config, request.method, pathname, request.headers);
+      const refused = authenticate(state.config, request.method, pathname, request.headers, state.smart);
       if (refused) {
         return refused;
       }
@@ -175,6 +226,11 @@ function createApp(options = {}) {
   }
   requestListener.state = state;
   return requestListener;
+}
+
+/** http://host:port as the client addressed the sandbox (the token URL an assertion's `aud` must name). */
+function rootUrl(request) {
+  return request.baseUrl.replace(/\/fhir$/, '');
 }
 
 /** The answer a status or apply-then-fail fault gives instead of the real one. */

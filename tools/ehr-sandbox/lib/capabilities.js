@@ -6,10 +6,13 @@
  * request and every Bundle entry passes reads the same profile, so the two cannot drift apart. Clients (the
  * careplan dispatcher) choose their delivery shape from the CapabilityStatement, so it must say only what works.
  *
- * Extension point: a "restricted capability" mode is another profile, for example
- *   { ...FULL_PROFILE, name: 'no-transactions', system: ['batch'] }
- *   { ...FULL_PROFILE, name: 'no-careplan-writes', resources: { CarePlan: { exclude: ['create', 'update'] } } }
- * passed to createCapabilities(); the statement and the enforcement follow without further code.
+ * Restricted capability modes are other profiles (PROFILES below), chosen by name with EHR_SANDBOX_PROFILE or
+ * `{"profile": "..."}` on /_control/config; the statement and the enforcement follow without further code. They
+ * model the EHRs the careplan dispatcher must cope with:
+ *   full               transactions, batches, every interaction on every type
+ *   no-transaction     single requests and batches only (many production EHRs)
+ *   no-careplan-write  no CarePlan create/update/delete and no Bundles at all, but DocumentReference and
+ *                      Provenance writes (the way Oracle Health Millennium R4 behaves)
  */
 const { validateResource } = require('@medplum/core');
 const definitions = require('./definitions');
@@ -25,6 +28,27 @@ const FULL_PROFILE = Object.freeze({
   /** Per resource type restrictions: `{ CarePlan: { exclude: ['create'] } }`. */
   resources: {},
 });
+
+/** The named capability profiles; see the module comment. */
+const PROFILES = Object.freeze({
+  full: FULL_PROFILE,
+  'no-transaction': Object.freeze({ ...FULL_PROFILE, name: 'no-transaction', system: ['batch'] }),
+  'no-careplan-write': Object.freeze({
+    ...FULL_PROFILE,
+    name: 'no-careplan-write',
+    system: [],
+    resources: { CarePlan: { exclude: ['create', 'update', 'delete'] } },
+  }),
+});
+
+/** The profile called `name`; throws an Error listing the known names otherwise. */
+function profileNamed(name) {
+  const profile = Object.hasOwn(PROFILES, name) ? PROFILES[name] : undefined;
+  if (!profile) {
+    throw new Error(`unknown capability profile ${JSON.stringify(name)}; known: ${Object.keys(PROFILES).join(', ')}`);
+  }
+  return profile;
+}
 
 function createCapabilities(profile = FULL_PROFILE) {
   const types = definitions.resourceTypes();
@@ -103,4 +127,4 @@ function checkStatement(capabilities) {
   validateResource(capabilities.statement('http://127.0.0.1/fhir', { description: 'check' }));
 }
 
-module.exports = { FULL_PROFILE, createCapabilities, checkStatement };
+module.exports = { FULL_PROFILE, PROFILES, profileNamed, createCapabilities, checkStatement };

@@ -11,8 +11,13 @@
  *   DELETE /_control/requests           clears the log
  *   GET    /_control/store[?type=T]     {"total": n, "resources": [...]} current versions, flat, in creation order
  *   POST   /_control/reset              empties store, faults and log; restores the startup config
- *   GET    /_control/config             {"token": ..., "latencyMs": ...}
- *   POST   /_control/config             sets any of {"token": "..." | null, "latencyMs": n}
+ *   GET    /_control/config             {"token": ..., "latencyMs": ...} plus "profile" and "smart" when not
+ *                                       the defaults ("full", null)
+ *   POST   /_control/config             sets any of {"token": "..." | null, "latencyMs": n,
+ *                                       "profile": "full" | "no-transaction" | "no-careplan-write",
+ *                                       "smart": {"clientId": "...", "jwks": {...}, "accessTokenSeconds": n} | null}
+ *   GET    /_control/tokens             {"issued": n} SMART access tokens currently valid
+ *   DELETE /_control/tokens             revokes them all (clients holding one now get 401 invalid_token)
  */
 const { JSON_TYPE } = require('./http');
 
@@ -38,11 +43,13 @@ function createControl(state) {
       state.reset();
       return ok({ status: 'reset' });
     },
-    'GET /_control/config': () => ok(state.config),
+    'GET /_control/config': () => ok(state.publicConfig()),
     'POST /_control/config': (body) => {
       state.configure(body ?? {});
-      return ok(state.config);
+      return ok(state.publicConfig());
     },
+    'GET /_control/tokens': () => ok({ issued: state.smart.issuedCount() }),
+    'DELETE /_control/tokens': () => ok({ revoked: state.smart.revokeTokens() }),
   };
 
   /** @returns the answer { status, headers, body } (JSON, not FHIR) */

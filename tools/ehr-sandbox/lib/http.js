@@ -71,12 +71,13 @@ function parseJson(buffer) {
   }
 }
 
+/** Writes `{ status, headers, body, contentType? }`; the answer's own contentType (OAuth JSON) wins. */
 function writeAnswer(res, answer, contentType = FHIR_JSON) {
   const headers = { ...answer.headers };
   let payload = '';
   if (answer.body !== undefined && answer.status !== 204 && answer.status !== 304) {
     payload = JSON.stringify(answer.body);
-    headers['Content-Type'] = contentType;
+    headers['Content-Type'] = answer.contentType ?? contentType;
   }
   headers['Content-Length'] = Buffer.byteLength(payload);
   res.writeHead(answer.status, headers);
