@@ -6,6 +6,7 @@
     cicatrix plan FILE [--start D]   print the plan for an assessment (running stack, or --local)
     cicatrix examples                regenerate contracts/fhir/examples/*.careplan.json
     cicatrix openapi                 regenerate contracts/openapi/<service>.json
+    cicatrix dispatch [--drain]      run a CarePlan delivery worker (services/careplan/delivery)
 """
 
 from __future__ import annotations
@@ -238,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser.add_argument("--local", action="store_true", help="plan in-process, without a running stack")
     commands.add_parser("examples", help="regenerate the example plans in contracts/fhir/examples")
     commands.add_parser("openapi", help="regenerate the OpenAPI documents in contracts/openapi")
+    # --- delivery (issue 5): standalone delivery workers
+    dispatch_parser = commands.add_parser("dispatch", help="deliver queued CarePlans to the EHR (a worker)")
+    dispatch_parser.add_argument("--drain", action="store_true",
+                                 help="exit once no delivery is pending instead of waiting for more")
     args = parser.parse_args(argv)
+    if args.command == "dispatch":
+        from services.careplan.delivery.standalone import dispatch
+        return dispatch(drain=args.drain)
     if args.command == "plan":
         return plan(args.file, args.start, args.local)
     if args.command == "examples":
