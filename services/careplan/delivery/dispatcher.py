@@ -121,9 +121,10 @@ class Dispatcher:
         await self.client.close()
 
     async def _claim(self) -> int:
-        free = self.settings.DELIVERY_BATCH_SIZE - len(self._in_flight)
-        if free <= 0:
-            return 0
+        batch = self.settings.DELIVERY_BATCH_SIZE
+        free = batch - len(self._in_flight)
+        if free <= 0 or (self._in_flight and free < max(1, batch // 2)):
+            return 0  # claim in batches: one claim transaction per few deliveries, not per delivery
         try:
             claims = await asyncio.to_thread(outbox.claim, self.engine, worker=self.worker, limit=free,
                                              lease_seconds=self.settings.DELIVERY_LEASE_SECONDS)
@@ -142,11 +143,14 @@ class Dispatcher:
             self._wake.set()
 
     async def _sleep(self) -> None:
+        """Until woken, the next retry or lease falls due, or the poll interval passes."""
         timeout = self.settings.DELIVERY_POLL_SECONDS
-        try:
-            due = await asyncio.to_thread(outbox.next_due, self.engine)
-        except Exception:  # noqa: BLE001
-            due = None
+        due = None
+        if not self._in_flight:  # with deliveries in flight, each one finishing wakes the loop anyway
+            try:
+                due = await asyncio.to_thread(outbox.next_due, self.engine)
+            except Exception:  # noqa: BLE001 - the poll interval still bounds the sleep
+                due = None
         if due is not None:
             timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()) + 0.005)
         assert self._wake is not None
@@ -188,7 +192,7 @@ class Dispatcher:
         delivery = claim.delivery
         attempt = delivery.attempts + 1
         ids = {"delivery_id": delivery.id, "careplan_id": delivery.careplan_id,
-               "careplan_version": delivery.careplan_version, "attempt": attempt}
+               "careplan_version": delivery.careplan_version, "attempt": attempt, "worker": self.worker}
         try:
             job = await asyncio.to_thread(self._job, claim, attempt)
             if isinstance(job, str):

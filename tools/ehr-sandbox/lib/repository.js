@@ -12,7 +12,11 @@
  * - an unknown search parameter       -> 400. Conditional create (`If-None-Exist`, `ifNoneExist`) searches through
  *   silently matches nothing             here too, so a typo there is a 400 instead of a duplicate resource;
  * - `withTransaction` has no rollback -> the outermost call snapshots the store and restores it on any error;
- * - `readHistory` reverses its stored history array in place -> it reads a copy.
+ * - `readHistory` reverses its stored history array in place -> it reads a copy;
+ * - search evaluates FHIRPath on every stored resource (slow: tens of ms per search with a few hundred resources,
+ *   and every conditional create searches twice) -> token searches (`identifier=`, `_tag=`, the keys of
+ *   conditional creates) first drop resources whose JSON does not even contain the searched value; medplum's own
+ *   matcher still decides on the rest, so results are unchanged.
  *
  * It reaches into MemoryRepository's `resources` and `history` maps (TypeScript-private, plain properties at run
  * time); the constructor checks they exist, and the medplum version is pinned exactly in package.json.
@@ -93,7 +97,20 @@ class SandboxRepository extends MemoryRepository {
 
   async search(searchRequest) {
     checkSearchRequest(searchRequest);
-    return super.search(searchRequest);
+    const needles = tokenNeedles(searchRequest);
+    const all = this.resources.get(searchRequest.resourceType);
+    if (!needles.length || !all) {
+      return super.search(searchRequest);
+    }
+    // MemoryRepository.search scans this.resources synchronously (no await before it returns its promise), so
+    // showing it only the candidates for that one call is safe; FHIR processing is serialised anyway.
+    const candidates = new Map([...all].filter(([, resource]) => mayContain(resource, needles)));
+    this.resources.set(searchRequest.resourceType, candidates);
+    try {
+      return super.search(searchRequest);
+    } finally {
+      this.resources.set(searchRequest.resourceType, all);
+    }
   }
 
   /** All-or-nothing: the outermost call restores the store as it was if the callback throws. */
@@ -152,6 +169,38 @@ class SandboxRepository extends MemoryRepository {
       }
     }
   }
+}
+
+/** Lower-cased JSON of each stored version (versions are never mutated, so the cache cannot go stale). */
+const searchableText = new WeakMap();
+
+/** Values an equality token filter requires to appear somewhere in a matching resource (lower case). */
+function tokenNeedles(searchRequest) {
+  const needles = [];
+  for (const filter of searchRequest.filters ?? []) {
+    const param = definitions.searchParameter(searchRequest.resourceType, filter.code);
+    if (param?.type !== 'token' || filter.operator !== 'eq' || typeof filter.value !== 'string') {
+      continue;
+    }
+    if (filter.value.includes(',')) {
+      continue; // an OR of values: any one may match
+    }
+    const code = filter.value.includes('|') ? filter.value.slice(filter.value.indexOf('|') + 1) : filter.value;
+    // Only values that JSON writes verbatim can be looked for in the JSON text.
+    if (code && /^[\x20-\x7e]+$/.test(code) && !/["\\]/.test(code)) {
+      needles.push(code.toLowerCase());
+    }
+  }
+  return needles;
+}
+
+function mayContain(resource, needles) {
+  let text = searchableText.get(resource);
+  if (text === undefined) {
+    text = JSON.stringify(resource).toLowerCase();
+    searchableText.set(resource, text);
+  }
+  return needles.every((needle) => text.includes(needle));
 }
 
 function withoutId(resource) {
