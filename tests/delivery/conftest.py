@@ -37,6 +37,22 @@ def delivery_settings(database_url: str, ehr_base_url: str, **overrides: Any) ->
 
 
 @pytest.fixture
+def pg_engine() -> Iterator[tuple[str, Engine]]:
+    """PostgreSQL only (URL, engine): multi-worker and LISTEN/NOTIFY cases. SQLite runs one dispatcher."""
+    from tests.support.databases import drop_postgres_schema, fresh_postgres_schema, require_postgres
+
+    require_postgres()
+    schema, url = fresh_postgres_schema()
+    engine = make_engine(url)
+    MIGRATIONS.upgrade(engine)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        drop_postgres_schema(schema)
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     """The careplan database (SQLite and PostgreSQL), migrated to head."""
     engine = make_engine(database_url)

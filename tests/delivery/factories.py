@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from services.careplan.careplan_builder import PLAN_IDENTIFIER_SYSTEM, plan_identifier
 from services.careplan.delivery.outbox import make_enqueue_hook
-from services.careplan.generate import PlanRepository, PlanResult
+from services.careplan.generate import PlanHook, PlanRepository, PlanResult
 from services.careplan.intake import Assessment, assessment_key, stored_response_id
 from services.careplan.searchparams import SEARCH_PARAMS
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
@@ -83,8 +83,12 @@ def careplan(identifier: str, *, subject: str = "Patient/p1", status: str = "dra
 
 
 def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patient/p1", status: str = "draft",
-               site: str | None = None, author: str | None = None) -> StoredResource:
-    """Store an assessment and its plan through PlanRepository.save; returns the stored CarePlan."""
+               site: str | None = None, author: str | None = None,
+               hooks: list[PlanHook] | None = None) -> StoredResource:
+    """Store an assessment and its plan through PlanRepository.save; returns the stored CarePlan.
+
+    `hooks` defaults to the outbox hook alone; pass an app's `ctx.extras["plan_hooks"]` to also poke its
+    embedded dispatcher."""
     key = key or uuid.uuid4().hex[:12]
     response = assessment(key, subject=subject, author=author)
     akey = assessment_key(response)
@@ -93,7 +97,7 @@ def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patien
     plan = careplan(identifier, subject=subject, status=status, assessment_id=stored_response_id(subject, akey))
     answers = {"body-site": [{"system": BODY_SITES, "code": site or f"site-{key}"}]}
     result = PlanResult(plan, Assessment(response=response, subject=subject, answers=answers), None)  # type: ignore[arg-type]
-    repository = PlanRepository(make_store(), [make_enqueue_hook()])
+    repository = PlanRepository(make_store(), hooks if hooks is not None else [make_enqueue_hook()])
     with Session(engine, expire_on_commit=False) as session:
         stored, created = repository.save(session, result, careplan_id=identifier)
     assert created

@@ -13,17 +13,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import Engine
 
-from services.careplan.app import MIGRATIONS
-from services.fhir.db import make_engine
 from tests.delivery.conftest import deliveries, identifiers_in_ehr
 from tests.delivery.factories import bulk_plans
-from tests.support.databases import drop_postgres_schema, fresh_postgres_schema, require_postgres
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -83,20 +78,6 @@ def test_sigkill_mid_batch_then_restart_delivers_everything_exactly_once(engine,
     assert_each_once(ehr_sandbox, plans)
     assert all(d.state == "completed" for d in deliveries(engine))
     assert len([r for r in transactions(ehr_sandbox) if r["status"] == 200]) == len(plans)  # nothing sent twice
-
-
-@pytest.fixture
-def pg_engine() -> Iterator[tuple[str, Engine]]:
-    """PostgreSQL only: the multi-worker cases (SQLite runs one dispatcher, see claims.py)."""
-    require_postgres()
-    schema, url = fresh_postgres_schema()
-    engine = make_engine(url)
-    MIGRATIONS.upgrade(engine)
-    try:
-        yield url, engine
-    finally:
-        engine.dispose()
-        drop_postgres_schema(schema)
 
 
 @pytest.mark.parametrize("grace", ["5", "0.05"], ids=["finish", "release"])

@@ -1,0 +1,206 @@
+"""The delivery code's own logic, without an EHR: backoff, Retry-After, the error tree, diffs, references."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+
+from services.careplan.delivery.auth import SigningKey, SmartBackendAuth
+from services.careplan.delivery.ehr_client import EhrClient, parse_location
+from services.careplan.delivery.errors import EhrRejected, EhrTransportError
+from services.careplan.delivery.payloads import ReferenceRewriter, ehr_careplan
+from services.careplan.delivery.readback import dropped_elements
+from services.careplan.delivery.retry import RetryPolicy, backoff_seconds, parse_retry_after
+from services.careplan.delivery.sending import reapply
+from services.careplan.delivery.shapes import choose_shape, read_capabilities
+from tests.delivery.factories import careplan
+from tests.delivery.keys import ec_key
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_backoff_doubles_with_jitter_between_half_and_full_step_and_is_capped():
+    rng = random.Random(7)
+    for attempt, step in [(1, 2.0), (2, 4.0), (3, 8.0), (10, 60.0)]:
+        delays = [backoff_seconds(attempt, base=2.0, cap=60.0, rng=rng) for _ in range(200)]
+        assert step / 2 <= min(delays) and max(delays) <= step
+        assert max(delays) - min(delays) > step / 4  # really jittered
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Sun, 01 Mar 2026 12:00:30 GMT", now=NOW) == 30.0
+    assert parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", now=NOW) == 0.0  # in the past: no wait
+    assert parse_retry_after("later") is None
+    assert parse_retry_after(None) is None
+
+
+def test_retry_after_is_a_floor_and_the_bounds_give_up():
+    policy = RetryPolicy(max_attempts=3, max_age=timedelta(minutes=10), base=1.0, cap=4.0)
+
+    assert policy.next_attempt(attempts=1, window_start=NOW, now=NOW, retry_after=90) == NOW + timedelta(seconds=90)
+    assert policy.next_attempt(attempts=3, window_start=NOW, now=NOW) is None  # attempts used up
+    late = NOW + timedelta(minutes=9, seconds=59)
+    assert policy.next_attempt(attempts=1, window_start=NOW, now=late, retry_after=5) is None  # past max age
+
+
+# --------------------------------------------------------------- EHR client
+
+
+def client_for(handler) -> EhrClient:
+    return EhrClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(handler))
+
+
+def outcome(text: str) -> dict:
+    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid",
+                                                          "diagnostics": text}]}
+
+
+@pytest.mark.parametrize("raised, ambiguous", [
+    (httpx.ConnectError("refused"), False),
+    (httpx.ConnectTimeout("slow connect"), False),
+    (httpx.ReadTimeout("slow answer"), True),
+    (httpx.RemoteProtocolError("server disconnected"), True),
+])
+def test_transport_failures_become_ehr_transport_errors(raised, ambiguous):
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    with pytest.raises(EhrTransportError) as caught:
+        asyncio.run(client_for(handler).request("POST", "", body={"resourceType": "Bundle"}))
+
+    assert caught.value.retryable and caught.value.ambiguous is ambiguous
+    assert isinstance(caught.value.__cause__, httpx.HTTPError)
+
+
+@pytest.mark.parametrize("status, retryable, ambiguous", [
+    (400, False, False), (404, False, False), (409, False, False), (412, False, False), (422, False, False),
+    (408, True, False), (429, True, False), (500, True, True), (502, True, True), (503, True, True),
+    (504, True, True),
+])
+def test_statuses_become_ehr_rejected_with_the_outcome_and_retry_after(status, retryable, ambiguous):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=outcome("no"), headers={"Retry-After": "3"})
+
+    with pytest.raises(EhrRejected) as caught:
+        asyncio.run(client_for(handler).request("GET", "CarePlan"))
+
+    error = caught.value
+    assert (error.status, error.retryable, error.ambiguous, error.retry_after) == (status, retryable, ambiguous, 3.0)
+    assert error.outcome == outcome("no") and error.diagnostics() == "no"
+
+
+def test_a_401_fetches_one_new_token_and_retries_once():
+    key = SigningKey(ec_key(), "k1", "ES384")
+    seen = {"token": 0, "fhir": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            seen["token"] += 1
+            return httpx.Response(200, json={"access_token": f"t{seen['token']}", "expires_in": 300})
+        seen["fhir"].append(request.headers["authorization"])
+        return httpx.Response(401 if request.headers["authorization"] == "Bearer t1" else 200, json={})
+
+    client = client_for(handler)
+    client.auth = SmartBackendAuth(client_id="c", key=key, scope="system/CarePlan.crus",
+                                   fhir_base=client.base_url, token_url="https://ehr.example.org/token")
+    asyncio.run(client.request("GET", "CarePlan"))
+
+    assert seen == {"token": 2, "fhir": ["Bearer t1", "Bearer t2"]}
+
+
+def test_the_client_assertion_has_the_claims_smart_requires():
+    key = ec_key()
+    auth = SmartBackendAuth(client_id="cicatrix", key=SigningKey(key, "k1", "ES384"), scope="s",
+                            fhir_base="https://ehr.example.org/fhir")
+    url = "https://ehr.example.org/auth/token"
+
+    first, second = auth.assertion(url), auth.assertion(url)
+
+    header = jwt.get_unverified_header(first)
+    claims = jwt.decode(first, key.public_key(), algorithms=["ES384"], audience=url)
+    assert header["alg"] == "ES384" and header["kid"] == "k1"
+    assert claims["iss"] == claims["sub"] == "cicatrix"
+    assert 0 < claims["exp"] - time.time() <= 300
+    assert claims["jti"] != jwt.decode(second, key.public_key(), algorithms=["ES384"], audience=url)["jti"]
+
+
+def test_locations_are_read_relative_or_absolute():
+    assert parse_location("CarePlan/812/_history/1") == ("CarePlan", "812", "1")
+    assert parse_location("https://ehr.example.org/fhir/CarePlan/812/_history/3") == ("CarePlan", "812", "3")
+    assert parse_location("https://ehr.example.org/fhir/CarePlan/812") == ("CarePlan", "812", None)
+
+
+# -------------------------------------------------------------- what is sent
+
+
+def test_references_the_ehr_cannot_resolve_become_logical_references():
+    plan = careplan("plan-1", assessment_id="qr-1") | {"id": "plan-1", "meta": {"versionId": "2"},
+                                                         "replaces": [{"reference": "CarePlan/plan-0"}]}
+    rewriter = ReferenceRewriter(assessments={"qr-1": {"system": "https://h.example/a", "value": "A1"}},
+                                 delivered_plans={"plan-0": "ehr-77"})
+
+    sent = ehr_careplan(plan, rewriter)
+
+    assert "id" not in sent and "meta" not in sent
+    assert sent["subject"] == {"reference": "Patient/p1"}  # the EHR's own patient: unchanged
+    assert sent["goal"] == [{"reference": "#goal-smooth"}]
+    assert sent["supportingInfo"] == [{"type": "QuestionnaireResponse", "display": "Scar assessment",
+                                       "identifier": {"system": "https://h.example/a", "value": "A1"}}]
+    assert sent["replaces"] == [{"reference": "CarePlan/ehr-77", "type": "CarePlan",
+                                 "identifier": {"system": "https://fhir.cicatrix.org/careplan-id",
+                                                "value": "plan-0"}}]
+    assert sent["activity"][0]["detail"]["productReference"] == {
+        "type": "Medication", "identifier": {"system": "https://fhir.cicatrix.org/Medication",
+                                             "value": "mederma-gel"}, "display": "Mederma gel"}
+
+
+def test_the_plan_as_sent_is_valid_r4(r4_validator):
+    plan = careplan("plan-1", assessment_id="qr-1")
+    r4_validator.assert_valid(ehr_careplan(plan, ReferenceRewriter(assessments={}, delivered_plans={})))
+
+
+def test_read_back_names_the_elements_the_ehr_dropped():
+    sent = careplan("p")
+    stored = careplan("p") | {"id": "x", "meta": {"versionId": "1"}}
+    del stored["activity"][0]["detail"]["scheduledTiming"]["event"]
+    stored.pop("contained")
+
+    dropped = dropped_elements(sent, stored)
+
+    assert "CarePlan.contained[0].description.text" in dropped
+    assert "CarePlan.activity[0].detail.scheduledTiming.event[5]" in dropped
+    assert dropped_elements(sent, sent | {"id": "x", "meta": {}}) == []
+
+
+def test_a_412_reapplies_only_our_change_onto_the_ehr_copy():
+    before = {"resourceType": "CarePlan", "id": "e1", "status": "draft", "title": "T", "note": [{"text": "a"}]}
+    desired = before | {"status": "active"}
+    theirs = before | {"description": "nurse edit", "meta": {"versionId": "2"}}
+
+    merged = reapply(theirs, before, desired)
+
+    assert merged == {"resourceType": "CarePlan", "id": "e1", "status": "active", "title": "T",
+                      "note": [{"text": "a"}], "description": "nurse edit"}
+    assert reapply(merged, before, desired) is None  # already applied: nothing to send
+
+
+def test_the_shape_follows_the_capability_statement():
+    def statement(system, careplan_interactions):
+        return {"rest": [{"mode": "server", "interaction": [{"code": c} for c in system], "resource": [
+            {"type": "CarePlan", "interaction": [{"code": c} for c in careplan_interactions]},
+            {"type": "DocumentReference", "interaction": [{"code": "create"}]},
+            {"type": "Provenance", "interaction": [{"code": "create"}]}]}]}
+
+    assert choose_shape(read_capabilities(statement(["transaction"], ["create", "update"]))) == "transaction"
+    assert choose_shape(read_capabilities(statement(["batch"], ["create", "update"]))) == "individual"
+    assert choose_shape(read_capabilities(statement([], ["read", "search-type"]))) == "document"
