@@ -89,7 +89,9 @@ def up() -> int:
          f"http://127.0.0.1:{sandbox_port}/fhir/metadata"),
         ("catalog", [sys.executable, "-m", "services.cli", "serve", "catalog"], {},
          f"http://{catalog.HOST}:{catalog.PORT}/readyz"),
-        ("careplan", [sys.executable, "-m", "services.cli", "serve", "careplan"], {},
+        # delivery (issue 5): the embedded dispatcher delivers to the sandbox started here, whatever its port
+        ("careplan", [sys.executable, "-m", "services.cli", "serve", "careplan"],
+         {"CAREPLAN_EHR_BASE_URL": env.get("CAREPLAN_EHR_BASE_URL", f"http://127.0.0.1:{sandbox_port}/fhir")},
          f"http://{careplan.HOST}:{careplan.PORT}/readyz"),
     ]
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
