@@ -57,9 +57,9 @@ def assert_each_once(sandbox, expected: list[str]) -> None:
 
 
 def test_sigkill_mid_batch_then_restart_delivers_everything_exactly_once(engine, database_url, ehr_sandbox):
-    plans = bulk_plans(engine, 40)
+    plans = bulk_plans(engine, 24)
     ehr_sandbox.configure(latency_ms=150)
-    worker = dispatch(database_url, ehr_sandbox.base_url, DELIVERY_LEASE_SECONDS="2", DELIVERY_BATCH_SIZE="8")
+    worker = dispatch(database_url, ehr_sandbox.base_url, DELIVERY_LEASE_SECONDS="1.5", DELIVERY_BATCH_SIZE="8")
     try:
         wait_for(lambda: len(ehr_sandbox.store("CarePlan")) >= 8
                  and any(r["status"] is None for r in transactions(ehr_sandbox)), 30, "a batch in flight")
@@ -72,7 +72,7 @@ def test_sigkill_mid_batch_then_restart_delivers_everything_exactly_once(engine,
     assert held, "the kill should leave claimed deliveries behind"
 
     ehr_sandbox.configure(latency_ms=0)
-    restarted = dispatch(database_url, ehr_sandbox.base_url, drain=True, DELIVERY_LEASE_SECONDS="2")
+    restarted = dispatch(database_url, ehr_sandbox.base_url, drain=True, DELIVERY_LEASE_SECONDS="1.5")
     assert restarted.wait(timeout=60) == 0
 
     assert_each_once(ehr_sandbox, plans)
@@ -83,8 +83,8 @@ def test_sigkill_mid_batch_then_restart_delivers_everything_exactly_once(engine,
 @pytest.mark.parametrize("grace", ["5", "0.05"], ids=["finish", "release"])
 def test_sigterm_finishes_or_releases_in_flight_deliveries(pg_engine, ehr_sandbox, grace):
     database_url, engine = pg_engine
-    plans = bulk_plans(engine, 12)
-    ehr_sandbox.configure(latency_ms=400)
+    plans = bulk_plans(engine, 8)
+    ehr_sandbox.configure(latency_ms=250)
     worker = dispatch(database_url, ehr_sandbox.base_url, DISPATCHER_SHUTDOWN_GRACE_SECONDS=grace,
                       DELIVERY_BATCH_SIZE="4")
     wait_for(lambda: any(r["status"] is None for r in transactions(ehr_sandbox)), 30, "a delivery in flight")
@@ -106,7 +106,9 @@ def test_four_workers_on_postgresql_deliver_500_plans_each_exactly_once(pg_engin
     plans = bulk_plans(engine, 500)
     logs = [tmp_path / f"worker-{i}.log" for i in range(4)]
 
-    workers = [dispatch(url, ehr_sandbox.base_url, drain=True, log=log, DELIVERY_BATCH_SIZE="8") for log in logs]
+    # Read-back off here: this test is about sharing the outbox; read-back has its own tests.
+    workers = [dispatch(url, ehr_sandbox.base_url, drain=True, log=log, DELIVERY_BATCH_SIZE="16",
+                        DELIVERY_READ_BACK="false") for log in logs]
     try:
         assert [w.wait(timeout=80) for w in workers] == [0, 0, 0, 0]
     finally:

@@ -204,3 +204,28 @@ def test_the_shape_follows_the_capability_statement():
     assert choose_shape(read_capabilities(statement(["transaction"], ["create", "update"]))) == "transaction"
     assert choose_shape(read_capabilities(statement(["batch"], ["create", "update"]))) == "individual"
     assert choose_shape(read_capabilities(statement([], ["read", "search-type"]))) == "document"
+
+
+def test_tls_is_verified_against_the_configured_ca_bundle(tmp_path):
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from services.careplan.delivery.ehr_client import ssl_context
+
+    key = ec_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Hospital test CA")])
+    now = datetime.now(UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA384()))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    context = ssl_context(bundle)
+
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "Hospital test CA"),),)]
