@@ -17,6 +17,7 @@ from services.careplan.knowledge import Knowledge
 from services.careplan.operations import APPLY_DEFINITION, GENERATE_DEFINITION, operations_router
 from services.careplan.plan_updates import plan_updates_router
 from services.careplan.searchparams import SEARCH_PARAMS, SORTABLE
+from services.careplan.security import access_policy, audit_trail, patient_compartment
 from services.careplan.settings import CareplanSettings
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.careplan.tasks import RETRY_DEFINITION, tasks_router
@@ -34,7 +35,7 @@ from services.fhir.store import ResourceStore
 
 VERSION = "0.1.0"
 MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "careplan_alembic_version")
-SERVED_TYPES = ("CarePlan", "QuestionnaireResponse")
+SERVED_TYPES = ("CarePlan", "QuestionnaireResponse", "AuditEvent")
 
 
 def make_store() -> ResourceStore:
@@ -89,8 +90,10 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     async def close_catalog(_: ServiceContext) -> None:
         await catalog.close()
 
+    compartment = patient_compartment()  # security (issue 6): patient/ scopes, audit trail
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), startup=[delivery.start], shutdown=[delivery.stop, close_catalog])
+                    capability=capability(), startup=[delivery.start], shutdown=[delivery.stop, close_catalog],
+                    access=access_policy(compartment), audit=audit_trail(store, compartment))
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
                              "delivery": delivery}
     delivery.register_metrics(app.state.ctx)
@@ -99,7 +102,7 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     # --- end delivery
     app.include_router(operations_router(planner, repository))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,
-                                        sortable=SORTABLE)
+                                        sortable=SORTABLE, **compartment.hooks())
     app.include_router(interactions.router())
     return app
 

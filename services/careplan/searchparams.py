@@ -16,6 +16,30 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParamDef]] = {
                                                  "CarePlan.instantiatesCanonical", "The protocol applied"),
         "replaces": SearchParamDef("replaces", "reference", "CarePlan.replaces", "The plan this one replaces"),
     },
+    "QuestionnaireResponse": {
+        "subject": SearchParamDef("subject", "reference", "QuestionnaireResponse.subject",
+                                  "Who the assessment is about"),
+        "patient": SearchParamDef("patient", "reference",
+                                  "QuestionnaireResponse.subject.where(reference.startsWith('Patient/'))",
+                                  "The patient the assessment is about"),
+    },
+    # The audit trail (services/fhir/audit.py): references and codes only, searchable by auditors.
+    "AuditEvent": {
+        "entity": SearchParamDef("entity", "reference", "AuditEvent.entity.what",
+                                 "A resource the access touched, e.g. CarePlan/123 or Patient/456"),
+        "agent": SearchParamDef("agent", "reference",
+                                "AuditEvent.agent.who.reference | AuditEvent.agent.who.identifier.value",
+                                "Who acted: the token's subject or client id, or its fhirUser reference"),
+        "date": SearchParamDef("date", "date", "AuditEvent.recorded", "When the access was recorded"),
+        "type": SearchParamDef("type", "token", "AuditEvent.type", "Type of event (rest)"),
+        "subtype": SearchParamDef("subtype", "token", "AuditEvent.subtype",
+                                  "The RESTful interaction (read, search-type, operation, ...)"),
+        "action": SearchParamDef("action", "token", "AuditEvent.action", "C | R | U | D | E"),
+        "outcome": SearchParamDef("outcome", "token", "AuditEvent.outcome", "0 | 4 | 8 | 12"),
+        "patient": SearchParamDef("patient", "reference",
+                                  "AuditEvent.entity.what.where(reference.startsWith('Patient/'))",
+                                  "The patient whose data was accessed"),
+    },
 }
 
 SORTABLE = ("date", "status")

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from services.catalog.bundle_processing import BundleProcessor
 from services.catalog.content import load_content
 from services.catalog.searchparams import CATALOG_TYPES, SEARCH_PARAMS, SORTABLE
+from services.catalog.security import access_policy
 from services.catalog.settings import CatalogSettings
 from services.catalog.tables import CatalogResource, CatalogResourceVersion, CatalogSearchIndex
 from services.catalog.terminology import TerminologyOperations
@@ -94,7 +95,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
             await run_in_threadpool(run)
 
     app = build_app(name="catalog", title="Cicatrix catalog", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), startup=[load])
+                    capability=capability(), startup=[load], access=access_policy(settings))
     app.state.ctx.extras["store"] = store
     interactions = ResourceInteractions(store=store, types=CATALOG_TYPES, search_params=SEARCH_PARAMS,
                                         sortable=SORTABLE, writable=CATALOG_TYPES,

@@ -19,3 +19,5 @@ class CatalogSettings(ServiceSettings):
     CONTENT_DIR: Path = CONTENT_DIR
     LOAD_CONTENT: bool = True
     """Load `CONTENT_DIR` at start-up (idempotent: unchanged files create no new versions)."""
+    ALLOW_ANONYMOUS_READ: bool = False
+    """With AUTH_MODE=jwt, let requests without a token read and search (the knowledge is not patient data)."""

@@ -64,6 +64,8 @@ class CapabilityBuilder:
     resources: list[ResourceCapability] = field(default_factory=list)
     system_interactions: tuple[str, ...] = ()
     system_operations: tuple[Operation, ...] = ()
+    security: dict[str, Any] | None = None
+    """`rest.security` (set when the service requires tokens)."""
 
     def add(self, capability: ResourceCapability) -> None:
         self.resources.append(capability)
@@ -79,6 +81,8 @@ class CapabilityBuilder:
             rest["interaction"] = [{"code": code} for code in self.system_interactions]
         if self.system_operations:
             rest["operation"] = [_operation(op) for op in self.system_operations]
+        if self.security:
+            rest["security"] = self.security
         statement: dict[str, Any] = {
             "resourceType": "CapabilityStatement",
             "status": "active",

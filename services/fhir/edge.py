@@ -7,6 +7,7 @@ and a memory stream per request) that:
 - answers 406 for FHIR requests whose Accept/_format asks for something other than JSON;
 - answers 413 before parsing when Content-Length is over the limit, and stops a
   streamed body as soon as it passes the limit;
+- answers 400 when a FHIR URL has something other than a FHIR id where an id goes;
 - turns any exception that escaped the handlers into a generic 500 OperationOutcome,
   logging the traceback server-side only;
 - records Prometheus metrics by route template and one access-log line without PHI;
@@ -26,8 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.fhir.media import check_acceptable
 from services.fhir.observability import HttpMetrics, request_id_var
-from services.fhir.outcome import FhirError, InternalError, PayloadTooLarge
+from services.fhir.outcome import BadRequest, FhirError, InternalError, PayloadTooLarge
 from services.fhir.responses import error_response
+from services.fhir.routes import InvalidId, parse
 
 log = logging.getLogger("cicatrix.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -94,8 +96,12 @@ class FhirEdgeMiddleware:
             format_param = query.get("_format", [None])[0]
             try:
                 check_acceptable(headers.get("accept"), format_param)
+                parse(scope["method"], scope["path"], prefix=self.fhir_prefix)
             except FhirError as error:
                 return error
+            except InvalidId as invalid:
+                return BadRequest(f"'{invalid.segment[:70]}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})",
+                                  expression="id")
         return None
 
     def _limited(self, receive: Receive) -> Receive:

@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -42,6 +43,23 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+    def formatException(self, ei: Any) -> str:
+        """Where it failed (frames and exception types), never what it said: a message may quote patient data."""
+        exc = ei[1]
+        if exc is None:
+            return ""
+        chain: list[BaseException] = []
+        while exc is not None and exc not in chain:
+            chain.append(exc)
+            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        parts = []
+        for failure in reversed(chain):
+            frames = "".join(traceback.format_list(traceback.extract_tb(failure.__traceback__)))
+            kind = type(failure)
+            parts.append(f"Traceback (most recent call last):\n{frames}{kind.__module__}.{kind.__qualname__} "
+                         "(message withheld from the log)")
+        return "\nThe above exception led to:\n".join(parts)
 
 
 _base_factory = logging.getLogRecordFactory()

@@ -20,8 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
+from services.fhir.access import AccessPolicy
+from services.fhir.audit import AuditMiddleware, AuditTrail
+from services.fhir.auth import AccessMiddleware, check_exposure, make_verifier
 from services.fhir.capability import CapabilityBuilder
 from services.fhir.db import Migrations, make_engine, ping
 from services.fhir.edge import FhirEdgeMiddleware
@@ -69,7 +73,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
               capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
-              shutdown: list[StartupHook] | None = None) -> FastAPI:
+              shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
+              audit: AuditTrail | None = None) -> FastAPI:
+    """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data."""
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
@@ -77,6 +83,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        check_exposure(settings, name)  # first: a service that may not start touches nothing
         if settings.AUTO_MIGRATE:
             await run_in_threadpool(migrations.upgrade, ctx.engine)
         ctx.capability_bytes = capability.build_bytes(settings.BASE_URL)
@@ -95,9 +102,32 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
                   openapi_url="/openapi.json")
     app.state.ctx = ctx
     install_error_handlers(app)
+    _add_security_middleware(app, ctx, access or AccessPolicy(), audit)
     app.add_middleware(FhirEdgeMiddleware, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
+    if settings.cors_origins:  # outermost: every answer, errors included, carries the CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match",
+                                          "If-None-Exist", "Prefer", "X-Request-Id"],
+                           expose_headers=["ETag", "Location", "Last-Modified", "X-Request-Id", "WWW-Authenticate"])
     _add_operational_routes(app, ctx)
     return app
+
+
+def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPolicy,
+                             audit: AuditTrail | None) -> None:
+    """Inside the edge (its errors become OperationOutcomes): the audit trail around access control."""
+    settings = ctx.settings
+    app.add_middleware(AccessMiddleware, policy=access, verifier=make_verifier(settings), realm=ctx.name)
+    if audit is not None:
+        app.add_middleware(AuditMiddleware, trail=audit, sessions=ctx.session)
+    if settings.AUTH_MODE == "jwt":
+        ctx.capability.security = {
+            "cors": bool(settings.cors_origins),
+            "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                     "code": "SMART-on-FHIR"}]}],
+            "description": "OAuth 2.0 bearer tokens (JWT) with SMART v2 scopes; see docs/security.md",
+        }
 
 
 def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:

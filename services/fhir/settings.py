@@ -6,8 +6,15 @@ embedded defaults run the whole stack on one machine with SQLite files under ./v
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                   "ES256", "ES384", "ES512", "EdDSA"})
+"""Signature algorithms a token may use: public-key ones only (never `none`, never HS* with a public key)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -22,6 +29,28 @@ class ServiceSettings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     AUTO_MIGRATE: bool = True
     """Apply Alembic migrations at start-up (the embedded default); production runs `cicatrix migrate`."""
+
+    # --- inbound security (docs/security.md) ------------------------------------------------------------
+    AUTH_MODE: Literal["off", "jwt"] = "off"
+    """`jwt`: every FHIR request needs a bearer token (SMART scopes); `off` only on loopback or ALLOW_INSECURE."""
+    AUTH_JWKS_URL: str | None = None
+    """JWK Set of the token issuer (fetched with httpx, cached, refetched when a token names an unknown `kid`)."""
+    AUTH_JWKS_FILE: Path | None = None
+    """The JWK Set as a local file instead of a URL."""
+    AUTH_ISSUER: str | None = None
+    """Required `iss` of access tokens."""
+    AUTH_AUDIENCE: str | None = None
+    """Accepted `aud` value(s) of access tokens, comma-separated (usually this service's FHIR base URL)."""
+    AUTH_ALGORITHMS: str = "RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512"
+    """Allowed token signature algorithms (public-key only: `none` and HS* are refused)."""
+    AUTH_LEEWAY_SECONDS: int = 30
+    """Clock skew tolerated on `exp`, `nbf` and `iat`."""
+    AUTH_JWKS_CACHE_SECONDS: float = 300.0
+    """How long a fetched JWK Set is used before it is fetched again."""
+    ALLOW_INSECURE: bool = False
+    """Start with AUTH_MODE=off although HOST is not a loopback address (a deliberate, logged choice)."""
+    CORS_ORIGINS: str = ""
+    """Browser origins allowed to call the API (comma-separated); CORS stays off when empty."""
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -38,3 +67,37 @@ class ServiceSettings(BaseSettings):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+    @field_validator("AUTH_ALGORITHMS")
+    @classmethod
+    def _public_key_algorithms(cls, value: str) -> str:
+        """Refuse `none` and HMAC: with a published key, HS* would let anyone holding it mint tokens."""
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        refused = [name for name in names if name not in ASYMMETRIC_ALGORITHMS]
+        if refused or not names:
+            raise ValueError(f"only public-key algorithms are allowed ({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}); "
+                             f"refused: {', '.join(refused) or '(none given)'}")
+        return ",".join(names)
+
+    @field_validator("AUTH_LEEWAY_SECONDS")
+    @classmethod
+    def _small_leeway(cls, value: int) -> int:
+        if not 0 <= value <= 300:
+            raise ValueError("must be between 0 and 300 seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_needs_keys_issuer_audience(self) -> ServiceSettings:
+        """In jwt mode a token can only be checked against a key source, an issuer and an audience."""
+        if self.AUTH_MODE == "jwt":
+            prefix = self.model_config.get("env_prefix", "")
+            missing = [prefix + name for name in ("AUTH_ISSUER", "AUTH_AUDIENCE") if not getattr(self, name)]
+            if (self.AUTH_JWKS_URL is None) == (self.AUTH_JWKS_FILE is None):
+                missing.append(f"exactly one of {prefix}AUTH_JWKS_URL and {prefix}AUTH_JWKS_FILE")
+            if missing:
+                raise ValueError(f"{prefix}AUTH_MODE=jwt needs {', '.join(missing)}")
+        return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.CORS_ORIGINS.split(",") if origin.strip()]

@@ -1,0 +1,39 @@
+"""Who may use the care-plan service, and what its audit trail records (docs/security.md).
+
+CarePlans, assessments, delivery Tasks and the AuditEvents that name them are
+patient data: a `patient/` scope reaches only its own patient's, every access is
+audited, and nothing is cached downstream. The operations need:
+
+    CarePlan/$generate          CarePlan.c    (stores a plan)
+    PlanDefinition/$apply       CarePlan.r    (computes a plan, stores nothing)
+    Task/{id}/$retry            Task.u        (re-queues a delivery)
+    {type}/$validate            {type}.c
+"""
+
+from __future__ import annotations
+
+from services.careplan.searchparams import SEARCH_PARAMS
+from services.fhir.access import AccessPolicy
+from services.fhir.audit import AuditTrail
+from services.fhir.compartment import PatientCompartment
+from services.fhir.store import ResourceStore
+
+PATIENT_DATA = frozenset({"CarePlan", "QuestionnaireResponse", "Task", "AuditEvent"})
+OPERATIONS = {
+    ("CarePlan", "generate"): ("*", "c"),
+    ("PlanDefinition", "apply"): ("CarePlan", "r"),
+    ("Task", "retry"): ("*", "u"),
+    ("*", "validate"): ("*", "c"),
+}
+
+
+def patient_compartment() -> PatientCompartment:
+    return PatientCompartment(PATIENT_DATA, SEARCH_PARAMS)
+
+
+def access_policy(compartment: PatientCompartment) -> AccessPolicy:
+    return AccessPolicy(operations=OPERATIONS, patient_data=PATIENT_DATA, patient_searchable=compartment.searchable)
+
+
+def audit_trail(store: ResourceStore, compartment: PatientCompartment) -> AuditTrail:
+    return AuditTrail(store, service="careplan", compartment=compartment)

@@ -1,0 +1,24 @@
+"""Who may use the catalog (docs/security.md).
+
+The catalog holds treatment knowledge, not patient data: reads need `<Type>.r`,
+searches `<Type>.s` (or nothing with CATALOG_ALLOW_ANONYMOUS_READ=true), writes
+`.c`/`.u`/`.d`, and a batch or transaction what each of its entries needs. The
+terminology operations read (`ValueSet.r`, `CodeSystem.r`); `$validate` is for
+writers (`<Type>.c`).
+"""
+
+from __future__ import annotations
+
+from services.catalog.settings import CatalogSettings
+from services.fhir.access import AccessPolicy
+
+OPERATIONS = {
+    ("ValueSet", "*"): ("*", "r"),
+    ("CodeSystem", "*"): ("*", "r"),
+    ("ConceptMap", "*"): ("*", "r"),
+    ("*", "validate"): ("*", "c"),
+}
+
+
+def access_policy(settings: CatalogSettings) -> AccessPolicy:
+    return AccessPolicy(operations=OPERATIONS, anonymous_read=settings.ALLOW_ANONYMOUS_READ)

@@ -1,0 +1,276 @@
+"""The audit trail: one R4 AuditEvent per access to patient data, or no answer at all.
+
+`AuditMiddleware` wraps the FHIR routes of a service that holds patient data. It
+holds each response back until the access is recorded: who (the token's subject and
+client, and the caller's address), what (the resources the URL names and the
+response returns, and the patients they belong to), when, how (the RESTful
+interaction, C/R/U/D/E) and with what outcome (0/4/8/12). If the AuditEvent cannot
+be stored the client gets a 503 instead of the data. A write (`$generate`,
+`$retry`) has committed by then and stands; `$generate` is idempotent, so the
+client's retry returns the same plan and is recorded. Denials (403) are recorded too;
+requests without a verifiable token (401) are only logged, so that anonymous
+traffic cannot fill the audit table.
+
+AuditEvents hold references and codes only: no names, no answers, no search
+values (a query string may carry an MRN), no error diagnostics. Reads of the audit
+trail itself are not audited (they would audit themselves without end).
+
+The middleware also marks every patient-data response `Cache-Control: no-store`
+and, for requests limited to one patient, checks that every resource the response
+carries belongs to that patient (a backstop for routes outside the generic
+interactions, such as the delivery Tasks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.fhir.access import ACCESS_SCOPE_KEY, Access, Principal
+from services.fhir.auth import PRINCIPAL_SCOPE_KEY
+from services.fhir.compartment import PatientCompartment
+from services.fhir.outcome import FhirError, ServiceUnavailable
+from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, parse
+from services.fhir.store import ResourceStore, instant, utcnow
+
+log = logging.getLogger("cicatrix.audit")
+
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+OPERATION_CODES = "https://fhir.cicatrix.org/CodeSystem/fhir-operation"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+SERVICE_IDS = "https://fhir.cicatrix.org/sid/service"
+ANONYMOUS_SYSTEM = "https://fhir.cicatrix.org/sid/principal"
+
+ACTIONS = {"create": "C", "read": "R", "vread": "R", "history-instance": "R", "history-type": "R",
+           "search-type": "R", "update": "U", "patch": "U", "delete": "D"}
+NOT_AUDITED = frozenset({"capabilities"})
+NO_STORE = (b"cache-control", b"no-store")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    crashed: bool = False
+
+    @property
+    def code(self) -> str:
+        """0 success, 4 minor failure (the client's), 8 serious failure (ours), 12 major (the request crashed)."""
+        if self.crashed:
+            return "12"
+        return "0" if self.status < 400 else "4" if self.status < 500 else "8"
+
+
+class AuditTrail:
+    """Builds AuditEvents and stores them in the service's own resource store."""
+
+    def __init__(self, store: ResourceStore, *, service: str, compartment: PatientCompartment | None = None,
+                 not_audited_types: frozenset[str] = frozenset({"AuditEvent"})) -> None:
+        self.store = store
+        self.service = service
+        self.compartment = compartment
+        self.not_audited_types = not_audited_types
+
+    def audited(self, request: FhirRequest | None) -> bool:
+        return (request is not None and request.interaction not in NOT_AUDITED
+                and request.resource_type not in self.not_audited_types)
+
+    def event(self, request: FhirRequest, principal: Principal, outcome: Outcome, entities: list[str],
+              client_host: str | None) -> dict[str, Any]:
+        """The AuditEvent for one request (R4; FHIR-REFERENCE §1.10)."""
+        subtype = [{"system": RESTFUL_INTERACTION, "code": request.interaction}]
+        if request.operation:
+            subtype.append({"system": OPERATION_CODES, "code": request.operation, "display": f"${request.operation}"})
+        return {
+            "resourceType": "AuditEvent",
+            "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+            "subtype": subtype,
+            "action": ACTIONS.get(request.interaction, "E"),
+            "recorded": instant(utcnow()),
+            "outcome": outcome.code,
+            "outcomeDesc": f"HTTP {outcome.status}" + (" (unhandled error)" if outcome.crashed else ""),
+            "agent": _agents(principal, client_host),
+            "source": {"site": "cicatrix",
+                       "observer": {"identifier": {"system": SERVICE_IDS, "value": self.service},
+                                    "display": f"Cicatrix {self.service} service"},
+                       "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},
+            **({"entity": [_entity(reference) for reference in entities]} if entities else {}),
+        }
+
+    def entities(self, request: FhirRequest, body: bytes | None) -> list[str]:
+        """References the request touched: the URL's resource, the resources returned, and their patients."""
+        found: dict[str, None] = {}
+        if request.target:
+            found[request.target] = None
+        for resource in _resources(body):
+            if isinstance(resource.get("id"), str) and isinstance(resource.get("resourceType"), str):
+                found[f"{resource['resourceType']}/{resource['id']}"] = None
+            if request.interaction in ("create", "operation"):
+                for info in resource.get("supportingInfo") or []:
+                    if isinstance(info, dict) and isinstance(info.get("reference"), str):
+                        found[info["reference"]] = None
+            if self.compartment is not None:
+                found.update(dict.fromkeys(sorted(self.compartment.patients(resource))))
+        return list(found)
+
+    def record(self, session_factory: Callable[[], Session], event: dict[str, Any]) -> str:
+        """Store the event in its own transaction (the audited request's may already be gone)."""
+        with session_factory() as session:
+            stored = self.store.create(session, event)
+            session.commit()
+        return stored.id
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, *, trail: AuditTrail, sessions: Callable[[], Session]) -> None:
+        self.app = app
+        self.trail = trail
+        self.sessions = sessions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == FHIR_PREFIX or path.startswith(FHIR_PREFIX + "/")) \
+                or path == f"{FHIR_PREFIX}/metadata":
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            messages.append(message)
+
+        error: FhirError | None = None
+        try:
+            await self.app(scope, receive, hold)
+        except FhirError as exc:
+            error, messages = exc, []
+        except Exception:
+            await self._record(scope, Outcome(500, crashed=True), None, swallow=True)
+            raise
+        if error is None and messages:
+            error = self._outside_compartment(scope, _body(messages))
+        outcome = Outcome(error.status if error else messages[0]["status"] if messages else 500)
+        await self._record(scope, outcome, None if error else _body(messages))
+        if error is not None:
+            error.headers.setdefault("Cache-Control", "no-store")
+            raise error
+        for message in messages:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), NO_STORE]
+            await send(message)
+
+    def _outside_compartment(self, scope: Scope, body: bytes) -> FhirError | None:
+        access = scope.get(ACCESS_SCOPE_KEY)
+        compartment = self.trail.compartment
+        if not isinstance(access, Access) or access.patient is None or compartment is None:
+            return None
+        try:
+            for resource in _resources(body):
+                compartment.check_resource(access, resource)
+        except FhirError as exc:
+            return exc
+        return None
+
+    async def _record(self, scope: Scope, outcome: Outcome, body: bytes | None, *, swallow: bool = False) -> None:
+        try:
+            request = parse(scope["method"], scope["path"])
+        except InvalidId:
+            request = None
+        principal = _principal(scope)
+        if principal is None or request is None or not self.trail.audited(request):
+            return
+        try:
+            entities = self.trail.entities(request, body)
+            client = scope.get("client")
+            event = self.trail.event(request, principal, outcome, entities, client[0] if client else None)
+            await run_in_threadpool(self.trail.record, self.sessions, event)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the access must not go unrecorded silently
+            log.error("audit event could not be recorded",
+                      extra={"interaction": request.interaction, "resource_type": request.resource_type,
+                             "status": outcome.status, "error": type(exc).__name__})
+            if swallow:
+                return
+            raise ServiceUnavailable("The request could not be recorded in the audit trail, so its result is "
+                                     "withheld (a change it made stands); try again shortly") from None
+
+
+def _principal(scope: Scope) -> Principal | None:
+    access = scope.get(ACCESS_SCOPE_KEY)
+    if isinstance(access, Access):
+        return access.principal
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
+def _body(messages: list[Message]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+
+def _resources(body: bytes | None) -> Iterator[dict[str, Any]]:
+    """The resources a FHIR JSON response carries (a resource, or a Bundle's entries); none for an outcome."""
+    if not body:
+        return
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(value, dict):
+        return
+    if value.get("resourceType") == "Bundle":
+        for entry in value.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
+                yield resource
+    elif value.get("resourceType") not in (None, "OperationOutcome", "Parameters"):
+        yield value
+
+
+def _entity(reference: str) -> dict[str, Any]:
+    patient = reference.startswith("Patient/")
+    return {
+        "what": {"reference": reference},
+        "type": {"system": ENTITY_TYPE, "code": "1" if patient else "2",
+                 "display": "Person" if patient else "System Object"},
+        "role": {"system": OBJECT_ROLE, "code": "1" if patient else "4",
+                 "display": "Patient" if patient else "Domain Resource"},
+    }
+
+
+def _is_ip(host: str) -> bool:
+    """agent.network.type: 2 for an IP address, 1 for a machine name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _agents(principal: Principal, client_host: str | None) -> list[dict[str, Any]]:
+    """The token's subject (the requestor) and, when it is someone else, the client application."""
+    network = {"network": {"address": client_host[:64], "type": "2" if _is_ip(client_host) else "1"}} \
+        if client_host else {}
+    if not principal.authenticated:
+        return [{"who": {"identifier": {"system": ANONYMOUS_SYSTEM, "value": "anonymous"},
+                         "display": "unauthenticated caller"}, "requestor": True, **network}]
+    system = principal.issuer or ANONYMOUS_SYSTEM
+    who: dict[str, Any] = {"identifier": {"system": system, "value": principal.subject or principal.client_id}}
+    if principal.fhir_user and "/" in principal.fhir_user:
+        who["reference"] = principal.fhir_user
+    agents = [{"who": who, "requestor": True, **network}]
+    if principal.client_id and principal.client_id != principal.subject:
+        agents.append({
+            "type": {"coding": [{"system": DICOM, "code": "110150", "display": "Application"}]},
+            "who": {"identifier": {"system": system, "value": principal.client_id}},
+            "requestor": False, **network,
+        })
+    return agents

@@ -1,0 +1,170 @@
+"""Access-token verification: signed JWTs checked against the issuer's JSON Web Key Set.
+
+PyJWT does the cryptography; this module decides what is acceptable:
+
+- the header's `alg` must be in the configured allow-list, which only ever holds
+  public-key algorithms (settings refuse `none` and HS*), and must suit the key:
+  RSA keys verify RS*/PS*, EC keys ES* on their own curve, OKP keys EdDSA; a JWK
+  that names its own `alg` verifies only that one, and `oct` (shared-secret) keys
+  are never used;
+- the key is found by `kid` (or is the only suitable key when the token names
+  none); an unknown `kid` makes a URL-backed key set refetch once, at most every
+  few seconds, so key rotation works and random `kid`s cannot make us hammer the
+  issuer;
+- `exp` is required, `nbf` and `iat` are honoured, all with a small leeway;
+  `iss` must equal the configured issuer and `aud` contain a configured audience.
+
+Failures are `InvalidToken` (the client's problem: 401) or `KeysUnavailable` (the
+key set cannot be had: 503). Token contents are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+log = logging.getLogger("cicatrix.auth")
+
+MAX_TOKEN_BYTES = 16 * 1024
+MIN_REFETCH_SECONDS = 10.0
+_FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
+_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+
+
+class InvalidToken(Exception):
+    """The token is not acceptable; the message is safe to show the client (it names no token content)."""
+
+
+class KeysUnavailable(Exception):
+    """The issuer's key set could not be fetched and none is cached."""
+
+
+def _suits(jwk: Mapping[str, Any], alg: str) -> bool:
+    """Whether a JWK may verify a signature made with `alg`."""
+    if jwk.get("use") not in (None, "sig"):
+        return False
+    ops = jwk.get("key_ops")
+    if ops is not None and "verify" not in ops:
+        return False
+    if jwk.get("alg") not in (None, alg):
+        return False
+    prefixes = _FAMILY.get(str(jwk.get("kty")), ())
+    if not any(alg.startswith(prefix) for prefix in prefixes):
+        return False
+    return alg not in _CURVE or jwk.get("crv") == _CURVE[alg]
+
+
+def _keys_of(document: Any) -> list[dict[str, Any]]:
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeysUnavailable("the key set is not a JWK Set ({\"keys\": [...]})")
+    return [key for key in document["keys"] if isinstance(key, dict)]
+
+
+class JwksSource:
+    """Where the keys come from: a file read once, or a URL fetched with httpx and cached."""
+
+    def __init__(self, *, url: str | None = None, file: Path | None = None, cache_seconds: float = 300.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url
+        self.file = file
+        self.cache_seconds = cache_seconds
+        self._transport = transport
+        self._keys: list[dict[str, Any]] | None = None
+        self._fetched = 0.0
+        self._lock = asyncio.Lock()
+
+    async def keys(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        """The current keys; `refresh` asks for a refetch (honoured at most every MIN_REFETCH_SECONDS)."""
+        if self.file is not None:
+            if self._keys is None:
+                self._keys = _keys_of(json.loads(self.file.read_text()))
+            return self._keys
+        now = time.monotonic()
+        stale = self._keys is None or now - self._fetched > self.cache_seconds
+        if not stale and not (refresh and now - self._fetched > MIN_REFETCH_SECONDS):
+            return self._keys or []
+        async with self._lock:
+            if self._keys is not None and self._fetched > now:  # another request just fetched them
+                return self._keys
+            return await self._fetch()
+
+    async def _fetch(self) -> list[dict[str, Any]]:
+        assert self.url is not None
+        try:
+            async with httpx.AsyncClient(timeout=5.0, transport=self._transport) as http:
+                response = await http.get(self.url, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            self._keys = _keys_of(response.json())
+            self._fetched = time.monotonic()
+        except (httpx.HTTPError, ValueError, KeysUnavailable) as exc:
+            log.warning("JWKS fetch failed", extra={"error": type(exc).__name__})
+            if self._keys is None:
+                raise KeysUnavailable("the token issuer's key set cannot be fetched") from None
+            self._fetched = time.monotonic() - self.cache_seconds + MIN_REFETCH_SECONDS  # retry soon
+        return self._keys
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: frozenset[str]
+    leeway_seconds: int = 30
+
+
+class TokenVerifier:
+    def __init__(self, policy: TokenPolicy, keys: JwksSource) -> None:
+        self.policy = policy
+        self.source = keys
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, once signature, algorithm, key, time, issuer and audience all check out."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken("the access token is too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("the access token is not a signed JWT") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.policy.algorithms:
+            raise InvalidToken(f"tokens signed with {alg!s:.20} are not accepted")
+        kid = header.get("kid")
+        jwk = self._select(await self.source.keys(), kid, alg)
+        if jwk is None and kid is not None:
+            jwk = self._select(await self.source.keys(refresh=True), kid, alg)
+        if jwk is None:
+            raise InvalidToken("the access token was not signed by a key of the configured issuer")
+        try:
+            key = jwt.PyJWK(jwk, algorithm=alg)
+            return jwt.decode(
+                token, key=key, algorithms=[alg], audience=list(self.policy.audiences), issuer=self.policy.issuer,
+                leeway=self.policy.leeway_seconds, options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the access token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("the access token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("the access token is not meant for this service (aud)") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("the access token comes from another issuer (iss)") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"the access token has no {exc.claim} claim") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("the access token's signature or claims are invalid") from None
+
+    @staticmethod
+    def _select(keys: list[dict[str, Any]], kid: Any, alg: str) -> dict[str, Any] | None:
+        suitable = [key for key in keys if _suits(key, alg)]
+        if kid is not None:
+            return next((key for key in suitable if key.get("kid") == kid), None)
+        return suitable[0] if len(suitable) == 1 else None
