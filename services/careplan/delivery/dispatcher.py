@@ -99,6 +99,7 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         listener = asyncio.create_task(self._listen()) if self.engine.dialect.name == "postgresql" else None
+        discovery = asyncio.create_task(self._read_capabilities())
         log.info("dispatcher started", extra={"worker": self.worker, "shape": self.settings.EHR_DELIVERY})
         try:
             while not self._stopping:
@@ -111,6 +112,7 @@ class Dispatcher:
                     continue  # there may be more due right now
                 await self._sleep()
         finally:
+            discovery.cancel()
             if listener is not None:
                 listener.cancel()
             await self._drain()
@@ -119,6 +121,16 @@ class Dispatcher:
     async def close(self) -> None:
         """Close the EHR connections (after `run` returned)."""
         await self.client.close()
+
+    async def _read_capabilities(self) -> None:
+        """Read the EHR's CapabilityStatement at start; a failure only means the first delivery tries again."""
+        try:
+            await self.shapes.current(self.client)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the EHR may simply be down right now
+            log.warning("EHR CapabilityStatement not readable at start; read again on the first delivery",
+                        extra={"error": type(exc).__name__})
 
     async def _claim(self) -> int:
         batch = self.settings.DELIVERY_BATCH_SIZE

@@ -15,11 +15,14 @@ error (retried, and visible on the Task).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.careplan.delivery.ehr_client import EhrClient
+
+log = logging.getLogger("cicatrix.careplan.delivery")
 
 TRANSACTION, INDIVIDUAL, DOCUMENT = "transaction", "individual", "document"
 SHAPES = (TRANSACTION, INDIVIDUAL, DOCUMENT)
@@ -86,6 +89,8 @@ class ShapeSelector:
                 try:
                     self._capabilities = read_capabilities(await client.capabilities())
                     self._read_at = time.monotonic()
+                    chosen = choose_shape(self._capabilities) if self.configured == "auto" else self.configured
+                    log.info("EHR capabilities read", extra={"shape": chosen, "configured": self.configured})
                 except Exception:
                     if self.configured == "auto":
                         raise
