@@ -120,9 +120,24 @@ class Screening:
     declined_codes: set[tuple[str, str]] = field(default_factory=set)
 
 
+class _Answers(ExpressionCache):
+    """One assessment's result for each expression: protocols repeat a condition over many actions and rules,
+    and evaluating FHIRPath is the costliest step of planning."""
+
+    def __init__(self, expressions: ExpressionCache) -> None:
+        super().__init__(expressions.compiled)
+        self.results: dict[str, bool] = {}
+
+    def is_true(self, expression: str, resource: Any, variables: dict[str, Any]) -> bool:
+        if expression not in self.results:
+            self.results[expression] = super().is_true(expression, resource, variables)
+        return self.results[expression]
+
+
 def make_plan(protocol: Protocol, assessment: Assessment, allergies: list[Allergy],
               expressions: ExpressionCache) -> PlanDraft:
     variables = {"resource": assessment.response, "context": assessment.response}
+    expressions = _Answers(expressions)  # the same resource and variables throughout this plan
 
     def applies(element: dict[str, Any]) -> bool:
         return all(expressions.is_true(e, assessment.response, variables) for e in protocol.applicability(element))

@@ -28,6 +28,7 @@ from services.fhir.capability import (
     SearchParam,
 )
 from services.fhir.db import Migrations
+from services.fhir.fastread import install_read_route
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.outcome import Unprocessable
 from services.fhir.service import ServiceContext, build_app
@@ -103,6 +104,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     app.include_router(TerminologyOperations(store).router())  # before `{type}/{id}` reads take `$expand`
     app.include_router(BundleProcessor(interactions).router())
     app.include_router(interactions.router())
+    install_read_route(app, interactions, cache_seconds=settings.READ_CACHE_SECONDS)  # ahead of FastAPI routing
     return app
 
 

@@ -10,13 +10,13 @@ do not collide.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import sys
 import time
 import traceback
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -27,9 +27,14 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id and `extra` fields."""
 
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second[0]:  # one strftime per second, not per line (the access log writes many)
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -42,7 +47,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
     def formatException(self, ei: Any) -> str:
         """Where it failed (frames and exception types), never what it said: a message may quote patient data."""
@@ -81,6 +86,10 @@ def configure_logging(level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
         root.handlers = [handler]
     root.setLevel(level.upper())
+    # The JSON lines carry none of these, and finding them costs more than writing a line (logging HOWTO,
+    # "Optimization"): no caller frame lookup, no thread or process names.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # uvicorn's access log prints full URLs, whose query strings may hold patient ids; we log our own.
     logging.getLogger("uvicorn.access").disabled = True
 
@@ -100,7 +109,13 @@ class HttpMetrics:
             registry=self.registry,
         )
         self.service = service
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(self.service, method, route, str(status)).inc()
-        self.latency.labels(self.service, method, route).observe(seconds)
+        children = self._children.get((method, route, status))
+        if children is None:  # label lookups cost more than the update itself: resolve each series once
+            children = (self.requests.labels(self.service, method, route, str(status)),
+                        self.latency.labels(self.service, method, route))
+            self._children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -65,11 +65,16 @@ def write_response(request: Request, stored: StoredResource, *, base: str, creat
     return FhirResponse(stored.content, status_code=status, headers=headers)
 
 
+def content_etag(body: bytes) -> str:
+    """The weak ETag of a response that is not one resource version: a digest of its bytes."""
+    return f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+
 def content_etag_response(request: Request, body: bytes) -> Response:
     """A response whose weak ETag is a digest of its bytes (search results): 304 when the client has them.
 
     This is what lets the care-plan service revalidate its cached protocols cheaply."""
-    tag = f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+    tag = content_etag(body)
     if request.headers.get("if-none-match") == tag:
         return Response(status_code=304, headers={"ETag": tag})
     return FhirResponse(body, headers={"ETag": tag})

@@ -98,8 +98,9 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
             ctx.engine.dispose()
             log.info("service stopped", extra={"service": name})
 
+    # FastAPI's own OpenTelemetry hooks look up the environment on every request; metrics and logs are ours.
     app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None,
-                  openapi_url="/openapi.json")
+                  openapi_url="/openapi.json", telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.ctx = ctx
     install_error_handlers(app)
     _add_security_middleware(app, ctx, access or AccessPolicy(), audit)

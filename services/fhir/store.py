@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -96,6 +96,8 @@ class ResourceStore:
         self.V = version_table
         self.I = index_table
         self.search_params = search_params
+        self.on_change: Callable[[Session, str, str], None] | None = None
+        """Told of every write (session, type, id) as it is made: a read cache drops what it holds."""
 
     # ------------------------------------------------------------------ reads
 
@@ -208,6 +210,8 @@ class ResourceStore:
         session.exec(insert(self.V).values(resource_type=resource_type, id=resource_id, version_id=version_id,
                                            last_updated=now, deleted=True, method="DELETE", content=None))
         session.exec(delete(self.I).where(self.I.resource_type == resource_type, self.I.resource_id == resource_id))
+        if self.on_change:
+            self.on_change(session, resource_type, resource_id)
         return StoredResource(resource_type, resource_id, version_id, now, True, None, "DELETE")
 
     def _write(self, session: Session, resource_type: str, resource_id: str, resource: dict[str, Any], *,
@@ -236,6 +240,8 @@ class ResourceStore:
         except IntegrityError:
             raise Conflict(f"{resource_type}/{resource_id} was written concurrently; retry") from None
         self._reindex(session, resource_type, resource_id, resource)
+        if self.on_change:
+            self.on_change(session, resource_type, resource_id)
         return StoredResource(resource_type, resource_id, version_id, now, False, content, method)
 
     def _reindex(self, session: Session, resource_type: str, resource_id: str, resource: dict[str, Any]) -> None:

@@ -1,0 +1,259 @@
+"""The read interaction (`GET [base]/[type]/[id]`) served ahead of FastAPI's routing.
+
+Reads by id are what integration engines do most, and FastAPI's per-request work (dependency
+solving, parameter validation, a worker-thread hop for a sync endpoint) costs more than reading
+the stored bytes does. `ReadRoute` is a plain Starlette route placed first in the app's route list:
+
+- it claims only a GET of `/fhir/<served type>/<valid id>`; anything else (an unknown type, an id
+  that is not a FHIR id, `$operations`, `_search`, other methods) falls through to the FastAPI
+  routes unchanged, so their answers stay what they were;
+- it sits inside every middleware (the edge's request id, 406, metrics and access log, access
+  control and the audit trail), and runs the interactions' `read_hook` (compartment checks) on
+  what it serves; 404/410 and other errors are the same `FhirError`s, rendered by the same
+  OperationOutcome handlers;
+- it answers with the stored bytes and the ETag / Last-Modified / 304 rules of `read_response`.
+
+With a `ReadCache` the current version of a resource is kept in memory (the catalog's knowledge
+changes rarely and is read constantly): a write in this process drops the entry when it is made
+and again when its transaction ends, so this process never serves what it has overwritten; a write
+made by another process sharing the database is seen once the entry is older than the cache's
+`fresh_seconds`. Without a cache every read goes to the store, in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session as OrmSession
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Receive, Scope, Send
+
+from services.fhir import FHIR_JSON_UTF8
+from services.fhir.responses import etag, http_date
+from services.fhir.rest import content_etag, fhir_base
+from services.fhir.searchparams import FHIR_ID
+from services.fhir.store import StoredResource
+
+_CHANGED = "cicatrix.read_cache.changed"
+
+
+class ReadCache:
+    """Answers by key, fresh for `fresh_seconds`, at most `max_bytes` of them (least recently stored go first).
+
+    Keys are `("read", type, id)` for current versions and `("search", type, query, base)` for searchset
+    Bundles. A write of one resource drops its read entry and every search (a search may list or include it)."""
+
+    def __init__(self, fresh_seconds: float, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.fresh_seconds = fresh_seconds
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.generation = 0
+        self._entries: OrderedDict[tuple[str, ...], tuple[float, Any, int]] = OrderedDict()
+        self._searches: set[tuple[str, ...]] = set()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...]) -> Any:
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[0] >= self.fresh_seconds:
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[str, ...], value: Any, size: int, generation: int) -> None:
+        """Keep what was read, unless a write in this process happened since the read began."""
+        with self._lock:
+            if generation != self.generation or size > self.max_bytes // 4:
+                return
+            self._pop(key)
+            self._entries[key] = (time.monotonic(), value, size)
+            self.size += size
+            if key[0] == "search":
+                self._searches.add(key)
+            while self.size > self.max_bytes and self._entries:
+                self._pop(next(iter(self._entries)))
+
+    def discard(self, resource_type: str, resource_id: str) -> None:
+        with self._lock:
+            self.generation += 1
+            self._pop(("read", resource_type, resource_id))
+            for key in list(self._searches):
+                self._pop(key)
+
+    def _pop(self, key: tuple[str, ...]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= entry[2]
+        self._searches.discard(key)
+
+    def changed(self, session: OrmSession, resource_type: str, resource_id: str) -> None:
+        """A write of (type, id) in `session`: drop what it affects now and again when the transaction ends."""
+        self.discard(resource_type, resource_id)
+        session.info.setdefault(_CHANGED, []).append((self, resource_type, resource_id))
+
+
+@event.listens_for(OrmSession, "after_commit")
+@event.listens_for(OrmSession, "after_rollback")
+def _transaction_ended(session: OrmSession) -> None:
+    for cache, resource_type, resource_id in session.info.pop(_CHANGED, ()):
+        cache.discard(resource_type, resource_id)
+
+
+def _headers(stored: StoredResource) -> list[tuple[bytes, bytes]]:
+    assert stored.content is not None
+    return [(b"content-type", FHIR_JSON_UTF8.encode()), (b"content-length", str(len(stored.content)).encode()),
+            (b"etag", etag(stored.version_id).encode()), (b"last-modified", http_date(stored.last_updated).encode())]
+
+
+class ReadRoute(BaseRoute):
+    """`GET /fhir/{resource_type}/{resource_id}` for the types `interactions` serves (see the module doc)."""
+
+    path = path_format = "/fhir/{resource_type}/{resource_id}"
+    name = "read"
+
+    def __init__(self, interactions: Any, sessions: Callable[[], Any], cache: ReadCache | None = None,
+                 prefix: str = "/fhir") -> None:
+        self.interactions = interactions
+        self.sessions = sessions
+        self.types = frozenset(interactions.types)
+        self.cache = cache
+        self.prefix = prefix + "/"
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        if cache is not None:
+            interactions.store.on_change = cache.changed
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return Match.NONE, {}
+        path: str = scope["path"]
+        if not path.startswith(self.prefix):
+            return Match.NONE, {}
+        parts = path[len(self.prefix):].split("/")
+        if len(parts) != 2 or parts[0] not in self.types or not FHIR_ID.match(parts[1]):
+            return Match.NONE, {}
+        return Match.FULL, {"route": self, "endpoint": self.handle,
+                            "path_params": {"resource_type": parts[0], "resource_id": parts[1]}}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = scope["path_params"]
+        key = (params["resource_type"], params["resource_id"])
+        if self.cache is None:
+            found = await run_in_threadpool(self._load, key)
+        else:
+            found = self.cache.get(("read", *key)) or await self._load_once(key)
+        stored, headers = found
+        hook = self.interactions.read_hook
+        if hook is not None:
+            hook(Request(scope, receive), stored)
+        if_none_match = _header(scope, b"if-none-match")
+        if if_none_match and any(tag.strip() in (etag(stored.version_id), f'"{stored.version_id}"', "*")
+                                 for tag in if_none_match.split(",")):
+            await send({"type": "http.response.start", "status": 304, "headers": headers[2:]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": stored.content})
+
+    async def _load_once(self, key: tuple[str, str]) -> tuple[StoredResource, list[tuple[bytes, bytes]]]:
+        """One store read per key at a time: concurrent misses (a popular entry just expired) share it."""
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(run_in_threadpool(self._load, key))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)  # type: ignore[no-any-return]
+
+    def _load(self, key: tuple[str, str]) -> tuple[StoredResource, list[tuple[bytes, bytes]]]:
+        generation = self.cache.generation if self.cache is not None else 0
+        with self.sessions() as session:
+            stored = self.interactions.store.read(session, *key)  # 404 / 410 / 400 as FhirErrors
+        headers = _headers(stored)
+        if self.cache is not None:
+            self.cache.put(("read", *key), (stored, headers), len(stored.content or b""), generation)
+        return stored, headers
+
+
+class SearchRoute(BaseRoute):
+    """`GET /fhir/{resource_type}` answered from the cache when the same search was answered moments ago.
+
+    Installed only with a cache, and only where searches do not depend on who asks (no `search_hook`);
+    a request with a `Prefer` header (handling=strict) is always searched afresh."""
+
+    path = path_format = "/fhir/{resource_type}"
+    name = "search-type"
+
+    def __init__(self, interactions: Any, sessions: Callable[[], Any], cache: ReadCache, base_url: str | None,
+                 prefix: str = "/fhir") -> None:
+        self.interactions = interactions
+        self.sessions = sessions
+        self.cache = cache
+        self.base_url = base_url
+        self.paths = {f"{prefix}/{t}": t for t in interactions.types}
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return Match.NONE, {}
+        resource_type = self.paths.get(scope["path"])
+        if resource_type is None:
+            return Match.NONE, {}
+        return Match.FULL, {"route": self, "endpoint": self.handle, "path_params": {"resource_type": resource_type}}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        resource_type = scope["path_params"]["resource_type"]
+        key = ("search", resource_type, request.url.query, fhir_base(request, self.base_url))
+        cacheable = _header(scope, b"prefer") is None
+        found = self.cache.get(key) if cacheable else None
+        if found is None:
+            found = await run_in_threadpool(self._search, key, request, cacheable)
+        body, tag = found
+        if _header(scope, b"if-none-match") == tag:
+            await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", FHIR_JSON_UTF8.encode()), (b"content-length", str(len(body)).encode()),
+            (b"etag", tag.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _search(self, key: tuple[str, ...], request: Request, cacheable: bool) -> tuple[bytes, str]:
+        generation = self.cache.generation
+        pairs = parse_qsl(request.url.query, keep_blank_values=True)
+        with self.sessions() as session:
+            body = self.interactions.search_bundle(key[1], pairs, request, session, key[3])
+        found = (body, content_etag(body))
+        if cacheable:
+            self.cache.put(key, found, len(body), generation)
+        return found
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def install_read_route(app: Any, interactions: Any, *, cache_seconds: float = 0.0) -> ReadRoute:
+    """Put the read route first in `app`'s routes; with `cache_seconds` > 0, cache reads (and, where searches
+    do not depend on the caller, searches too)."""
+    ctx = app.state.ctx
+    cache = ReadCache(cache_seconds) if cache_seconds > 0 else None
+    route = ReadRoute(interactions, ctx.session, cache)
+    app.router.routes.insert(0, route)
+    if cache is not None and interactions.search_hook is None:
+        app.router.routes.insert(1, SearchRoute(interactions, ctx.session, cache, ctx.settings.BASE_URL))
+    return route

@@ -1,0 +1,96 @@
+"""Care-plan figures: `$generate` (4); the care-plan halves of growth (6) and memory (7) use these requests.
+
+Assessments are varied: the shipped example assessments (atrophic, hypotrophic, striae; allergies,
+pregnancy, declined modalities, visible vessels) with a new patient, assessment identifier, scar age and
+start date each, so that every request is a new assessment (201) and none is answered from the
+idempotency record.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import date, timedelta
+from typing import Any
+
+from tests.bench import stack
+from tests.bench.measure import Figure, alternate, http_load, ok_statuses
+
+EXAMPLES = stack.ROOT / "contracts" / "fhir" / "examples"
+GENERATE = "/fhir/CarePlan/$generate"
+
+
+def examples() -> list[dict[str, Any]]:
+    """The example assessments that produce a plan (not the refused keloid one)."""
+    return [json.loads(p.read_text()) for p in sorted(EXAMPLES.glob("*.parameters.json"))
+            if (p.parent / p.name.replace(".parameters.json", ".careplan.json")).exists()]
+
+
+def assessment(templates: list[dict[str, Any]], n: int, label: str) -> dict[str, Any]:
+    """The n-th varied $generate Parameters."""
+    body = copy.deepcopy(templates[n % len(templates)])
+    patient = f"Patient/bench-{label}-{n}"
+    for parameter in body["parameter"]:
+        if parameter["name"] == "subject":
+            parameter["valueReference"] = {"reference": patient}
+        elif parameter["name"] == "start":
+            parameter["valueDate"] = (date(2027, 1, 4) + timedelta(days=n % 90)).isoformat()
+        elif parameter["name"] == "assessment":
+            response = parameter["resource"]
+            response["id"] = f"bench-{label}-{n}"
+            response["identifier"] = {"system": "https://hospital.example/assessments", "value": f"{label}-{n}"}
+            response["subject"] = {"reference": patient}
+            for item in response["item"]:
+                if item["linkId"] == "scar-age-months":
+                    item["answer"] = [{"valueInteger": 3 + n % 40}]
+    return body
+
+
+def generate_requests(count: int, label: str) -> list[dict[str, Any]]:
+    templates = examples()
+    return [{"method": "POST", "path": GENERATE, "headers": {"Content-Type": "application/fhir+json"},
+             "body": json.dumps(assessment(templates, n, label))} for n in range(count)]
+
+
+def figure_generate(careplan: stack.Server, *, rounds: int, seconds: float, expected_rate: float = 400) -> Figure:
+    """Figure 4: $generate, 16 connections, varied assessments, delivery off; next to the bare app's answer."""
+    per_round = int(expected_rate * (seconds + 1.5)) + 200
+    sample = stack.load(careplan.port, generate_requests(1, "probe"), connections=1, total=1)
+    ok_statuses(sample, ("201",))
+    with stack.baseline("bare", {GENERATE: _one_plan(careplan)}) as bare:
+        batches = iter(generate_requests(per_round, f"r{i}") for i in range(rounds))
+        runs = alternate({
+            "cicatrix": lambda: stack.load(careplan.port, next(batches), connections=16, seconds=seconds, warmup=1.0,
+                                           pid=careplan.process.pid),
+            "bare": http_load(bare, generate_requests(200, "bare"), connections=16, seconds=seconds)}, rounds)
+    ok_statuses(runs["cicatrix"], ("201",))
+    ok_statuses(runs["bare"])
+    run = runs["cicatrix"]
+    met = run["rps"] >= 200 and run["p99_ms"] < 100
+    cpu = f"; {run['cpu_us'] / 1000:,.1f} ms server CPU/plan" if run.get("cpu_us") else ""
+    return Figure("4", "`CarePlan/$generate`, 16 connections, varied assessments, delivery off",
+                  f"{run['rps']:,.0f} plans/s (p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms{cpu})",
+                  f"bare Starlette answering the same POSTs with a stored plan: {runs['bare']['rps']:,.0f} req/s",
+                  runs["paired"]["ratio"], ">= 200 plans/s, p99 < 100 ms", met, raw=runs)
+
+
+def _one_plan(careplan: stack.Server) -> bytes:
+    import httpx
+
+    response = httpx.post(careplan.base + GENERATE, json=assessment(examples(), 0, "sample"),
+                          headers={"Content-Type": "application/fhir+json"}, timeout=30)
+    response.raise_for_status()
+    return response.content
+
+
+def memory_requests() -> list[dict[str, Any]]:
+    """The care-plan memory workload: 1 in 100 requests a new assessment, the rest searches and reads around it."""
+    generated = generate_requests(100, "memory")
+    requests: list[dict[str, Any]] = []
+    for n, generate in enumerate(generated):
+        requests.append(generate)
+        for k in range(33):
+            requests.append(stack.get(f"/fhir/CarePlan?subject=Patient/bench-memory-{(n + k) % 100}"))
+            requests.append(stack.get("/fhir/CarePlan?status=draft&_count=20"))
+            requests.append(stack.get("/fhir/metadata"))
+    return requests

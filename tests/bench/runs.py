@@ -1,0 +1,70 @@
+"""The order of a benchmark run: which servers are up for which figures, and how long each measures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.bench import careplan, catalog, growth, stack
+from tests.bench.measure import Figure
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    seconds: float
+    memory_requests: int = 100_000
+    catalog_large: int = 100_000
+    careplans_large: int = 1_000_000
+
+    @classmethod
+    def of(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(rounds=1, seconds=1.0, memory_requests=5_000, catalog_large=5_000, careplans_large=20_000)
+        return cls(rounds=5, seconds=2.0)
+
+
+def catalog_env(url: str, **extra: str) -> dict[str, str]:
+    return {"CATALOG_DATABASE_URL": url, "CATALOG_LOG_LEVEL": "INFO", **extra}
+
+
+def careplan_env(url: str, catalog_server: stack.Server, **extra: str) -> dict[str, str]:
+    return {"CAREPLAN_DATABASE_URL": url, "CAREPLAN_CATALOG_URL": catalog_server.base + "/fhir",
+            "CAREPLAN_DISPATCHER": "off", "CAREPLAN_LOG_LEVEL": "INFO", **extra}
+
+
+def run_all(wanted: set[str], *, quick: bool, figures: list[Figure], notes: list[str],
+            peer: Callable[[], tuple[str | None, str]]) -> None:
+    sizes = Sizes.of(quick)
+    with stack.postgres_schema("main") as url, stack.cicatrix("catalog", catalog_env(url)) as server:
+        ids = catalog.activity_ids(server.base)
+        if "1" in wanted:
+            figure, _, context = catalog.figure_reads(server, ids, rounds=sizes.rounds, seconds=sizes.seconds)
+            figures.append(figure)
+            figures.extend(context)
+        if "2" in wanted:
+            figures.extend(catalog.figure_searches(server, rounds=sizes.rounds, seconds=sizes.seconds))
+        if "3" in wanted:
+            python, why = peer()
+            figures.append(catalog.figure_peer(server, ids, python, rounds=sizes.rounds, seconds=sizes.seconds,
+                                               why_not=why))
+        if wanted & {"4", "7"}:
+            with stack.cicatrix("careplan", careplan_env(url, server)) as planner:
+                if "4" in wanted:
+                    figures.append(careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds))
+                if "7" in wanted:
+                    figures.append(growth.memory("careplan", planner, careplan.memory_requests(),
+                                                 total=sizes.memory_requests, connections=16,
+                                                 allowed=("200", "201")))
+        if "7" in wanted:
+            with stack.cicatrix("catalog", catalog_env(url), name="catalog-memory") as fresh:
+                figures.append(growth.memory("catalog", fresh, catalog.mixed_requests(ids),
+                                             total=sizes.memory_requests, connections=64))
+        if "5" in wanted:
+            notes.append("Figure 5 (delivery throughput) is not measured yet: see docs/performance.md.")
+        if "6" in wanted:
+            growth_rounds = max(1, sizes.rounds - 2)
+            figures.extend(growth.catalog_growth(url, large_count=sizes.catalog_large, rounds=growth_rounds,
+                                                 seconds=sizes.seconds, env=catalog_env))
+            figures.extend(growth.careplan_growth(server, small_count=1000, large_count=sizes.careplans_large,
+                                                  rounds=growth_rounds, seconds=sizes.seconds, env=careplan_env))
