@@ -86,7 +86,9 @@ class EhrClient:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             verify=ssl_context(ca_bundle), transport=transport,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            # Idle connections are dropped after 2 s, before servers close them (Node: 5 s, nginx: 75 s):
+            # reusing a connection the server is closing fails the request for no reason.
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=2.0),
             headers={"Accept": FHIR_JSON, "User-Agent": "cicatrix-careplan-dispatcher"})
 
     async def close(self) -> None:
