@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Request
-from sqlalchemy import and_, false, or_, select, text
+from sqlalchemy import and_, false, func, or_, select, text
 from starlette.responses import Response
 
 from services.careplan.delivery import claims as outbox
@@ -49,6 +49,7 @@ DELIVERY_CODES = "https://fhir.cicatrix.org/CodeSystem/careplan-delivery"
 RETRY_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/Task-retry"
 SEARCH_PARAMS = ("focus", "status", "_id", "_count")
 MAX_COUNT = 200
+"""Deliveries per search answer (a plan has one per version; paging is not needed at this size)."""
 
 _TASK_STATUS = {COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled", SENDING: "in-progress"}
 
@@ -196,6 +197,7 @@ def tasks_router(*, poke: Any = None) -> APIRouter:
             elif name != "_format":
                 warnings.append(Issue(code="not-supported", severity="warning",
                                       diagnostics=f"Unknown search parameter ignored: {name}", expression=(name,)))
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
         rows = session.scalars(stmt.order_by(Delivery.created, Delivery.careplan_version).limit(count)).all()
         base = fhir_base(request, ctx.settings.BASE_URL)
         kept = [(k, v) for k, v in pairs if k in SEARCH_PARAMS]
@@ -203,7 +205,7 @@ def tasks_router(*, poke: Any = None) -> APIRouter:
                                           "search": {"mode": "match"}} for row in rows]
         if warnings:
             entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(rows),
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
                                   "link": [{"relation": "self",
                                             "url": f"{base}/Task" + (f"?{urlencode(kept)}" if kept else "")}]}
         if entries:

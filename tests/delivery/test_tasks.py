@@ -119,3 +119,17 @@ def test_metrics_show_backlog_and_outcomes(engine, database_url, ehr_sandbox, ap
 
     drain(delivery_settings(database_url, ehr_sandbox.base_url), engine)
     assert "careplan_delivery_backlog 0.0" in api.get("/metrics").text
+
+
+def test_a_plan_has_one_task_per_version_and_total_counts_them_all(engine, ehr_sandbox, api):
+    plan = store_plan(engine)
+    current = api.get(f"/fhir/CarePlan/{plan.id}").json()
+    api.put(f"/fhir/CarePlan/{plan.id}", json=current | {"status": "active"},
+            headers={"content-type": "application/fhir+json", "If-Match": 'W/"1"'})
+
+    page = api.get("/fhir/Task", params={"focus": f"CarePlan/{plan.id}", "_count": "1"}).json()
+
+    assert page["total"] == 2 and len(page["entry"]) == 1
+    assert page["entry"][0]["resource"]["input"][0]["valueReference"]["reference"].endswith("/_history/1")
+    both = tasks_for(api, plan.id)
+    assert [t["description"].split(" of ")[0] for t in both] == ["Deliver version 1", "Deliver version 2"]

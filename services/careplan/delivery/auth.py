@@ -169,9 +169,13 @@ class SmartBackendAuth:
             # 5xx and 429 from it are retried like any other.
             raise EhrRejected(status, None, request="POST token",
                               message=f"the token endpoint answered {status} {error}".strip())
-        body = response.json()
-        self._token = body["access_token"]
-        self._expires_at = time.monotonic() + float(body.get("expires_in", 300))
+        try:
+            body = response.json()
+            token, lifetime = body["access_token"], float(body.get("expires_in", 300))
+        except (ValueError, KeyError, TypeError):
+            raise EhrRejected(502, None, request="POST token",
+                              message="the token endpoint's answer has no usable access_token") from None
+        self._token, self._expires_at = token, time.monotonic() + lifetime
 
 
 def _oauth_error(response: httpx.Response) -> str:
