@@ -129,8 +129,9 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the EHR may simply be down right now
-            log.warning("EHR CapabilityStatement not readable at start; read again on the first delivery",
-                        extra={"error": type(exc).__name__})
+            # info, not warning: a down EHR shows on every Task and in the metrics; this line adds nothing
+            log.info("EHR CapabilityStatement not readable at start; read again on the first delivery",
+                     extra={"error": type(exc).__name__})
 
     async def _claim(self) -> int:
         batch = self.settings.DELIVERY_BATCH_SIZE
