@@ -68,6 +68,12 @@ def r4_issues(resource: dict[str, Any]) -> list[Issue]:
         model = cls.model_validate(resource)
     except ValidationError as exc:
         return issues + validation_issues(exc.errors(include_url=False), prefix=resource_type)
+    except (TypeError, KeyError, AttributeError):
+        # fhir_core assumes a nested resource's resourceType is a string; anything else is malformed input
+        # (found by tests/security fuzzing), not a server error
+        return issues + [Issue(code="structure", expression=(resource_type,),
+                               diagnostics=f"{resource_type}: a contained or nested resource is malformed "
+                                           "(its resourceType must be a resource type name)")]
     return issues + list(_binding_issues(model, resource_type))
 
 

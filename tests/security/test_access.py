@@ -245,3 +245,28 @@ def test_an_unknown_route_under_the_fhir_base_is_refused_after_authentication(se
     assert secured_careplan.get("/fhir/CarePlan/x/y/z").status_code == 401
     assert secured_careplan.get("/fhir/CarePlan/x/y/z", headers=token).status_code == 403
     assert secured_careplan.post("/fhir/CarePlan/$unheard-of", headers=token).status_code == 403
+
+
+def test_keys_can_come_from_a_jwks_url(database_url, issuer, r4_validator):
+    """The key set is fetched over HTTP from AUTH_JWKS_URL; an unreachable one makes tokens uncheckable (503)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.support.servers import free_port, serve
+
+    served = Starlette(routes=[Route("/jwks", lambda _: JSONResponse(issuer.jwks))])
+    settings = {"AUTH_MODE": "jwt", "AUTH_ISSUER": issuer.issuer, "AUTH_AUDIENCE": issuer.audience}
+    with serve(served) as idp:
+        app = catalog_app(database_url, content_dir=None, LOG_LEVEL="WARNING", AUTH_JWKS_URL=f"{idp}/jwks",
+                          **settings)
+        with running(app) as client:
+            assert client.get("/fhir/Medication", headers=issuer.bearer("system/Medication.s")).status_code == 200
+            assert client.get("/fhir/Medication", headers=issuer.bearer("system/Medication.s", alg="ES384")
+                              ).status_code == 200
+    unreachable = catalog_app(database_url, content_dir=None, LOG_LEVEL="WARNING",
+                              AUTH_JWKS_URL=f"http://127.0.0.1:{free_port()}/jwks", **settings)
+    with running(unreachable) as client:
+        response = client.get("/fhir/Medication", headers=issuer.bearer("system/Medication.s"))
+        assert response.status_code == 503
+        r4_validator.assert_valid(response.json())

@@ -178,3 +178,17 @@ def test_cors_is_off_unless_origins_are_configured(services, database_url, issue
         actual = client.get("/fhir/Medication", headers={"Origin": "https://app.hospital.test"})
         assert actual.status_code == 401  # CORS is not authentication
         assert actual.headers["access-control-allow-origin"] == "https://app.hospital.test"
+
+
+def test_a_nested_resource_whose_resource_type_is_not_a_name_is_400(services, r4_validator):
+    """Found by fuzzing: the R4B models raised TypeError (a 500) on `"resourceType": {...}` inside Parameters."""
+    parameters = example("striae-thigh")
+    assessment = next(p for p in parameters["parameter"] if p["name"] == "assessment")["resource"]
+    assessment["resourceType"] = {"value": "QuestionnaireResponse"}
+    response = services["careplan"].post("/fhir/CarePlan/$generate", json=parameters, headers=FHIR_JSON)
+    r4_validator.assert_valid(assert_outcome(response, 400))
+    medication = {"resourceType": "Medication", "status": "active", "contained": [{"resourceType": ["Substance"]}]}
+    for url in ("/fhir/Medication", "/fhir/Medication/$validate"):
+        response = services["catalog"].post(url, json=medication, headers=FHIR_JSON)
+        assert response.status_code in (200, 400), response.text
+        assert_outcome(response)
