@@ -1,4 +1,4 @@
-"""Who may use the care-plan service, and what its audit trail records (docs/security.md).
+"""Who may use the care-plan service, and what its audit trail records (README.md#security).
 
 CarePlans, assessments, delivery Tasks and the AuditEvents that name them are
 patient data: a `patient/` scope reaches only its own patient's, every access is

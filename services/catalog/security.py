@@ -1,4 +1,4 @@
-"""Who may use the catalog (docs/security.md).
+"""Who may use the catalog (README.md#security).
 
 The catalog holds treatment knowledge, not patient data: reads need `<Type>.r`,
 searches `<Type>.s` (or nothing with CATALOG_ALLOW_ANONYMOUS_READ=true), writes

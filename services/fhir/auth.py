@@ -68,7 +68,7 @@ def check_exposure(settings: ServiceSettings, service: str) -> None:
     raise InsecureExposure(
         f"{service} refuses to start: {prefix}HOST={settings.HOST} is reachable from other machines and "
         f"{prefix}AUTH_MODE=off would let anyone on that network use the API. Set {prefix}AUTH_MODE=jwt "
-        f"(docs/security.md), bind {prefix}HOST=127.0.0.1, or set {prefix}ALLOW_INSECURE=true to accept the risk.")
+        f"(README.md#security), bind {prefix}HOST=127.0.0.1, or set {prefix}ALLOW_INSECURE=true to accept the risk.")
 
 
 def make_verifier(settings: ServiceSettings) -> TokenVerifier | None:

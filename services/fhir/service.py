@@ -127,7 +127,7 @@ def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPo
             "cors": bool(settings.cors_origins),
             "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                      "code": "SMART-on-FHIR"}]}],
-            "description": "OAuth 2.0 bearer tokens (JWT) with SMART v2 scopes; see docs/security.md",
+            "description": "OAuth 2.0 bearer tokens (JWT) with SMART v2 scopes; see README.md#security",
         }
 
 

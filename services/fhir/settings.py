@@ -30,7 +30,7 @@ class ServiceSettings(BaseSettings):
     AUTO_MIGRATE: bool = True
     """Apply Alembic migrations at start-up (the embedded default); production runs `cicatrix migrate`."""
 
-    # --- inbound security (docs/security.md) ------------------------------------------------------------
+    # --- inbound security (README.md#security) ------------------------------------------------------------
     AUTH_MODE: Literal["off", "jwt"] = "off"
     """`jwt`: every FHIR request needs a bearer token (SMART scopes); `off` only on loopback or ALLOW_INSECURE."""
     AUTH_JWKS_URL: str | None = None

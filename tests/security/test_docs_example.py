@@ -1,5 +1,5 @@
-"""The worked example in docs/security.md works as written: its key, JWK Set and token commands are run, and
-its calls go to a care-plan service configured exactly as the example says."""
+"""The worked example in the README's Security section works as written: its key, JWK Set and token
+commands are run, and its calls go to a care-plan service configured exactly as the example says."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from tests.support.apps import careplan_app
 from tests.support.servers import serve
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "security.md"
+DOC = ROOT / "README.md"
 
 
 def example_blocks() -> list[str]:
-    worked = DOC.read_text().split("### Worked example", 1)[1]
+    section = DOC.read_text().split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    worked = section.split("### Worked example", 1)[1]
     return re.findall(r"```sh\n(.*?)```", worked, flags=re.DOTALL)
 
 

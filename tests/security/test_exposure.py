@@ -28,7 +28,8 @@ def test_a_service_on_a_public_address_with_auth_off_refuses_to_start_and_says_w
     with pytest.raises(InsecureExposure) as info, TestClient(app):
         pass
     message = str(info.value)
-    for hint in (f"{prefix}HOST=0.0.0.0", f"{prefix}AUTH_MODE=jwt", f"{prefix}ALLOW_INSECURE=true", "docs/security.md"):
+    hints = (f"{prefix}HOST=0.0.0.0", f"{prefix}AUTH_MODE=jwt", f"{prefix}ALLOW_INSECURE=true", "README.md#security")
+    for hint in hints:
         assert hint in message
     assert not (tmp_path / "x.db").exists() or (tmp_path / "x.db").stat().st_size == 0, "nothing was migrated"
 
