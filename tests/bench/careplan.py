@@ -84,13 +84,20 @@ def _one_plan(careplan: stack.Server) -> bytes:
 
 
 def memory_requests() -> list[dict[str, Any]]:
-    """The care-plan memory workload: 1 in 100 requests a new assessment, the rest searches and reads around it."""
-    generated = generate_requests(100, "memory")
+    """The care-plan memory workload: 1 in 40 requests a new assessment; the rest read those plans by id,
+    search them by patient (ids only) and read the CapabilityStatement. On later passes the assessments are
+    resubmissions, answered with the plan already made (200)."""
+    from services.careplan.careplan_builder import plan_identifier
+
+    generated = generate_requests(50, "memory")
+    ids = [plan_identifier(f"https://hospital.example/assessments|memory-{n}", f"Patient/bench-memory-{n}")
+           for n in range(50)]
     requests: list[dict[str, Any]] = []
     for n, generate in enumerate(generated):
         requests.append(generate)
-        for k in range(33):
-            requests.append(stack.get(f"/fhir/CarePlan?subject=Patient/bench-memory-{(n + k) % 100}"))
-            requests.append(stack.get("/fhir/CarePlan?status=draft&_count=20"))
+        for k in range(13):
+            earlier = (n - 1 - k % max(n, 1)) % 50 if n else 0
+            requests.append(stack.get(f"/fhir/CarePlan/{ids[earlier]}") if n else stack.get("/fhir/metadata"))
+            requests.append(stack.get(f"/fhir/CarePlan?subject=Patient/bench-memory-{earlier}&_elements=id"))
             requests.append(stack.get("/fhir/metadata"))
     return requests

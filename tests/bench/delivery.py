@@ -1,0 +1,103 @@
+"""Figure 5: delivery throughput of `cicatrix dispatch` against the EHR sandbox with 20 ms added latency.
+
+Plans are queued by `$generate` with the embedded dispatcher off, then drained by 1 and by 4 `cicatrix
+dispatch --drain` workers. Throughput is plans over the time between the first attempt and the last
+finished delivery (from the outbox rows, so process start-up is not counted). Between the two runs the
+outbox rows are set pending again and the sandbox emptied. The baseline is the sandbox's own accept rate
+for the very transaction Bundles the dispatchers sent (taken from its request log), posted directly by
+the load generator with as many connections as the 4 dispatchers keep in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from tests.bench import careplan, stack
+from tests.bench.measure import Figure, ok_statuses
+
+SANDBOX = stack.ROOT / "tools" / "ehr-sandbox" / "server.js"
+LATENCY_MS = 20
+BATCH = 8  # CAREPLAN_DELIVERY_BATCH_SIZE: deliveries one dispatcher has in flight
+
+
+def sandbox() -> stack.Server:
+    node = shutil.which("node")
+    if node is None or not (SANDBOX.parent / "node_modules").exists():
+        raise RuntimeError("the EHR sandbox needs Node.js and `npm ci` in tools/ehr-sandbox (make deps)")
+    port = stack.free_port()
+    return stack.Server("ehr-sandbox", [str(SANDBOX)], port=port, python=node,
+                        env={"EHR_SANDBOX_PORT": str(port), "EHR_SANDBOX_HOST": "127.0.0.1"},
+                        ready_path="/_control/health")
+
+
+def _configure(ehr: stack.Server) -> None:
+    httpx.post(f"{ehr.base}/_control/reset").raise_for_status()
+    httpx.post(f"{ehr.base}/_control/config", json={"latencyMs": LATENCY_MS}).raise_for_status()
+
+
+def _drain(url: str, env: dict[str, str], workers: int) -> float:
+    """Run `workers` dispatchers until the outbox is empty; plans per second from the outbox rows."""
+    processes = [subprocess.Popen([sys.executable, "-m", "services.cli", "dispatch", "--drain"], cwd=stack.ROOT,
+                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                  stderr=open(stack.LOGS / f"dispatch-{workers}-{i}.log", "wb"))  # noqa: SIM115
+                 for i in range(workers)]
+    for process in processes:
+        if process.wait(timeout=600) != 0:
+            raise RuntimeError(f"cicatrix dispatch exited with {process.returncode}")
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        row = connection.execute(text(
+            "SELECT count(*) FILTER (WHERE state = 'completed'), count(*), "
+            "extract(epoch FROM max(finished_at) - min(first_attempt_at)) FROM careplan_delivery")).one()
+    engine.dispose()
+    completed, total, seconds = row
+    if completed != total:
+        raise RuntimeError(f"{total - completed} of {total} deliveries did not complete; see bench-results/logs")
+    return completed / float(seconds)
+
+
+def _requeue(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "UPDATE careplan_delivery SET state = 'pending', attempts = 0, next_attempt_at = now(), "
+            "first_attempt_at = NULL, finished_at = NULL, claimed_by = NULL, claimed_until = NULL, "
+            "ambiguous = false, last_status = NULL, last_error = NULL, outcome = NULL, ehr_type = NULL, "
+            "ehr_id = NULL, ehr_version = NULL, ehr_outputs = NULL, readback = NULL, shape = NULL"))
+    engine.dispose()
+
+
+def figure_delivery(catalog_server: stack.Server, *, plans: int, env: Any) -> Figure:
+    name = f"Delivery: {plans:,} queued plans, EHR sandbox +{LATENCY_MS} ms, 1 and 4 dispatchers"
+    with stack.postgres_schema("delivery") as url, sandbox() as ehr:
+        settings = env(url, catalog_server, CAREPLAN_EHR_BASE_URL=f"{ehr.base}/fhir")
+        with stack.cicatrix("careplan", settings, name="careplan-delivery") as planner:
+            queued = stack.load(planner.port, careplan.generate_requests(plans, "delivery"), connections=16,
+                                total=plans)
+            ok_statuses(queued, ("201",))
+        _configure(ehr)
+        one = _drain(url, settings, 1)
+        _requeue(url)
+        _configure(ehr)
+        four = _drain(url, settings, 4)
+        log = httpx.get(f"{ehr.base}/_control/requests").json()["requests"]
+        bundles = [entry["body"] for entry in log if entry["method"] == "POST" and entry.get("path") == "/fhir"
+                   and isinstance(entry.get("body"), dict)]
+        _configure(ehr)
+        direct = stack.load(ehr.port, [{"method": "POST", "path": "/fhir", "body": json.dumps(b),
+                                        "headers": {"Content-Type": "application/fhir+json"}} for b in bundles],
+                            connections=4 * BATCH, total=len(bundles))
+        ok_statuses(direct)
+    ratio = four / direct["rps"]
+    return Figure("5", name, f"4 dispatchers: {four:,.0f} plans/s; 1 dispatcher: {one:,.0f} plans/s",
+                  f"sandbox accepting the same {len(bundles):,} transaction Bundles posted directly "
+                  f"({4 * BATCH} connections): {direct['rps']:,.0f} Bundles/s", ratio, ">= 0.8 (4 dispatchers)",
+                  ratio >= 0.8, note="the request log keeps the last 10,000 requests", raw={"direct": direct})
