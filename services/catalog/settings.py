@@ -21,6 +21,6 @@ class CatalogSettings(ServiceSettings):
     """Load `CONTENT_DIR` at start-up (idempotent: unchanged files create no new versions)."""
     ALLOW_ANONYMOUS_READ: bool = False
     """With AUTH_MODE=jwt, let requests without a token read and search (the knowledge is not patient data)."""
-    READ_CACHE_SECONDS: float = 1.0
+    READ_CACHE_SECONDS: float = 5.0
     """Reads by id and searches are answered from memory for this long; a write through this process is seen
     at once, one through another process sharing the database within this time (0 turns the cache off)."""

@@ -60,12 +60,35 @@ class ReadCache:
         self._entries: OrderedDict[tuple[str, ...], tuple[float, Any, int]] = OrderedDict()
         self._searches: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, ...], asyncio.Future[Any]] = {}
 
-    def get(self, key: tuple[str, ...]) -> Any:
+    async def fetch(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
+        """The entry, or what `load` (run in a worker thread; it `put`s what it read) returns.
+
+        Concurrent misses of one key share one load. An entry in the last quarter of its freshness is
+        still served, while one load refreshes it in the background, so a popular entry never expires
+        under its readers."""
         entry = self._entries.get(key)
-        if entry is None or time.monotonic() - entry[0] >= self.fresh_seconds:
-            return None
-        return entry[1]
+        if entry is not None:
+            age = time.monotonic() - entry[0]
+            if age < self.fresh_seconds:
+                if age >= 0.75 * self.fresh_seconds and key not in self._loading:
+                    self._load(key, load)
+                return entry[1]
+        return await asyncio.shield(self._load(key, load))
+
+    def _load(self, key: tuple[str, ...], load: Callable[[], Any]) -> asyncio.Future[Any]:
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(run_in_threadpool(load))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        return loading
+
+    def _loaded(self, key: tuple[str, ...], done: asyncio.Future[Any]) -> None:
+        self._loading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # a refresh nobody awaited (a 404 after a delete, say) is not an unhandled error
 
     def put(self, key: tuple[str, ...], value: Any, size: int, generation: int) -> None:
         """Keep what was read, unless a write in this process happened since the read began."""
@@ -125,7 +148,6 @@ class ReadRoute(BaseRoute):
         self.types = frozenset(interactions.types)
         self.cache = cache
         self.prefix = prefix + "/"
-        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
         if cache is not None:
             interactions.store.on_change = cache.changed
 
@@ -150,7 +172,7 @@ class ReadRoute(BaseRoute):
         if self.cache is None:
             found = await run_in_threadpool(self._load, key)
         else:
-            found = self.cache.get(("read", *key)) or await self._load_once(key)
+            found = await self.cache.fetch(("read", *key), lambda: self._load(key))
         stored, headers = found
         hook = self.interactions.read_hook
         if hook is not None:
@@ -163,15 +185,6 @@ class ReadRoute(BaseRoute):
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": stored.content})
-
-    async def _load_once(self, key: tuple[str, str]) -> tuple[StoredResource, list[tuple[bytes, bytes]]]:
-        """One store read per key at a time: concurrent misses (a popular entry just expired) share it."""
-        loading = self._loading.get(key)
-        if loading is None:
-            loading = asyncio.ensure_future(run_in_threadpool(self._load, key))
-            self._loading[key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key, None))
-        return await asyncio.shield(loading)  # type: ignore[no-any-return]
 
     def _load(self, key: tuple[str, str]) -> tuple[StoredResource, list[tuple[bytes, bytes]]]:
         generation = self.cache.generation if self.cache is not None else 0
@@ -215,10 +228,10 @@ class SearchRoute(BaseRoute):
         request = Request(scope, receive)
         resource_type = scope["path_params"]["resource_type"]
         key = ("search", resource_type, request.url.query, fhir_base(request, self.base_url))
-        cacheable = _header(scope, b"prefer") is None
-        found = self.cache.get(key) if cacheable else None
-        if found is None:
-            found = await run_in_threadpool(self._search, key, request, cacheable)
+        if _header(scope, b"prefer") is None:
+            found = await self.cache.fetch(key, lambda: self._search(key, request, True))
+        else:
+            found = await run_in_threadpool(self._search, key, request, False)
         body, tag = found
         if _header(scope, b"if-none-match") == tag:
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})

@@ -47,8 +47,35 @@ _compiled_cache: dict[str, Callable[[Any], list[Any]]] = {}
 
 def _compile(expression: str) -> Callable[[Any], list[Any]]:
     if expression not in _compiled_cache:
-        _compiled_cache[expression] = fhirpathpy.compile(expression, model=fhirpath_models["r4"])
+        _compiled_cache[expression] = _simple_path(expression) or fhirpathpy.compile(
+            expression, model=fhirpath_models["r4"])
     return _compiled_cache[expression]
+
+
+_PATH = re.compile(r"^([A-Z][A-Za-z]+)((?:\.[a-z][A-Za-z0-9]*)+)$")
+
+
+def _simple_path(expression: str) -> Callable[[Any], list[Any]] | None:
+    """`Type.a.b` without choice types, walked in Python: the same values fhirpathpy finds, without its
+    interpreter (index extraction runs on every write, and most parameters are such paths)."""
+    match = _PATH.match(expression)
+    if not match:
+        return None
+    resource_type, steps = match.group(1), match.group(2)[1:].split(".")
+    choice = fhirpath_models["r4"]["choiceTypePaths"]
+    if any(".".join([resource_type, *steps[: i + 1]]) in choice for i in range(len(steps))):
+        return None
+
+    def walk(resource: Any) -> list[Any]:
+        if not isinstance(resource, Mapping) or resource.get("resourceType") != resource_type:
+            return []
+        found: list[Any] = [resource]
+        for step in steps:
+            found = [v for node in found if isinstance(node, Mapping) and step in node
+                     for v in (node[step] if isinstance(node[step], list) else [node[step]])]
+        return found
+
+    return walk
 
 
 def normalise(text: str) -> str:

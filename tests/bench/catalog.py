@@ -41,7 +41,7 @@ def read_requests(ids: list[str], prefix: str = "/fhir") -> list[dict[str, Any]]
 
 
 def figure_reads(catalog: stack.Server, ids: list[str], *, rounds: int, seconds: float,
-                 extra_baselines: bool = True) -> tuple[Figure, dict[str, Any], list[Figure]]:
+                 extra_baselines: bool = True, label: str = "") -> tuple[Figure, dict[str, Any], list[Figure]]:
     """Figure 1: reads by id, 64 connections, against the bare Starlette app returning the same bytes."""
     paths = [f"/fhir/ActivityDefinition/{i}" for i in ids]
     served = bodies(catalog.base, paths)
@@ -52,7 +52,7 @@ def figure_reads(catalog: stack.Server, ids: list[str], *, rounds: int, seconds:
     ok_statuses(runs["bare"])
     ok_statuses(runs["cicatrix"])
     ratio = runs["paired"]["ratio"]
-    figure = Figure("1", f"Catalog read by id, 64 connections ({len(ids)} ActivityDefinitions in turn)",
+    figure = Figure("1", f"Catalog read by id, 64 connections ({len(ids)} ActivityDefinitions in turn){label}",
                     throughput(runs["cicatrix"]), "bare Starlette, same bytes: " + throughput(runs["bare"]),
                     ratio, ">= 0.8", ratio >= 0.8, raw=runs)
     context: list[Figure] = []

@@ -45,6 +45,12 @@ def run_all(wanted: set[str], *, quick: bool, figures: list[Figure], notes: list
             figure, _, context = catalog.figure_reads(server, ids, rounds=sizes.rounds, seconds=sizes.seconds)
             figures.append(figure)
             figures.extend(context)
+            quiet = catalog_env(url, CATALOG_LOG_LEVEL="WARNING", CATALOG_LOAD_CONTENT="false")
+            with stack.cicatrix("catalog", quiet, name="catalog-quiet") as without_log:
+                figure, _, _ = catalog.figure_reads(without_log, ids, rounds=sizes.rounds, seconds=sizes.seconds,
+                                                   extra_baselines=False, label=", context: access log off")
+                figure.target, figure.met = "", None
+                figures.append(figure)
         if "2" in wanted:
             figures.extend(catalog.figure_searches(server, rounds=sizes.rounds, seconds=sizes.seconds))
         if "3" in wanted:
