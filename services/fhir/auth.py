@@ -40,6 +40,7 @@ PRINCIPAL_SCOPE_KEY = "cicatrix.principal"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", f"{FHIR_PREFIX}/metadata", "/openapi.json", "/docs",
                         "/docs/oauth2-redirect"})
 """Reachable without a token: probes, metrics, the CapabilityStatement and the API description (no data)."""
+_ANONYMOUS = Access(Principal.anonymous())
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
 
 
@@ -97,7 +98,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         if self.verifier is None:
-            scope[ACCESS_SCOPE_KEY] = Access(Principal.anonymous())
+            scope[ACCESS_SCOPE_KEY] = _ANONYMOUS  # immutable: one for every request
             await self.app(scope, receive, send)
             return
         request = _fhir_request(scope)

@@ -16,6 +16,7 @@ and a memory stream per request) that:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -32,6 +33,8 @@ from services.fhir.responses import error_response
 from services.fhir.routes import InvalidId, parse
 
 log = logging.getLogger("cicatrix.access")
+_parse = functools.lru_cache(maxsize=4096)(lambda method, path, prefix: parse(method, path, prefix=prefix))
+"""The same URLs come again and again (reads of popular resources): parse each once (invalid ids still raise)."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -96,7 +99,7 @@ class FhirEdgeMiddleware:
             format_param = parse_qs(raw_query.decode("latin-1")).get("_format", [None])[0] if raw_query else None
             try:
                 check_acceptable(headers.get("accept"), format_param)
-                parse(scope["method"], scope["path"], prefix=self.fhir_prefix)
+                _parse(scope["method"], scope["path"], self.fhir_prefix)
             except FhirError as error:
                 return error
             except InvalidId as invalid:
