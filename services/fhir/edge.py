@@ -33,8 +33,15 @@ from services.fhir.responses import error_response
 from services.fhir.routes import InvalidId, parse
 
 log = logging.getLogger("cicatrix.access")
-_parse = functools.lru_cache(maxsize=4096)(lambda method, path, prefix: parse(method, path, prefix=prefix))
-"""The same URLs come again and again (reads of popular resources): parse each once (invalid ids still raise)."""
+_parse_cached = functools.lru_cache(maxsize=4096)(lambda method, path, prefix: parse(method, path, prefix=prefix))
+
+
+def _parse(method: str, path: str, prefix: str) -> object:
+    """The same URLs come again and again (reads of popular resources): parse each once. Invalid ids still
+    raise every time, and long paths are not kept (the cache stays small whatever clients send)."""
+    if len(path) > 200:
+        return parse(method, path, prefix=prefix)
+    return _parse_cached(method, path, prefix)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
