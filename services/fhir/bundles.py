@@ -8,7 +8,7 @@ resource) parse it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 from urllib.parse import urlencode
@@ -24,28 +24,28 @@ SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValu
 ALWAYS_KEPT = ("resourceType", "id", "meta")
 
 
+def _top_level(resource_type: str, wanted: Callable[[Any, dict[str, Any]], bool]) -> set[str]:
+    """Aliases of the R4B model's top-level fields for which `wanted(field, metadata)` holds."""
+    names = set()
+    for field in get_fhir_model_class(resource_type).model_fields.values():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if field.alias and wanted(field, extra):
+            names.add(field.alias)
+    return names
+
+
 @cache
 def summary_elements(resource_type: str) -> frozenset[str]:
-    """Top-level elements marked `isSummary` in the R4 definition (via the R4B model metadata)."""
-    model = get_fhir_model_class(resource_type)
-    names = set()
-    for field in model.model_fields.values():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if extra.get("summary_element_property") and field.alias:
-            names.add(field.alias)
-            names.add("_" + field.alias)
-    return frozenset(names)
+    """Top-level elements marked `isSummary` in the R4 definition (with their `_` primitive extensions)."""
+    names = _top_level(resource_type, lambda _, extra: bool(extra.get("summary_element_property")))
+    return frozenset(names | {"_" + name for name in names})
 
 
 @cache
 def mandatory_elements(resource_type: str) -> frozenset[str]:
-    model = get_fhir_model_class(resource_type)
-    names = set()
-    for field in model.model_fields.values():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if (extra.get("element_required") or field.is_required()) and field.alias:
-            names.add(field.alias)
-    return frozenset(names)
+    """Top-level elements with a minimum cardinality of 1: `_elements` keeps them (R4 search.html)."""
+    return frozenset(_top_level(resource_type,
+                                lambda field, extra: bool(extra.get("element_required") or field.is_required())))
 
 
 def subset(content: bytes, *, summary: str | None, elements: Sequence[str]) -> bytes:
