@@ -22,11 +22,11 @@ from services.careplan.settings import CareplanSettings
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.careplan.tasks import RETRY_DEFINITION, tasks_router
 from services.fhir.capability import (
-    COMMON_SEARCH_PARAMS,
     CapabilityBuilder,
     Operation,
     ResourceCapability,
     SearchParam,
+    search_params_of,
 )
 from services.fhir.db import Migrations
 from services.fhir.interactions import ResourceInteractions
@@ -48,8 +48,7 @@ def capability() -> CapabilityBuilder:
         description="Scar assessments turned into scheduled, screened CarePlans delivered to the EHR.",
     )
     for resource_type in SERVED_TYPES:
-        params = COMMON_SEARCH_PARAMS + tuple(
-            SearchParam(d.name, d.type, d.documentation) for d in SEARCH_PARAMS.get(resource_type, {}).values())
+        params = search_params_of(SEARCH_PARAMS.get(resource_type, {}).values())
         operations = ()
         interactions: tuple[str, ...] = ("read", "vread", "history-instance", "search-type")
         if resource_type == "CarePlan":

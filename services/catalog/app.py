@@ -21,11 +21,10 @@ from services.catalog.settings import CatalogSettings
 from services.catalog.tables import CatalogResource, CatalogResourceVersion, CatalogSearchIndex
 from services.catalog.terminology import TerminologyOperations
 from services.fhir.capability import (
-    COMMON_SEARCH_PARAMS,
     CapabilityBuilder,
     Operation,
     ResourceCapability,
-    SearchParam,
+    search_params_of,
 )
 from services.fhir.db import Migrations
 from services.fhir.fastread import install_read_route
@@ -66,8 +65,7 @@ def capability() -> CapabilityBuilder:
         system_interactions=("batch", "transaction"),
     )
     for resource_type in CATALOG_TYPES:
-        params = COMMON_SEARCH_PARAMS + tuple(
-            SearchParam(d.name, d.type, d.documentation) for d in SEARCH_PARAMS[resource_type].values())
+        params = search_params_of(SEARCH_PARAMS.get(resource_type, {}).values())
         operations = [Operation("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate")]
         if resource_type == "ValueSet":
             operations += [Operation("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"),

@@ -8,6 +8,7 @@ and checked against the R4B model once, at start-up, and served as stored bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from services.fhir import FHIR_VERSION
 from services.fhir.jsonio import dumps
+from services.fhir.searchparams import SearchParamDef
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ COMMON_SEARCH_PARAMS = (
     SearchParam("_id", "token", "Logical id of the resource"),
     SearchParam("_lastUpdated", "date", "When the resource version was stored (eq, ne, gt, ge, lt, le)"),
 )
+
+
+def search_params_of(definitions: Iterable[SearchParamDef]) -> tuple[SearchParam, ...]:
+    """The CapabilityStatement rows for a type: the common parameters plus the type's own definitions."""
+    return COMMON_SEARCH_PARAMS + tuple(SearchParam(d.name, d.type, d.documentation) for d in definitions)
 
 
 @dataclass
