@@ -3,6 +3,7 @@ request that cannot be recorded does not succeed (services/fhir/audit.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from services.fhir.audit import AuditTrail
+from services.fhir.audit import AuditTrail, GroupCommit
+from services.fhir.searchparams import Criterion, SearchQuery
 from tests.careplan.conftest import example
 from tests.support.apps import FHIR_JSON, careplan_app, running
 
@@ -202,3 +204,50 @@ def test_with_auth_off_the_caller_is_recorded_as_anonymous(database_url, catalog
     [entry] = bundle["entry"]
     r4_validator.assert_valid(entry["resource"])
     assert entry["resource"]["agent"][0]["who"]["identifier"]["value"] == "anonymous"
+
+
+def test_concurrent_events_share_commits_and_each_waits_for_its_own(database_url, catalog_url, monkeypatch):
+    """Group commit: 40 requests recording at once take far fewer than 40 transactions, every event is stored
+    and searchable, and when a batch cannot be stored every request waiting on it fails, not only the first."""
+    app = careplan_app(database_url, CATALOG_URL=catalog_url, LOG_LEVEL="WARNING", DISPATCHER="off")
+    with running(app):
+        ctx = app.state.ctx
+        store = ctx.extras["store"]
+        trail = AuditTrail(store, service="careplan")
+        commits = GroupCommit(trail, ctx.session)
+        transactions: list[int] = []
+        real_record = AuditTrail.record
+
+        def counting(self: AuditTrail, sessions: Any, events: list[dict[str, Any]]) -> list[str]:
+            transactions.append(len(events))
+            return real_record(self, sessions, events)
+
+        monkeypatch.setattr(AuditTrail, "record", counting)
+        events = [_event(f"CarePlan/group-{n}") for n in range(40)]
+
+        async def record_all(batch: list[dict[str, Any]]) -> list[Any]:
+            return await asyncio.gather(*(commits.record(e) for e in batch), return_exceptions=True)
+
+        assert asyncio.run(record_all(events)) == [None] * 40
+        assert sum(transactions) == 40 and len(transactions) < 40
+        with ctx.session() as session:
+            for n in (0, 17, 39):
+                entity = Criterion("entity", "reference", None, (f"CarePlan/group-{n}",))
+                query = SearchQuery("AuditEvent", criteria=[entity])
+                assert len(store.search(session, query).matches) == 1
+
+        def broken(*_: Any) -> None:
+            raise OperationalError("INSERT INTO careplan_resource ...", {}, Exception("disk full"))
+
+        monkeypatch.setattr(AuditTrail, "record", broken)
+        failures = asyncio.run(record_all([_event(f"CarePlan/lost-{n}") for n in range(5)]))
+        assert all(isinstance(f, OperationalError) for f in failures)
+        monkeypatch.setattr(AuditTrail, "record", counting)
+        assert asyncio.run(record_all([_event("CarePlan/after")])) == [None], "a failed batch does not stop the next"
+
+
+def _event(reference: str) -> dict[str, Any]:
+    return {"resourceType": "AuditEvent", "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                                                   "code": "rest"},
+            "recorded": "2026-11-25T10:00:00.000Z", "agent": [{"requestor": True, "who": {"display": "test"}}],
+            "source": {"observer": {"display": "test"}}, "entity": [{"what": {"reference": reference}}]}
