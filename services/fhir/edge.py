@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.fhir.media import check_acceptable
-from services.fhir.observability import HttpMetrics, request_id_var
+from services.fhir.observability import AccessLog, HttpMetrics, request_id_var
 from services.fhir.outcome import BadRequest, FhirError, InternalError, PayloadTooLarge
 from services.fhir.responses import error_response
 from services.fhir.routes import InvalidId, parse
@@ -51,6 +51,7 @@ class FhirEdgeMiddleware:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.fhir_prefix = fhir_prefix
+        self.access_log = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,8 +93,7 @@ class FhirEdgeMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe(scope["method"], template, status_holder[0], elapsed)
-            log.info("request", extra={"method": scope["method"], "route": template,
-                                       "status": status_holder[0], "ms": round(elapsed * 1000, 2)})
+            self.access_log.request(scope["method"], template, status_holder[0], elapsed, request_id)
             request_id_var.reset(token)
 
     def _early_rejection(self, scope: Scope, headers: dict[str, str]) -> FhirError | None:
