@@ -66,7 +66,7 @@ def test_a_full_batch_is_written_at_once_and_the_rest_at_exit(json_logger):
     access = AccessLog(logger.name, delay=60, batch=4)
 
     async def requests() -> int:
-        for n in range(6):
+        for _ in range(6):
             access.request("GET", "/fhir/metadata", 200, 0.001, None)
         return len(lines(stream))
 
