@@ -52,9 +52,32 @@ def migrate(services: list[str]) -> int:
 def serve(service: str) -> int:
     import uvicorn
     settings = _settings(service)
+    if settings.WORKERS > 1:
+        _prepare_once(service, settings)
     uvicorn.run(f"services.{service}.app:app", host=settings.HOST, port=settings.PORT,
-                log_level=settings.LOG_LEVEL.lower(), access_log=False, proxy_headers=True)
+                log_level=settings.LOG_LEVEL.lower(), access_log=False, proxy_headers=True,
+                workers=settings.WORKERS)
     return 0
+
+
+def _prepare_once(service: str, settings) -> None:  # type: ignore[no-untyped-def]
+    """With several workers, migrate and load the catalog content here, once, instead of in every worker at the
+    same moment; the workers are told (through their environment) that it is done."""
+    prefix = service.upper()
+    if settings.AUTO_MIGRATE:
+        migrate([service])
+        os.environ[f"{prefix}_AUTO_MIGRATE"] = "false"
+    if service == "catalog" and settings.LOAD_CONTENT:
+        from sqlmodel import Session
+
+        from services.catalog.app import CATALOG_TYPES, canonical_is_unique, load_content, make_store
+        from services.fhir.db import make_engine
+
+        engine = make_engine(settings.DATABASE_URL)
+        with Session(engine) as session:
+            load_content(session, make_store(), settings.CONTENT_DIR, CATALOG_TYPES, canonical_is_unique)
+        engine.dispose()
+        os.environ["CATALOG_LOAD_CONTENT"] = "false"
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:

@@ -29,6 +29,10 @@ class ServiceSettings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     AUTO_MIGRATE: bool = True
     """Apply Alembic migrations at start-up (the embedded default); production runs `cicatrix migrate`."""
+    WORKERS: int = 1
+    """Server processes for `cicatrix serve` (uvicorn workers, one event loop each). More than one needs
+    PostgreSQL: SQLite allows one writer at a time. Start-up work (migrations, catalog content) runs once,
+    before the workers start; each worker keeps its own caches and its own /metrics."""
 
     # --- inbound security (README.md#security) ------------------------------------------------------------
     AUTH_MODE: Literal["off", "jwt"] = "off"
@@ -61,7 +65,7 @@ class ServiceSettings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix):]
         return value
 
-    @field_validator("MAX_BODY_BYTES")
+    @field_validator("MAX_BODY_BYTES", "WORKERS")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
@@ -85,6 +89,13 @@ class ServiceSettings(BaseSettings):
         if not 0 <= value <= 300:
             raise ValueError("must be between 0 and 300 seconds")
         return value
+
+    @model_validator(mode="after")
+    def _workers_need_postgres(self) -> ServiceSettings:
+        if self.WORKERS > 1 and self.DATABASE_URL.startswith("sqlite"):
+            prefix = self.model_config.get("env_prefix", "")
+            raise ValueError(f"{prefix}WORKERS={self.WORKERS} needs PostgreSQL: SQLite allows one writer at a time")
+        return self
 
     @model_validator(mode="after")
     def _jwt_needs_keys_issuer_audience(self) -> ServiceSettings:

@@ -52,13 +52,18 @@ def generate_requests(count: int, label: str) -> list[dict[str, Any]]:
              "body": json.dumps(assessment(templates, n, label))} for n in range(count)]
 
 
-def figure_generate(careplan: stack.Server, *, rounds: int, seconds: float, expected_rate: float = 400) -> Figure:
-    """Figure 4: $generate, 16 connections, varied assessments, delivery off; next to the bare app's answer."""
+def figure_generate(careplan: stack.Server, *, rounds: int, seconds: float, workers: int,
+                    expected_rate: float = 400) -> Figure:
+    """Figure 4: $generate, 16 connections, varied assessments, delivery off; next to the bare app's answer.
+
+    `workers` is the server's CAREPLAN_WORKERS (it only labels the figure and keeps its assessments apart from
+    another run's on the same database, so that every request creates a plan)."""
     per_round = int(expected_rate * (seconds + 1.5)) + 200
-    sample = stack.load(careplan.port, generate_requests(1, "probe"), connections=1, total=1)
+    label = f"w{workers}"
+    sample = stack.load(careplan.port, generate_requests(1, f"{label}-probe"), connections=1, total=1)
     ok_statuses(sample, ("201",))
-    with stack.baseline("bare", {GENERATE: _one_plan(careplan)}) as bare:
-        batches = iter(generate_requests(per_round, f"r{i}") for i in range(rounds))
+    with stack.baseline("bare", {GENERATE: _one_plan(careplan, label)}) as bare:
+        batches = iter(generate_requests(per_round, f"{label}-r{i}") for i in range(rounds))
         runs = alternate({
             "cicatrix": lambda: stack.load(careplan.port, next(batches), connections=16, seconds=seconds, warmup=1.0,
                                            pid=careplan.process.pid),
@@ -68,16 +73,17 @@ def figure_generate(careplan: stack.Server, *, rounds: int, seconds: float, expe
     run = runs["cicatrix"]
     met = run["rps"] >= 200 and run["p99_ms"] < 100
     cpu = f"; {run['cpu_us'] / 1000:,.1f} ms server CPU/plan" if run.get("cpu_us") else ""
-    return Figure("4", "`CarePlan/$generate`, 16 connections, varied assessments, delivery off",
+    processes = "one process" if workers == 1 else f"{workers} worker processes"
+    return Figure("4", f"`CarePlan/$generate`, 16 connections, varied assessments, delivery off, {processes}",
                   f"{run['rps']:,.0f} plans/s (p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms{cpu})",
                   f"bare Starlette answering the same POSTs with a stored plan: {runs['bare']['rps']:,.0f} req/s",
                   runs["paired"]["ratio"], ">= 200 plans/s, p99 < 100 ms", met, raw=runs)
 
 
-def _one_plan(careplan: stack.Server) -> bytes:
+def _one_plan(careplan: stack.Server, label: str) -> bytes:
     import httpx
 
-    response = httpx.post(careplan.base + GENERATE, json=assessment(examples(), 0, "sample"),
+    response = httpx.post(careplan.base + GENERATE, json=assessment(examples(), 0, f"{label}-sample"),
                           headers={"Content-Type": "application/fhir+json"}, timeout=30)
     response.raise_for_status()
     return response.content

@@ -57,10 +57,18 @@ def run_all(wanted: set[str], *, quick: bool, figures: list[Figure], notes: list
             python, why = peer()
             figures.append(catalog.figure_peer(server, ids, python, rounds=sizes.rounds, seconds=sizes.seconds,
                                                why_not=why))
+        if "4" in wanted:
+            # as deployed on two cores: two worker processes; one process as context
+            with stack.cicatrix("careplan", careplan_env(url, server, CAREPLAN_WORKERS="2"),
+                                name="careplan-workers") as planner:
+                figures.append(careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds,
+                                                        workers=2))
         if wanted & {"4", "7"}:
             with stack.cicatrix("careplan", careplan_env(url, server)) as planner:
                 if "4" in wanted:
-                    figures.append(careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds))
+                    figure = careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds, workers=1)
+                    figure.name, figure.target, figure.met = "context: " + figure.name, "", None
+                    figures.append(figure)
                 if "7" in wanted:
                     figures.append(growth.memory("careplan", planner, careplan.memory_requests(),
                                                  total=sizes.careplan_memory_requests, connections=16,
