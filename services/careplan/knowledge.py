@@ -16,6 +16,7 @@ from typing import Any
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
+from services.careplan.answer_conditions import ConditionResults
 from services.careplan.catalog_client import CatalogClient
 from services.fhir.outcome import Unprocessable
 
@@ -58,11 +59,24 @@ def codings(concept: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 @dataclass
 class ExpressionCache:
-    """FHIRPath compiled once per expression text (protocol versions share unchanged expressions)."""
+    """FHIRPath compiled once per expression text (protocol versions share unchanged expressions), and results
+    remembered by the answers they read (answer_conditions.py)."""
 
     compiled: dict[str, Expression] = field(default_factory=dict)
+    results: ConditionResults = field(default_factory=ConditionResults)
 
     def evaluate(self, expression: str, resource: Any, variables: dict[str, Any]) -> list[Any]:
+        key = self.results.key(expression, resource, variables)
+        if key is not None:
+            known = self.results.get(key)
+            if known is not None:
+                return known
+        result = self._compiled(expression)(resource, variables)
+        if key is not None:
+            self.results.put(key, result)
+        return result
+
+    def _compiled(self, expression: str) -> Expression:
         function = self.compiled.get(expression)
         if function is None:
             try:
@@ -71,7 +85,7 @@ class ExpressionCache:
                 raise Unprocessable(f"The catalog holds an expression that does not compile: {expression!r} "
                                     f"({exc})", code="invariant") from None
             self.compiled[expression] = function
-        return function(resource, variables)
+        return function
 
     def is_true(self, expression: str, resource: Any, variables: dict[str, Any]) -> bool:
         result = self.evaluate(expression, resource, variables)

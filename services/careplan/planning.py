@@ -125,13 +125,13 @@ class _Answers(ExpressionCache):
     and evaluating FHIRPath is the costliest step of planning."""
 
     def __init__(self, expressions: ExpressionCache) -> None:
-        super().__init__(expressions.compiled)
-        self.results: dict[str, bool] = {}
+        super().__init__(expressions.compiled, expressions.results)
+        self.truth: dict[str, bool] = {}
 
     def is_true(self, expression: str, resource: Any, variables: dict[str, Any]) -> bool:
-        if expression not in self.results:
-            self.results[expression] = super().is_true(expression, resource, variables)
-        return self.results[expression]
+        if expression not in self.truth:
+            self.truth[expression] = super().is_true(expression, resource, variables)
+        return self.truth[expression]
 
 
 def make_plan(protocol: Protocol, assessment: Assessment, allergies: list[Allergy],

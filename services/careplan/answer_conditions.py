@@ -1,0 +1,130 @@
+"""Protocol conditions remembered by the answers they read.
+
+Applicability, goal and screening conditions are FHIRPath over the assessment, and
+fhirpathpy takes 0.2-0.6 ms for each: the costliest step of planning. Almost all of
+them read the assessment only through `%resource.item.where(linkId='...')`, so their
+result is a function of those items alone, and a clinic's assessments repeat the same
+answers (not pregnant, no visible vessels, atrophic) over and over. `reads` proves
+that property from the parsed expression; `ConditionResults` then keeps each result
+under the expression and the JSON of the items it reads. An expression that might read
+anything else (a bare path, `today()`, another variable, an unknown function) is simply
+evaluated every time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from fhirpathpy.parser import parse
+
+PURE_FUNCTIONS = frozenset({
+    "where", "select", "exists", "empty", "not", "count", "first", "last", "single", "tail", "skip", "take",
+    "all", "allTrue", "anyTrue", "allFalse", "anyFalse", "distinct", "isDistinct", "ofType", "hasValue",
+    "toString", "toInteger", "toDecimal", "toBoolean", "startsWith", "endsWith", "contains", "matches",
+    "length", "upper", "lower", "iif", "subsetOf", "supersetOf", "intersect", "exclude", "union", "combine",
+    "children", "descendants", "repeat", "is", "as",
+})
+"""Functions whose result depends only on their input and arguments (not `today()`, `now()`, `resolve()`,
+`memberOf()`, `trace()`, `extension()`...)."""
+
+ANSWER_VARIABLES = frozenset({"resource", "context"})
+
+
+@lru_cache(maxsize=1024)
+def reads(expression: str) -> frozenset[str] | None:
+    """The linkIds of the top-level items `expression` reads, or None when it may read anything else."""
+    try:
+        tree = parse(expression)
+    except Exception:  # noqa: BLE001 - a bad expression is reported by the evaluator, not here
+        return None
+    link_ids: set[str] = set()
+    if not _only_item_reads(tree, link_ids, in_arguments=False) or not link_ids:
+        return None
+    return frozenset(link_ids)
+
+
+def _only_item_reads(node: dict[str, Any], link_ids: set[str], *, in_arguments: bool) -> bool:
+    kind = node.get("type")
+    if kind == "InvocationExpression":
+        link_id = _item_by_link_id(node)
+        if link_id is not None:
+            link_ids.add(link_id)
+            return True
+    if kind in ("ExternalConstantTerm", "ExternalConstant"):
+        return False  # %resource other than through an item, or another variable
+    if kind == "InvocationTerm" and not in_arguments:
+        return False  # a path from the context resource itself, `$this` at the top, or `today()`
+    if kind == "Functn":
+        name = _identifier(node["children"][0]) if node.get("children") else None
+        if name not in PURE_FUNCTIONS:
+            return False
+    inside = in_arguments or kind == "ParamList"
+    return all(_only_item_reads(child, link_ids, in_arguments=inside) for child in node.get("children", []))
+
+
+def _item_by_link_id(node: dict[str, Any]) -> str | None:
+    """'x' when `node` is exactly `%resource.item.where(linkId = 'x')` (or `%context...`)."""
+    children = node.get("children", [])
+    if len(children) != 2 or children[0].get("type") != "InvocationExpression" \
+            or children[1].get("type") != "FunctionInvocation":
+        return None
+    inner = children[0].get("children", [])
+    if len(inner) != 2:
+        return None
+    source, member = inner
+    if source.get("type") != "TermExpression" or source.get("text") not in ("%resource", "%context") \
+            or member.get("type") != "MemberInvocation" or _identifier(member["children"][0]) != "item":
+        return None
+    function = children[1]["children"][0]
+    if _identifier(function["children"][0]) != "where" or len(function["children"]) != 2:
+        return None
+    arguments = function["children"][1].get("children", [])
+    if len(arguments) != 1 or arguments[0].get("type") != "EqualityExpression" \
+            or arguments[0].get("terminalNodeText") != ["="]:
+        return None
+    left, right = arguments[0]["children"]
+    if left.get("text") != "linkId" or right.get("children", [{}])[0].get("type") != "LiteralTerm":
+        return None
+    literal = right["text"]
+    if not (literal.startswith("'") and literal.endswith("'")) or "\\" in literal or len(literal) < 2:
+        return None
+    return literal[1:-1]
+
+
+def _identifier(node: dict[str, Any]) -> str | None:
+    while node.get("type") != "Identifier" and node.get("children"):
+        node = node["children"][0]
+    return node.get("text") if node.get("type") == "Identifier" else None
+
+
+class ConditionResults:
+    """Results by (expression, the items it reads), least recently used dropped first."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._results: OrderedDict[tuple[str, bytes], list[Any]] = OrderedDict()
+
+    def key(self, expression: str, resource: Any, variables: dict[str, Any]) -> tuple[str, bytes] | None:
+        """Where the result is kept, or None when it cannot be kept (see `reads`)."""
+        link_ids = reads(expression)
+        if link_ids is None or not isinstance(resource, dict) or set(variables) - ANSWER_VARIABLES \
+                or any(value is not resource for value in variables.values()):
+            return None
+        items = [item for item in resource.get("item") or [] if isinstance(item, dict)
+                 and item.get("linkId") in link_ids]
+        return expression, orjson.dumps([resource.get("resourceType"), items], option=orjson.OPT_SORT_KEYS)
+
+    def get(self, key: tuple[str, bytes]) -> list[Any] | None:
+        found = self._results.get(key)
+        if found is not None:
+            self._results.move_to_end(key)
+            return list(found)
+        return None
+
+    def put(self, key: tuple[str, bytes], result: list[Any]) -> None:
+        self._results[key] = list(result)
+        if len(self._results) > self.size:
+            self._results.popitem(last=False)

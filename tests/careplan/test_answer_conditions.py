@@ -1,0 +1,122 @@
+"""Protocol conditions remembered by the answers they read (services/careplan/answer_conditions.py): which
+expressions qualify, and that a remembered result is always the one fhirpathpy gives for that assessment."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import fhirpathpy
+import pytest
+from fhirpathpy.models import models as fhirpath_models
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.careplan.answer_conditions import ConditionResults, reads
+from services.careplan.knowledge import ExpressionCache
+from services.catalog.settings import CONTENT_DIR
+from tests.careplan.conftest import assessment_of, example
+
+EXAMPLES_DIR = CONTENT_DIR.parents[2] / "contracts" / "fhir" / "examples"
+
+CONDITIONS = sorted({e for path in CONTENT_DIR.rglob("*.json")
+                     for e in re.findall(r'"expression": "(%resource[^"]*)"', path.read_text())})
+EXAMPLES = sorted(p.name.removesuffix(".parameters.json") for p in EXAMPLES_DIR.glob("*.parameters.json"))
+
+
+@pytest.mark.parametrize(("expression", "link_ids"), [
+    ("%resource.item.where(linkId='pregnant').answer.value = true", {"pregnant"}),
+    ("%context.item.where(linkId = 'a').answer.item.where(linkId='n').answer.value = 2", {"a"}),
+    ("%resource.item.where(linkId='a').answer.value.where($this = %resource.item.where(linkId='b').answer.value)",
+     {"a", "b"}),
+])
+def test_expressions_that_read_only_answers_name_the_items_they_read(expression, link_ids):
+    assert reads(expression) == frozenset(link_ids)
+
+
+@pytest.mark.parametrize("expression", [
+    "item.where(linkId='a').answer",  # a path from the context resource
+    "%resource.status = 'completed' and %resource.item.where(linkId='a').exists()",  # another element
+    "%resource.item.where(linkId='a').answer.value > today()",  # the date of evaluation
+    "%resource.item.where(linkId='a' or true).answer",  # not a plain linkId match
+    "%resource.item.where(linkId='a').answer.value.resolve()",  # data outside the assessment
+    "%ucum.exists() and %resource.item.where(linkId='a').exists()",  # another variable
+    "$this.item.where(linkId='a').exists()",
+    "%resource.item.exists()",  # every item
+    "not a FHIRPath expression (",
+])
+def test_expressions_that_may_read_anything_else_are_not_remembered(expression):
+    assert reads(expression) is None
+
+
+def test_every_shipped_condition_is_remembered_by_its_items():
+    assert CONDITIONS and all(reads(e) for e in CONDITIONS)
+
+
+def direct(expression: str, response: dict[str, Any]) -> list[Any]:
+    variables = {"resource": response, "context": response}
+    return fhirpathpy.compile(expression, model=fhirpath_models["r4"])(response, variables)
+
+
+def test_remembered_results_are_what_fhirpath_gives_each_assessment():
+    cache = ExpressionCache()
+    responses = [assessment_of(example(name)) for name in EXAMPLES]
+    for _ in range(2):  # the second pass is answered from memory
+        for response in responses:
+            for expression in CONDITIONS:
+                variables = {"resource": response, "context": response}
+                assert cache.evaluate(expression, response, variables) == direct(expression, response), expression
+
+
+def test_an_answer_the_condition_does_not_read_does_not_change_its_key():
+    cache = ExpressionCache()
+    response = assessment_of(example("atrophic-pregnant"))
+    other = copy.deepcopy(response)
+    other["id"], other["subject"] = "someone-else", {"reference": "Patient/other"}
+    for item in other["item"]:
+        if item["linkId"] == "body-site":
+            item["answer"][0]["valueCoding"]["code"] = "changed"
+    expression = "%resource.item.where(linkId='pregnant').answer.value = true"
+    key = cache.results.key(expression, response, {"resource": response, "context": response})
+    assert key == cache.results.key(expression, other, {"resource": other, "context": other})
+    for item in other["item"]:
+        if item["linkId"] == "pregnant":
+            item["answer"] = [{"valueBoolean": False}]
+    assert key != cache.results.key(expression, other, {"resource": other, "context": other})
+
+
+def test_nothing_is_remembered_for_other_variables_or_another_resource():
+    cache = ExpressionCache()
+    response = assessment_of(example("atrophic-pregnant"))
+    expression = CONDITIONS[0]
+    assert cache.results.key(expression, response, {"resource": response, "context": response, "x": 1}) is None
+    assert cache.results.key(expression, response, {"resource": copy.deepcopy(response)}) is None
+
+
+ANSWERS = st.fixed_dictionaries({
+    "scar-type": st.sampled_from(["atrophic", "hypotrophic", "striae", "keloid"]),
+    "scar-age-months": st.integers(min_value=0, max_value=120),
+    "vessels-visible": st.booleans(), "pregnant": st.booleans(), "breastfeeding": st.booleans(),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers=st.lists(ANSWERS, min_size=1, max_size=8))
+def test_over_varied_assessments_memory_never_changes_a_result(answers):
+    cache = ExpressionCache(results=ConditionResults(size=16))  # small, so that entries are also evicted
+    template = assessment_of(example("atrophic-chest-visible-vessels"))
+    for given_answers in answers:
+        response = json.loads(json.dumps(template))
+        for item in response["item"]:
+            value = given_answers.get(item["linkId"])
+            if item["linkId"] == "scar-type":
+                item["answer"][0]["valueCoding"]["code"] = value
+            elif isinstance(value, bool):
+                item["answer"] = [{"valueBoolean": value}]
+            elif isinstance(value, int):
+                item["answer"] = [{"valueInteger": value}]
+        for expression in CONDITIONS:
+            variables = {"resource": response, "context": response}
+            assert cache.evaluate(expression, response, variables) == direct(expression, response), expression
