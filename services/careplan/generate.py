@@ -150,13 +150,12 @@ class PlanRepository:
         response = dict(assessment.response)
         response_id = stored_response_id(assessment.subject, assessment.key)
         try:
-            self.store.update(session, "QuestionnaireResponse", response_id, response, if_match=None,
-                              create_if_missing=True)
-            stored = self.store.create(session, careplan, resource_id=careplan_id)
+            # Both ids derive from (subject, assessment), so a concurrent submission of the same assessment
+            # fails here with IntegrityError and is answered with the plan the other one stored.
+            _, stored = self.store.create_many(session, [response, careplan], ids=[response_id, careplan_id])
             session.add(AssessmentPlan(subject=assessment.subject, assessment_key=assessment.key,
                                        body_site=body_site, careplan_id=stored.id,
                                        questionnaire_response_id=response_id, created=stored.last_updated))
-            session.flush()
             for hook in self.hooks:
                 hook(session, stored, None)
             if previous is not None:

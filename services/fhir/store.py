@@ -171,15 +171,18 @@ class ResourceStore:
         resource_id = resource_id or str(uuid.uuid4())
         return self._write(session, resource_type, resource_id, resource, version_id=1, method="POST", new=True)
 
-    def create_many(self, session: Session, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
-        """Store new resources under server-assigned ids with one statement per table (the audit trail's batches)."""
+    def create_many(self, session: Session, resources: Sequence[dict[str, Any]],
+                    ids: Sequence[str] | None = None) -> list[StoredResource]:
+        """Store new resources with one statement per table: the audit trail's batches, and a plan with its
+        assessment. Ids are server-assigned unless given; a given id that exists raises IntegrityError (the
+        caller decides what a duplicate means, e.g. `$generate` answers with the plan already made)."""
         now = utcnow()
         stored: list[StoredResource] = []
         current_rows: list[dict[str, Any]] = []
         version_rows: list[dict[str, Any]] = []
         index_rows: list[dict[str, Any]] = []
-        for given in resources:
-            resource_type, resource_id = given["resourceType"], str(uuid.uuid4())
+        for n, given in enumerate(resources):
+            resource_type, resource_id = given["resourceType"], (ids[n] if ids else None) or str(uuid.uuid4())
             resource = dict(given)
             resource["id"] = resource_id
             meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}

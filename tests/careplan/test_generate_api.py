@@ -153,3 +153,44 @@ def test_capability_statement_lists_the_operations(careplan, r4_validator):
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert [o["name"] for o in resources["CarePlan"]["operation"]] == ["generate"]
     assert [o["name"] for o in resources["PlanDefinition"]["operation"]] == ["apply"]
+
+
+def test_concurrent_submissions_of_one_assessment_make_one_plan(database_url, catalog_url):
+    """Eight clients send the same assessment at once: one plan is created (201), the others are answered with
+    it (200), and one plan, one stored assessment and one delivery exist; none gets a 409 or a 500."""
+    import threading
+
+    import httpx
+    from sqlalchemy import text
+
+    from services.fhir.db import make_engine
+    from tests.support.apps import careplan_app
+    from tests.support.servers import serve
+
+    app = careplan_app(database_url, CATALOG_URL=catalog_url, LOG_LEVEL="WARNING", DISPATCHER="off")
+    parameters = example("hypotrophic-abdomen")
+    start = threading.Barrier(8)
+    answers: list[httpx.Response] = []
+    with serve(app) as base:
+        httpx.get(f"{base}/fhir/metadata").raise_for_status()
+
+        def submit() -> None:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                start.wait()
+                answers.append(client.post("/fhir/CarePlan/$generate", json=parameters, headers=FHIR_JSON))
+
+        threads = [threading.Thread(target=submit) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201], [a.text[:300] for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        counts = connection.execute(text(
+            "SELECT (SELECT count(*) FROM careplan_resource WHERE resource_type = 'CarePlan'), "
+            "(SELECT count(*) FROM careplan_resource WHERE resource_type = 'QuestionnaireResponse'), "
+            "(SELECT count(*) FROM careplan_delivery)")).one()
+    engine.dispose()
+    assert tuple(counts) == (1, 1, 1)
