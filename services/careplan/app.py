@@ -29,6 +29,7 @@ from services.fhir.capability import (
     search_params_of,
 )
 from services.fhir.db import Migrations
+from services.fhir.fastread import install_read_route
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.service import ServiceContext, build_app
 from services.fhir.store import ResourceStore
@@ -103,6 +104,9 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,
                                         sortable=SORTABLE, **compartment.hooks())
     app.include_router(interactions.router())
+    # reads by id ahead of FastAPI's routing, inside the audit trail and with the compartment checks; no cache:
+    # patient data is read from the database every time
+    install_read_route(app, interactions)
     return app
 
 

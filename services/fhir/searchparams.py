@@ -55,9 +55,21 @@ def _compile(expression: str) -> Callable[[Any], list[Any]]:
 _PATH = re.compile(r"^([A-Z][A-Za-z]+)((?:\.[a-z][A-Za-z0-9]*)+)$")
 
 
+_REFERENCE_PREFIX = re.compile(r"^(.+)\.where\(reference\.startsWith\('([A-Za-z]+/)'\)\)$")
+
+
 def _simple_path(expression: str) -> Callable[[Any], list[Any]] | None:
     """`Type.a.b` without choice types, walked in Python: the same values fhirpathpy finds, without its
-    interpreter (index extraction runs on every write, and most parameters are such paths)."""
+    interpreter (index extraction runs on every write, and most parameters are such paths). Also the two
+    shapes the services' own parameters add to them: a union of such paths (`A.b | A.c`), and references
+    of one type (`A.b.where(reference.startsWith('Patient/'))`, the `patient` parameters)."""
+    if " | " in expression:
+        branches = [_simple_path(branch.strip()) for branch in expression.split(" | ")]
+        return _union(branches) if all(branches) else None  # type: ignore[arg-type]
+    prefixed = _REFERENCE_PREFIX.match(expression)
+    if prefixed:
+        inner = _simple_path(prefixed.group(1))
+        return _references_to(inner, prefixed.group(2)) if inner else None
     match = _PATH.match(expression)
     if not match:
         return None
@@ -76,6 +88,24 @@ def _simple_path(expression: str) -> Callable[[Any], list[Any]] | None:
         return found
 
     return walk
+
+
+def _union(branches: list[Callable[[Any], list[Any]]]) -> Callable[[Any], list[Any]]:
+    def union(resource: Any) -> list[Any]:
+        found: list[Any] = []
+        for branch in branches:
+            found += [value for value in branch(resource) if value not in found]  # `|` drops duplicates
+        return found
+
+    return union
+
+
+def _references_to(inner: Callable[[Any], list[Any]], prefix: str) -> Callable[[Any], list[Any]]:
+    def references(resource: Any) -> list[Any]:
+        return [value for value in inner(resource) if isinstance(value, Mapping)
+                and isinstance(value.get("reference"), str) and value["reference"].startswith(prefix)]
+
+    return references
 
 
 def normalise(text: str) -> str:
