@@ -198,10 +198,9 @@ class ResourceStore:
             stored.append(StoredResource(resource_type, resource_id, 1, now, False, content, "POST"))
         if not stored:
             return stored
-        session.execute(insert(self.R.__table__), current_rows)
-        session.execute(insert(self.V.__table__), version_rows)
-        if index_rows:
-            session.execute(insert(self.I.__table__), index_rows)
+        for table, rows in ((self.R, current_rows), (self.V, version_rows), (self.I, index_rows)):
+            if rows:  # one row as a plain statement: psycopg's executemany pipeline costs more than it saves
+                session.execute(insert(table.__table__), rows[0] if len(rows) == 1 else rows)
         if self.on_change:
             for item in stored:
                 self.on_change(session, item.resource_type, item.id)
