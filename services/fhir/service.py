@@ -8,6 +8,7 @@ the embedded default asks for it. A service adds its own routers and start-up wo
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,20 @@ from services.fhir.settings import ServiceSettings
 log = logging.getLogger("cicatrix.service")
 
 StartupHook = Callable[["ServiceContext"], Awaitable[None]]
+
+
+_heap_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built (modules, the FHIR model classes, the app) out of the garbage collector's
+    generations, once per process: it lives as long as the process, and full collections traversing it cost
+    about a fifth of a care-plan read's CPU time (gc.freeze, as the gc module's documentation suggests)."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 @dataclass
@@ -89,6 +104,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
         ctx.capability_bytes = capability.build_bytes(settings.BASE_URL)
         for hook in startup or []:
             await hook(ctx)
+        freeze_startup_heap()
         log.info("service started", extra={"service": name})
         try:
             yield

@@ -102,3 +102,11 @@ def test_logs_are_json_lines_with_the_request_id(tmp_path, caplog):
     assert line["route"] == "/fhir/{resource_type}" and line["status"] == 200
     assert line["request_id"] == "req-42"
     assert "jane-doe" not in json.dumps(line), "query strings (patient ids) must not be logged"
+
+
+def test_startup_moves_the_startup_heap_out_of_the_collector(tmp_path):
+    import gc
+
+    with running(make("catalog", f"sqlite:///{tmp_path}/g.db")) as client:
+        assert client.get("/readyz").status_code == 200
+        assert gc.get_freeze_count() > 100_000, "modules, models and the app are frozen once started"
