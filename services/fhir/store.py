@@ -183,12 +183,7 @@ class ResourceStore:
         index_rows: list[dict[str, Any]] = []
         for n, given in enumerate(resources):
             resource_type, resource_id = given["resourceType"], (ids[n] if ids else None) or str(uuid.uuid4())
-            resource = dict(given)
-            resource["id"] = resource_id
-            meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-            resource["meta"] = {"versionId": "1", "lastUpdated": instant(now), **meta}
-            resource = _ordered(resource)
-            content = orjson.dumps(resource)
+            resource, content = _as_version(given, resource_id, 1, now)
             key = {"resource_type": resource_type, "id": resource_id, "version_id": 1, "last_updated": now,
                    "deleted": False, "content": content}
             current_rows.append(key | {"url": _str_or_none(resource.get("url")),
@@ -258,12 +253,7 @@ class ResourceStore:
         Core rather than ORM statements because writes are the hot path of `$generate` and of the audit
         trail, and the ORM's unit of work adds nothing for rows that are written once and never loaded."""
         now = utcnow()
-        resource = dict(resource)
-        resource["id"] = resource_id
-        meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        resource["meta"] = {"versionId": str(version_id), "lastUpdated": instant(now), **meta}
-        resource = _ordered(resource)
-        content = orjson.dumps(resource)
+        resource, content = _as_version(resource, resource_id, version_id, now)
         values = {"version_id": version_id, "last_updated": now, "deleted": False, "content": content,
                   "url": _str_or_none(resource.get("url")), "version": _str_or_none(resource.get("version"))}
         current, versions = self.R.__table__, self.V.__table__
@@ -445,6 +435,17 @@ class ResourceStore:
 
 
 # --------------------------------------------------------------------- helpers
+
+
+def _as_version(given: dict[str, Any], resource_id: str, version_id: int,
+                now: datetime) -> tuple[dict[str, Any], bytes]:
+    """The resource as stored for this version (its id and meta set, keys in FHIR order) and its bytes."""
+    resource = dict(given)
+    resource["id"] = resource_id
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    resource["meta"] = {"versionId": str(version_id), "lastUpdated": instant(now), **meta}
+    resource = _ordered(resource)
+    return resource, orjson.dumps(resource)
 
 
 def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
