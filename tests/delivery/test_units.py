@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.careplan.delivery.auth import SigningKey, SmartBackendAuth
 from services.careplan.delivery.ehr_client import EhrClient, parse_location
 from services.careplan.delivery.errors import EhrRejected, EhrTransportError
 from services.careplan.delivery.payloads import ReferenceRewriter, ehr_careplan
-from services.careplan.delivery.readback import dropped_elements
+from services.careplan.delivery.readback import dropped_elements, element_paths
 from services.careplan.delivery.retry import RetryPolicy, backoff_seconds, parse_retry_after
-from services.careplan.delivery.sending import reapply
+from services.careplan.delivery.sending import Delivered, reapply
 from services.careplan.delivery.shapes import choose_shape, read_capabilities
 from tests.delivery.factories import careplan
 from tests.delivery.keys import ec_key
@@ -134,6 +138,30 @@ def test_the_client_assertion_has_the_claims_smart_requires():
     assert claims["jti"] != jwt.decode(second, key.public_key(), algorithms=["ES384"], audience=url)["jti"]
 
 
+def test_httpcore_asks_for_its_async_library_without_searching_sys_path(monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    from httpcore._synchronization import current_async_library
+
+    import services.careplan.delivery.ehr_client  # noqa: F401 - the module that settles the question
+
+    searched: list[str] = []
+    find_spec = importlib.machinery.PathFinder.find_spec
+
+    def counting(name, *args, **kwargs):
+        searched.append(name)
+        return find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", counting)
+
+    assert current_async_library() == "asyncio"
+    assert searched == []  # httpcore runs this several times per request: it must not hit the file system
+    if importlib.util.find_spec("sniffio") is None:
+        with pytest.raises(ImportError):
+            import sniffio  # noqa: F401 - absent it stays absent, only the answer is immediate
+
+
 def test_locations_are_read_relative_or_absolute():
     assert parse_location("CarePlan/812/_history/1") == ("CarePlan", "812", "1")
     assert parse_location("https://ehr.example.org/fhir/CarePlan/812/_history/3") == ("CarePlan", "812", "3")
@@ -180,6 +208,104 @@ def test_read_back_names_the_elements_the_ehr_dropped():
     assert "CarePlan.contained[0].description.text" in dropped
     assert "CarePlan.activity[0].detail.scheduledTiming.event[5]" in dropped
     assert dropped_elements(sent, sent | {"id": "x", "meta": {}}) == []
+
+
+class FakeEhr:
+    """An EHR over httpx.MockTransport that advertises transactions and conditional create and records requests.
+
+    `representation`: whether the transaction-response entries carry the stored resources (as a server
+    honouring `Prefer: return=representation` does); `keeps`: the CarePlan elements it stores."""
+
+    def __init__(self, *, representation: bool, keeps: Callable[[dict], dict]) -> None:
+        self.representation = representation
+        self.keeps = keeps
+        self.requests: list[httpx.Request] = []
+        self.stored: dict | None = None
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path.removeprefix("/fhir")
+        if path == "/metadata":
+            return httpx.Response(200, json={"resourceType": "CapabilityStatement", "rest": [{
+                "mode": "server", "interaction": [{"code": "transaction"}], "resource": [
+                    {"type": t, "interaction": [{"code": "create"}, {"code": "read"}], "conditionalCreate": True}
+                    for t in ("CarePlan", "Provenance")]}]})
+        if request.method == "POST" and path == "":
+            return httpx.Response(200, json=self._transaction(json.loads(request.content)))
+        if request.method == "GET" and path == "/CarePlan/ehr-1" and self.stored:
+            return httpx.Response(200, json=self.stored, headers={"ETag": 'W/"1"'})
+        return httpx.Response(404, json=outcome(f"nothing at {path}"))
+
+    def _transaction(self, bundle: dict) -> dict:
+        plan, provenance = (entry["resource"] for entry in bundle["entry"])
+        self.stored = self.keeps(plan) | {"id": "ehr-1", "meta": {"versionId": "1"}}
+        entries = []
+        for kind, resource in (("CarePlan", self.stored), ("Provenance", provenance | {"id": "prov-1"})):
+            entry = {"response": {"status": "201 Created", "location": f"{kind}/{resource['id']}/_history/1"}}
+            if self.representation:
+                entry["resource"] = resource
+            entries.append(entry)
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+
+
+def deliver_to(ehr: FakeEhr) -> Delivered:
+    from services.careplan.delivery.sending import Job, Sender
+    from services.careplan.delivery.shapes import ShapeSelector
+
+    plan = careplan("plan-1") | {"id": "plan-1", "meta": {"versionId": "1"}}
+    job = Job(delivery_id="d-1", careplan_id="plan-1", version=1, attempt=1, ambiguous=False, plan=plan)
+    client = EhrClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(ehr.handle))
+    return asyncio.run(Sender(client, ShapeSelector("auto", refresh_seconds=60)).deliver(job))
+
+
+def without_goals(plan: dict) -> dict:
+    return {k: v for k, v in plan.items() if k not in ("contained", "goal")}
+
+
+def test_read_back_compares_the_resource_the_transaction_answered_with():
+    ehr = FakeEhr(representation=True, keeps=without_goals)
+
+    delivered = deliver_to(ehr)
+
+    assert [(r.method, r.url.path) for r in ehr.requests] == [("GET", "/fhir/metadata"), ("POST", "/fhir")]
+    assert ehr.requests[1].headers["prefer"] == "return=representation"
+    assert "CarePlan.contained[0].description.text" in delivered.readback
+    assert "CarePlan.goal[0].reference" in delivered.readback
+    assert (delivered.ehr_id, delivered.ehr_version) == ("ehr-1", "1")
+
+
+def test_read_back_reads_the_plan_when_the_answer_does_not_carry_it():
+    ehr = FakeEhr(representation=False, keeps=without_goals)
+
+    delivered = deliver_to(ehr)
+
+    assert [(r.method, r.url.path) for r in ehr.requests][1:] == [("POST", "/fhir"), ("GET", "/fhir/CarePlan/ehr-1")]
+    assert "CarePlan.goal[0].reference" in delivered.readback
+
+
+def test_read_back_is_empty_when_the_ehr_kept_everything():
+    delivered = deliver_to(FakeEhr(representation=True, keeps=lambda plan: plan))
+
+    assert delivered.readback == []
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["a", "b", ""]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from("abcd"), children, max_size=3),
+    max_leaves=12)
+RESOURCES = st.dictionaries(st.sampled_from(["status", "note", "goal", "id", "meta"]), JSON_VALUES, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sent=RESOURCES, stored=RESOURCES)
+def test_read_back_names_exactly_the_leaf_paths_the_stored_copy_lacks(sent, stored):
+    def paths(resource):
+        return element_paths({k: v for k, v in resource.items() if k not in ("id", "meta")}, "CarePlan")
+
+    sent, stored = {"resourceType": "CarePlan"} | sent, {"resourceType": "CarePlan"} | stored
+
+    assert dropped_elements(sent, stored) == sorted(paths(sent) - paths(stored))
+    assert dropped_elements(sent, sent) == []
 
 
 def test_a_412_reapplies_only_our_change_onto_the_ehr_copy():

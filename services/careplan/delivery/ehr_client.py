@@ -12,8 +12,10 @@ request or response body is ever logged.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import ssl
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,17 @@ log = logging.getLogger("cicatrix.careplan.delivery.ehr")
 # httpx logs every URL at INFO; ours carry only ids, but one line per request drowns the delivery log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+if importlib.util.find_spec("sniffio") is None:
+    # httpcore 1.0 asks `import sniffio` for every lock, event and cancel shield it sets up (several per
+    # request) and falls back to asyncio when that fails. sniffio no longer comes with anyio (4.11+), and a
+    # failed import is not remembered: each one searched all of sys.path again, 9 % of a dispatcher's CPU.
+    # A None entry makes the very same ImportError immediate. No-op once sniffio is installed.
+    # https://github.com/encode/httpcore/pull/1103
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
+
 FHIR_JSON = "application/fhir+json"
+RETURN_REPRESENTATION = {"Prefer": "return=representation"}
+"""On every write: the answer then carries the stored resource, which the read-back compares without a GET."""
 
 # Transport errors raised before any byte of the request can have reached the EHR: never ambiguous.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
@@ -161,7 +173,7 @@ class EhrClient:
         return response.body
 
     async def transaction(self, bundle: dict[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
-        response = await self.request("POST", "", body=bundle, request_id=request_id)
+        response = await self.request("POST", "", body=bundle, headers=RETURN_REPRESENTATION, request_id=request_id)
         if not response.body or response.body.get("type") != "transaction-response":
             raise EhrRejected(502, None, request="POST /", message="the EHR's answer is not a transaction-response")
         return response.body
@@ -169,12 +181,14 @@ class EhrClient:
     async def create(self, resource: dict[str, Any], *, if_none_exist: str | None,
                      request_id: str | None = None) -> EhrResponse:
         headers = {"If-None-Exist": if_none_exist} if if_none_exist else {}
+        headers |= RETURN_REPRESENTATION
         return await self.request("POST", resource["resourceType"], body=resource, headers=headers,
                                   request_id=request_id)
 
     async def update(self, resource: dict[str, Any], *, if_match: str | None,
                      request_id: str | None = None) -> EhrResponse:
         headers = {"If-Match": f'W/"{if_match}"'} if if_match else {}
+        headers |= RETURN_REPRESENTATION
         return await self.request("PUT", f"{resource['resourceType']}/{resource['id']}", body=resource,
                                   headers=headers, request_id=request_id)
 

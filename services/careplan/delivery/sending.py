@@ -14,7 +14,10 @@ The dispatcher hands in a `Job` (everything read from our database) and gets bac
   between the version the EHR got from us and this one) is applied onto it, and the
   update is retried on the version just read; if the EHR's copy already shows our
   change, only the Provenance is added.
-- **Read back once** after success and record elements the EHR dropped.
+- **Read back once** after success and record elements the EHR dropped. Writes ask for
+  `Prefer: return=representation`, so the EHR's answer (each transaction-response entry,
+  or the body of a single create/update) normally carries the stored resource already and
+  is compared directly; only when it does not is the resource read with a GET.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class _Written:
     resource_type: str
     id: str
     version: str | None
+    stored: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    """The resource as the EHR answered the write with it (return=representation); None: read it back."""
 
     @property
     def output(self) -> str:
@@ -164,7 +169,8 @@ class Sender:
             found_prov = await self._find("Provenance", {"_tag": provenance_tag(job.delivery_id)}, job)
             if found_prov is not None:
                 current = await self.client.read("CarePlan", ehr_id, request_id=job.request_id)
-                plan = _Written("CarePlan", ehr_id, _version(current))
+                plan = _Written("CarePlan", ehr_id, _version(current),
+                                _representation(current.body, "CarePlan", ehr_id))
                 return await self._done(job, shape, plan, [plan, found_prov], desired, resent=False)
         body: dict[str, Any] | None = desired
         for round_ in range(1, MAX_CONFLICT_ROUNDS + 1):
@@ -188,7 +194,7 @@ class Sender:
                 log.info("EHR copy changed (412); re-reading and re-applying", extra=_ids(job))
                 current = await self.client.read("CarePlan", ehr_id, request_id=job.request_id)
                 if_match = _version(current)
-                target = _Written("CarePlan", ehr_id, if_match)
+                target = _Written("CarePlan", ehr_id, if_match, _representation(current.body, "CarePlan", ehr_id))
                 body = reapply(current.body or {}, before, desired)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -247,7 +253,7 @@ class Sender:
             else:
                 raise EhrRejected(502, None, request="POST /",
                                   message=f"the transaction-response names no {request['resource']['resourceType']}")
-            written.append(_Written(kind, ident, version))
+            written.append(_Written(kind, ident, version, _representation(resource, kind, ident)))
         return written
 
     async def _find(self, resource_type: str, params: dict[str, str], job: Job) -> _Written | None:
@@ -262,18 +268,26 @@ class Sender:
 
     async def _done(self, job: Job, shape: str, main: _Written, written: list[_Written], sent: dict[str, Any],
                     *, resent: bool = True) -> Delivered:
-        readback: list[str] | None = None
-        if self.read_back:
-            try:
-                stored = await self.client.read(main.resource_type, main.id, request_id=job.request_id)
-                readback = dropped_elements(sent, stored.body or {})
-                if readback:
-                    log.warning("the EHR dropped elements of the delivered plan",
-                                extra=_ids(job) | {"dropped": len(readback)})
-            except EhrError as exc:  # the delivery itself succeeded; a failed read-back must not undo that
-                log.warning("read-back failed", extra=_ids(job) | {"error": type(exc).__name__})
+        readback = await self._read_back(job, main, sent) if self.read_back else None
         return Delivered(shape=shape, ehr_type=main.resource_type, ehr_id=main.id, ehr_version=main.version,
                          outputs=[w.output for w in written], readback=readback, resent=resent)
+
+    async def _read_back(self, job: Job, main: _Written, sent: dict[str, Any]) -> list[str] | None:
+        """Elements of `sent` the EHR did not keep; None when the stored copy could not be had.
+
+        The representation the EHR answered the write with is what it stored, so it is compared as is;
+        a GET is spent only when the answer did not carry it (return=minimal servers, search-found copies)."""
+        stored = main.stored
+        if stored is None:
+            try:
+                stored = (await self.client.read(main.resource_type, main.id, request_id=job.request_id)).body or {}
+            except EhrError as exc:  # the delivery itself succeeded; a failed read-back must not undo that
+                log.warning("read-back failed", extra=_ids(job) | {"error": type(exc).__name__})
+                return None
+        readback = dropped_elements(sent, stored)
+        if readback:
+            log.warning("the EHR dropped elements of the delivered plan", extra=_ids(job) | {"dropped": len(readback)})
+        return readback
 
 
 def reapply(current: dict[str, Any], before: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any] | None:
@@ -297,14 +311,22 @@ def reapply(current: dict[str, Any], before: dict[str, Any] | None, desired: dic
 def _written(response: EhrResponse, resource_type: str, resource_id: str | None = None) -> _Written:
     if response.location:
         kind, ident, version = parse_location(response.location)
-        return _Written(kind, ident, version or response.etag_version)
+        return _Written(kind, ident, version or response.etag_version, _representation(response.body, kind, ident))
     body = response.body or {}
     if body.get("id"):
-        return _Written(body.get("resourceType", resource_type), body["id"], _version(response))
+        kind = body.get("resourceType", resource_type)
+        return _Written(kind, body["id"], _version(response), _representation(body, kind, body["id"]))
     if resource_id:
         return _Written(resource_type, resource_id, response.etag_version)
     raise EhrRejected(502, None, request=f"POST {resource_type}",
                       message="the EHR's answer names neither a Location nor the resource")
+
+
+def _representation(body: dict[str, Any] | None, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    """`body` when it is the written resource itself (not an OperationOutcome, not some other resource)."""
+    if isinstance(body, dict) and body.get("resourceType") == resource_type and body.get("id") == resource_id:
+        return body
+    return None
 
 
 def _version(response: EhrResponse) -> str | None:
