@@ -3,12 +3,13 @@
 Claiming is a short transaction of its own, so no database lock is held while the
 EHR is being called:
 
-- PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED` hands each due row to exactly one
-  of any number of concurrent workers without them waiting on each other;
+- PostgreSQL: the due rows are picked with `FOR UPDATE SKIP LOCKED`, which hands each
+  to exactly one of any number of concurrent workers without them waiting on each other;
 - SQLite has neither row locks nor SKIP LOCKED: run one dispatcher there (the
-  embedded default). Correctness does not depend on that: every claim and every
-  result write is a compare-and-set on the row's `lease` (a fencing token), so a
-  second worker could only waste effort, never deliver twice from a stale claim.
+  embedded default). Correctness does not depend on that: a claim is one UPDATE that
+  bumps the row's `lease` (a fencing token) under SQLite's write lock, and every result
+  write is a compare-and-set on that lease, so a second worker could only waste effort,
+  never deliver twice from a stale claim.
 
 A claim sets `claimed_until` (the lease). A worker killed mid-delivery leaves its
 rows `sending`; once the lease runs out they are due again, and because the dead
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
@@ -50,57 +51,64 @@ class Claim:
 
 
 def _due(now: datetime) -> Any:
-    """Rows to claim: pending and due, or sending with an expired lease; never ahead of an earlier version."""
+    """Rows to claim: pending and due, or sending with an expired lease; never ahead of an earlier version.
+
+    "No earlier version is open" is asked as "this is the plan's first open version": a scalar
+    subquery that PostgreSQL answers with one probe of the (careplan_id, careplan_version) index per
+    due row. Asked as NOT EXISTS, it became an anti-join, and on a table without fresh statistics
+    (a burst of plans queued into a new or quiet outbox) a nested loop comparing every due row with
+    every open one: 47 ms a claim with 600 queued, most of the database's work for a whole drain."""
     earlier = aliased(Delivery)
-    blocked = exists(select(earlier.id).where(
-        earlier.careplan_id == Delivery.careplan_id,
-        earlier.careplan_version < Delivery.careplan_version,
-        earlier.state.in_(OPEN_STATES),
-    ))
+    first_open = (select(func.min(earlier.careplan_version))
+                  .where(earlier.careplan_id == Delivery.careplan_id, earlier.state.in_(OPEN_STATES))
+                  .scalar_subquery())
     return and_(
         or_(and_(Delivery.state == PENDING, Delivery.next_attempt_at <= now),
             and_(Delivery.state == SENDING, Delivery.claimed_until < now)),
-        ~blocked,
+        Delivery.careplan_version == first_open,
     )
 
 
 def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float) -> list[Claim]:
-    """Take up to `limit` due deliveries for `worker` (committed before returning)."""
+    """Take up to `limit` due deliveries for `worker` (committed before returning).
+
+    One statement: `UPDATE ... WHERE id IN (due rows) RETURNING *`. The lease bump and the
+    ambiguity of a row whose lease ran out (`state = 'sending'` before the update) are computed
+    by the database from the row it updates, so every returned row carries the lease this claim
+    set; no row is handed out twice, and the claim costs one round trip however many rows it takes."""
     now = utcnow()
-    claims: list[Claim] = []
+    due = (select(Delivery.id).where(_due(now))
+           .order_by(Delivery.next_attempt_at, Delivery.careplan_version).limit(limit).correlate(None))
+    if engine.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True, of=Delivery)
+    stmt = (update(Delivery).where(Delivery.id.in_(due.scalar_subquery()))
+            .values(state=SENDING, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds),
+                    lease=Delivery.lease + 1,
+                    # its worker died or lost its lease: the EHR may have it
+                    ambiguous=or_(Delivery.ambiguous, Delivery.state == SENDING),
+                    first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
+                    updated=now, row_version=Delivery.row_version + 1)
+            .returning(Delivery).execution_options(synchronize_session=False))
     with Session(engine, expire_on_commit=False) as session:
-        stmt = (select(Delivery).where(_due(now))
-                .order_by(Delivery.next_attempt_at, Delivery.careplan_version).limit(limit))
-        if engine.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True, of=Delivery)
-        rows = session.scalars(stmt).all()
-        until = now + timedelta(seconds=lease_seconds)
-        for row in rows:
-            stale = row.state == SENDING  # its worker died or lost its lease: the EHR may have it
-            lease, ambiguous = row.lease, row.ambiguous or stale
-            result = session.execute(
-                update(Delivery).where(Delivery.id == row.id, Delivery.lease == lease)
-                .values(state=SENDING, claimed_by=worker, claimed_until=until, lease=lease + 1,
-                        ambiguous=ambiguous, first_attempt_at=row.first_attempt_at or now,
-                        updated=now, row_version=row.row_version + 1)
-                .execution_options(synchronize_session=False))
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claims.append(Claim(row, lease + 1, ambiguous))
+        rows = list(session.scalars(stmt).all())
         session.commit()
-    return claims
+    rows.sort(key=lambda row: (as_utc(row.next_attempt_at), row.careplan_version))
+    return [Claim(row, row.lease, row.ambiguous) for row in rows]
 
 
 def _finish(engine: Engine, claim: Claim, **values: Any) -> bool:
-    """Write the attempt's result if the lease is still ours; False when another worker took the row over."""
-    now = utcnow()
-    with Session(engine) as session:
-        result = session.execute(
-            update(Delivery).where(Delivery.id == claim.delivery.id, Delivery.lease == claim.lease,
-                                   Delivery.state == SENDING)
-            .values(updated=now, claimed_by=None, claimed_until=None,
-                    row_version=Delivery.row_version + 1, **values))
-        session.commit()
-        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    """Write the attempt's result if the lease is still ours; False when another worker took the row over.
+
+    A Core statement on one connection: the ORM session and its bulk-update machinery cost more
+    than the statement itself, once per delivery."""
+    table = Delivery.__table__
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(table).where(table.c.id == claim.delivery.id, table.c.lease == claim.lease,
+                                table.c.state == SENDING)
+            .values(updated=utcnow(), claimed_by=None, claimed_until=None,
+                    row_version=table.c.row_version + 1, **values))
+        return result.rowcount == 1
 
 
 def record_success(engine: Engine, claim: Claim, *, shape: str, ehr_type: str, ehr_id: str,
@@ -156,10 +164,17 @@ def latest_completed(session: Session, careplan_id: str, *, before_version: int 
     return session.scalars(stmt.order_by(Delivery.careplan_version.desc()).limit(1)).first()
 
 
-def later_completed(session: Session, careplan_id: str, version: int) -> Delivery | None:
-    stmt = select(Delivery).where(Delivery.careplan_id == careplan_id, Delivery.state == COMPLETED,
-                                  Delivery.careplan_version > version).limit(1)
-    return session.scalars(stmt).first()
+def completed_by_plan(session: Session, careplan_ids: list[str]) -> dict[str, list[Delivery]]:
+    """Every delivery of these plans that reached the EHR, newest version first: one query for a claimed batch.
+
+    For each claimed version, the first entry other than itself is either a later version (it is
+    superseded) or the version the EHR holds before it (it goes out as an update of that copy)."""
+    stmt = (select(Delivery).where(Delivery.careplan_id.in_(careplan_ids), Delivery.state == COMPLETED)
+            .order_by(Delivery.careplan_id, Delivery.careplan_version.desc()))
+    found: dict[str, list[Delivery]] = {careplan_id: [] for careplan_id in careplan_ids}
+    for row in session.scalars(stmt):
+        found[row.careplan_id].append(row)
+    return found
 
 
 def next_due(engine: Engine) -> datetime | None:
@@ -186,4 +201,4 @@ def backlog(engine: Engine) -> tuple[int, datetime | None]:
 
 
 __all__ = ["Claim", "claim", "record_success", "record_retry", "record_failure", "record_cancelled", "release",
-           "requeue", "latest_completed", "later_completed", "next_due", "open_count", "backlog", "FAILED"]
+           "requeue", "latest_completed", "completed_by_plan", "next_due", "open_count", "backlog", "FAILED"]

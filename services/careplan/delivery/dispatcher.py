@@ -2,7 +2,8 @@
 
 One loop per process (embedded in the careplan app, or `cicatrix dispatch`):
 
-    claim up to DELIVERY_BATCH_SIZE due rows  ->  one asyncio task per delivery (Sender)
+    claim up to DELIVERY_BATCH_SIZE due rows and read what each needs (one thread hop, one session)
+    -> one asyncio task per delivery (Sender)
     -> record success / schedule a retry / record the failure  ->  claim again when a slot frees
     idle: sleep until woken (NOTIFY on PostgreSQL, a poke after a local commit, a finished task),
           until the next retry falls due, or DELIVERY_POLL_SECONDS at most (the polling fallback)
@@ -42,7 +43,7 @@ from services.careplan.delivery.claims import Claim
 from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.errors import EhrError, EhrRejected
 from services.careplan.delivery.metrics import DeliveryMetrics
-from services.careplan.delivery.outbox import NOTIFY_CHANNEL
+from services.careplan.delivery.outbox import NOTIFY_CHANNEL, Delivery
 from services.careplan.delivery.payloads import ReferenceRewriter, assessment_identifier
 from services.careplan.delivery.retry import RetryPolicy
 from services.careplan.delivery.sending import Delivered, Job, Prior, Sender
@@ -139,16 +140,41 @@ class Dispatcher:
         if free <= 0 or (self._in_flight and free < max(1, batch // 2)):
             return 0  # claim in batches: one claim transaction per few deliveries, not per delivery
         try:
-            claims = await asyncio.to_thread(outbox.claim, self.engine, worker=self.worker, limit=free,
-                                             lease_seconds=self.settings.DELIVERY_LEASE_SECONDS)
+            claimed = await asyncio.to_thread(self._claim_jobs, free)
         except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
             log.warning("claiming failed; will try again", extra={"error": type(exc).__name__})
             return 0
-        for claim in claims:
-            task = asyncio.create_task(self._process(claim))
+        for claim, job in claimed:
+            task = asyncio.create_task(self._process(claim, job))
             self._in_flight[claim.delivery.id] = (claim, task)
             task.add_done_callback(lambda _t, key=claim.delivery.id: self._done(key))
-        return len(claims)
+        return len(claimed)
+
+    def _claim_jobs(self, limit: int) -> list[tuple[Claim, Job | str | Exception]]:
+        """Claim a batch and read what each attempt needs, in one thread hop and one session for the batch.
+
+        Once the claim committed the rows are ours, so reading their jobs never raises: a failure is
+        handed to that delivery's attempt, which schedules a retry like any other failed attempt."""
+        claims = outbox.claim(self.engine, worker=self.worker, limit=limit,
+                              lease_seconds=self.settings.DELIVERY_LEASE_SECONDS)
+        if not claims:
+            return []
+        jobs: list[Job | str | Exception] = []
+        try:
+            with Session(self.engine) as session:
+                completed = outbox.completed_by_plan(session, [claim.delivery.careplan_id for claim in claims])
+                for claim in claims:
+                    jobs.append(self._job_or_error(session, claim, completed[claim.delivery.careplan_id]))
+        except Exception as exc:  # noqa: BLE001 - e.g. the session could not even start: every attempt fails
+            jobs += [exc] * (len(claims) - len(jobs))
+        return list(zip(claims, jobs, strict=True))
+
+    def _job_or_error(self, session: Session, claim: Claim, completed: list[Delivery]) -> Job | str | Exception:
+        try:
+            return self._job(session, claim, completed)
+        except Exception as exc:  # noqa: BLE001 - the attempt reports it (and retries); the batch goes on
+            session.rollback()  # a failed statement must not poison the reads of the next delivery
+            return exc
 
     def _done(self, key: str) -> None:
         self._in_flight.pop(key, None)
@@ -201,13 +227,15 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- delivery
 
-    async def _process(self, claim: Claim) -> None:
+    async def _process(self, claim: Claim, job: Job | str | Exception) -> None:
+        """One attempt, from the job read at claim time (a str: superseded; an Exception: reading it failed)."""
         delivery = claim.delivery
         attempt = delivery.attempts + 1
         ids = {"delivery_id": delivery.id, "careplan_id": delivery.careplan_id,
                "careplan_version": delivery.careplan_version, "attempt": attempt, "worker": self.worker}
         try:
-            job = await asyncio.to_thread(self._job, claim, attempt)
+            if isinstance(job, Exception):
+                raise job
             if isinstance(job, str):
                 await asyncio.to_thread(outbox.record_cancelled, self.engine, claim, reason=job)
                 self._count("cancelled", None)
@@ -288,45 +316,58 @@ class Dispatcher:
         if attempt_result:
             self.metrics.attempts.labels(attempt_result).inc()
 
-    def _job(self, claim: Claim, attempt: int) -> Job | str:
-        """Everything the attempt needs from our database; a str when the delivery is superseded."""
+    def _job(self, session: Session, claim: Claim, completed: list[Delivery]) -> Job | str:
+        """Everything the attempt needs from our database; a str when the delivery is superseded.
+
+        `completed`: the plan's deliveries that reached the EHR, newest first (`claims.completed_by_plan`)."""
         delivery = claim.delivery
-        with Session(self.engine) as session:
-            later = outbox.later_completed(session, delivery.careplan_id, delivery.careplan_version)
-            if later is not None:
-                return (f"superseded: version {later.careplan_version} of the plan reached the EHR "
-                        f"(Task/{later.id})")
-            plan = self.store.vread(session, "CarePlan", delivery.careplan_id,
-                                    str(delivery.careplan_version)).parsed()
-            prior_row = outbox.latest_completed(session, delivery.careplan_id,
-                                                before_version=delivery.careplan_version)
-            prior = prior_plan = None
-            if prior_row is not None and prior_row.ehr_id and prior_row.ehr_type:
-                prior = Prior(prior_row.careplan_version, prior_row.shape, prior_row.ehr_type, prior_row.ehr_id,
-                              prior_row.ehr_version)
-                prior_plan = self.store.vread(session, "CarePlan", delivery.careplan_id,
-                                              str(prior_row.careplan_version)).parsed()
-            assessments: dict[str, dict[str, str]] = {}
-            assessment_resource = None
-            for ref in _references(plan, "QuestionnaireResponse"):
-                try:
-                    response = self.store.read(session, "QuestionnaireResponse", ref).parsed()
-                except FhirError:
-                    response = None
-                assessments[ref] = assessment_identifier(response, ref)
-                assessment_resource = assessment_resource or response
-            delivered_plans = {}
-            for ref in _references(plan, "CarePlan"):
-                other = outbox.latest_completed(session, ref)
-                if other is not None and other.ehr_type == "CarePlan" and other.ehr_id:
-                    delivered_plans[ref] = other.ehr_id
-        rewriter = ReferenceRewriter(assessments=assessments, delivered_plans=delivered_plans)
+        newest = next((row for row in completed if row.careplan_version != delivery.careplan_version), None)
+        if newest is not None and newest.careplan_version > delivery.careplan_version:
+            return (f"superseded: version {newest.careplan_version} of the plan reached the EHR "
+                    f"(Task/{newest.id})")
+        plan = self._plan_version(session, delivery.careplan_id, delivery.careplan_version)
+        prior = prior_plan = None
+        if newest is not None and newest.ehr_id and newest.ehr_type:  # the EHR holds an earlier version
+            prior = Prior(newest.careplan_version, newest.shape, newest.ehr_type, newest.ehr_id, newest.ehr_version)
+            prior_plan = self._plan_version(session, delivery.careplan_id, newest.careplan_version)
+        references = _references(plan, ("QuestionnaireResponse", "CarePlan"))
+        assessments, assessment_resource = self._assessments(session, references["QuestionnaireResponse"])
+        rewriter = ReferenceRewriter(assessments=assessments,
+                                     delivered_plans=_delivered_plans(session, references["CarePlan"]))
         first_assessment = next(iter(assessments), None)
         return Job(delivery_id=delivery.id, careplan_id=delivery.careplan_id, version=delivery.careplan_version,
-                   attempt=attempt, ambiguous=claim.was_ambiguous, plan=plan, prior=prior, prior_plan=prior_plan,
+                   attempt=delivery.attempts + 1, ambiguous=claim.was_ambiguous, plan=plan, prior=prior,
+                   prior_plan=prior_plan,
                    assessment=(rewriter.rewrite({"reference": f"QuestionnaireResponse/{first_assessment}"})
                                if first_assessment else None),
                    assessment_resource=assessment_resource, rewriter=rewriter)
+
+    def _plan_version(self, session: Session, careplan_id: str, version: int) -> dict[str, Any]:
+        return self.store.vread(session, "CarePlan", careplan_id, str(version)).parsed()
+
+    def _assessments(self, session: Session,
+                     ids: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, Any] | None]:
+        """The identifier to send for each referenced assessment, and the first one that is stored here."""
+        assessments: dict[str, dict[str, str]] = {}
+        first = None
+        for ref in ids:
+            try:
+                response = self.store.read(session, "QuestionnaireResponse", ref).parsed()
+            except FhirError:
+                response = None
+            assessments[ref] = assessment_identifier(response, ref)
+            first = first or response
+        return assessments, first
+
+
+def _delivered_plans(session: Session, careplan_ids: list[str]) -> dict[str, str]:
+    """Our id -> the EHR's id, for each referenced plan the EHR already holds as a CarePlan."""
+    delivered = {}
+    for ref in careplan_ids:
+        other = outbox.latest_completed(session, ref)
+        if other is not None and other.ehr_type == "CarePlan" and other.ehr_id:
+            delivered[ref] = other.ehr_id
+    return delivered
 
 
 def describe(error: Exception) -> str:
@@ -340,16 +381,19 @@ def describe(error: Exception) -> str:
     return f"internal error ({type(error).__name__}); see the dispatcher log"
 
 
-def _references(resource: Any, resource_type: str) -> list[str]:
-    """Ids of every relative reference to `resource_type` anywhere in the resource, in order, once each."""
-    found: list[str] = []
+def _references(resource: Any, resource_types: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per type, the ids of every relative reference to it anywhere in the resource, in order, once each.
+
+    One walk for all the types: plans are large, and this runs for every delivery."""
+    found: dict[str, list[str]] = {kind: [] for kind in resource_types}
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             reference = node.get("reference")
-            if isinstance(reference, str) and reference.startswith(f"{resource_type}/") \
-                    and reference.count("/") == 1 and reference.split("/")[1] not in found:
-                found.append(reference.split("/")[1])
+            if isinstance(reference, str) and reference.count("/") == 1:
+                kind, ident = reference.split("/")
+                if kind in found and ident not in found[kind]:
+                    found[kind].append(ident)
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
