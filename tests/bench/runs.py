@@ -14,7 +14,7 @@ class Sizes:
     rounds: int
     seconds: float
     memory_requests: int = 100_000
-    careplan_memory_requests: int = 10_000
+    careplan_memory_requests: int = 30_000
     catalog_large: int = 100_000
     careplans_large: int = 1_000_000
     delivery_plans: int = 300
