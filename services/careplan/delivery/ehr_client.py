@@ -12,10 +12,8 @@ request or response body is ever logged.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import ssl
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +29,6 @@ from services.careplan.delivery.retry import parse_retry_after
 log = logging.getLogger("cicatrix.careplan.delivery.ehr")
 # httpx logs every URL at INFO; ours carry only ids, but one line per request drowns the delivery log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-
-if importlib.util.find_spec("sniffio") is None:
-    # httpcore 1.0 asks `import sniffio` for every lock, event and cancel shield it sets up (several per
-    # request) and falls back to asyncio when that fails. sniffio no longer comes with anyio (4.11+), and a
-    # failed import is not remembered: each one searched all of sys.path again, 9 % of a dispatcher's CPU.
-    # A None entry makes the very same ImportError immediate. No-op once sniffio is installed.
-    # https://github.com/encode/httpcore/pull/1103
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 FHIR_JSON = "application/fhir+json"
 RETURN_REPRESENTATION = {"Prefer": "return=representation"}
