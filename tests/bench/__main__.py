@@ -50,7 +50,9 @@ def machine() -> dict[str, str]:
     loop = "uvloop" if _importable("uvloop") else "asyncio"
     return {"cores": str(os.cpu_count()), "cpu": model, "python": platform.python_version(),
             "commit": commit + (" (with uncommitted changes in services/)" if dirty else ""),
-            "postgres": postgres, "server": f"uvicorn {uvicorn.__version__} ({http}, {loop}), one process per service",
+            "postgres": postgres,
+            "server": f"uvicorn {uvicorn.__version__} ({http}, {loop}), one process per service "
+                      "(figure 4 also with two worker processes)",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
