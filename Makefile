@@ -10,7 +10,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_TOOLS := tools/ehr-sandbox tools/fhir-validator
 NODE_STAMPS := $(addsuffix /node_modules/.installed,$(NODE_TOOLS))
 
-.PHONY: up test deps lint fuzz bench clean
+.PHONY: up test deps lint fuzz bench bench-full clean
 
 deps: $(PY_STAMP) $(NODE_STAMPS)
 
@@ -40,6 +40,9 @@ fuzz: deps
 
 bench: deps
 	$(BIN)/python -m tests.bench
+
+bench-full: deps
+	$(BIN)/python -m tests.bench --full
 
 clean:
 	rm -rf $(VENV) var $(addsuffix /node_modules,$(NODE_TOOLS))

@@ -20,10 +20,12 @@ class Sizes:
     delivery_plans: int = 300
 
     @classmethod
-    def of(cls, quick: bool) -> Sizes:
+    def of(cls, quick: bool, full: bool = False) -> Sizes:
         if quick:
             return cls(rounds=1, seconds=1.0, memory_requests=5_000, careplan_memory_requests=2_000,
                        catalog_large=5_000, careplans_large=20_000, delivery_plans=50)
+        if full:  # the sizes throughout: `make bench-full`, longer than the 10 minutes of `make bench`
+            return cls(rounds=3, seconds=2.0, careplan_memory_requests=100_000, delivery_plans=2_000)
         return cls(rounds=3, seconds=2.0)
 
 
@@ -36,9 +38,9 @@ def careplan_env(url: str, catalog_server: stack.Server, **extra: str) -> dict[s
             "CAREPLAN_DISPATCHER": "off", "CAREPLAN_LOG_LEVEL": "INFO", **extra}
 
 
-def run_all(wanted: set[str], *, quick: bool, figures: list[Figure], notes: list[str],
+def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[Figure], notes: list[str],
             peer: Callable[[], tuple[str | None, str]]) -> None:
-    sizes = Sizes.of(quick)
+    sizes = Sizes.of(quick, full)
     with stack.postgres_schema("main") as url, stack.cicatrix("catalog", catalog_env(url)) as server:
         ids = catalog.activity_ids(server.base)
         if "1" in wanted:
