@@ -430,28 +430,24 @@ class TerminologyOperations:
 
     async def expand(self, request: Request, session: SessionDep) -> Response:
         """ValueSet/$expand by `url` (+ `valueSetVersion`) or an inline `valueSet`."""
-        inputs = await _inputs(request, EXPAND_PARAMS, EXPAND_IGNORED)
-        return FhirResponse(await run_in_threadpool(self.run_expand, session, inputs, None))
+        return await _answer(request, session, EXPAND_PARAMS, EXPAND_IGNORED, self.run_expand, None)
 
     async def expand_instance(self, resource_id: str, request: Request, session: SessionDep) -> Response:
         """ValueSet/{id}/$expand."""
-        inputs = await _inputs(request, EXPAND_PARAMS, EXPAND_IGNORED)
-        return FhirResponse(await run_in_threadpool(self.run_expand, session, inputs, resource_id))
+        return await _answer(request, session, EXPAND_PARAMS, EXPAND_IGNORED, self.run_expand, resource_id)
 
     async def validate_code(self, request: Request, session: SessionDep) -> Response:
         """ValueSet/$validate-code: is this code (coding, concept) in the value set, with a valid display?"""
-        inputs = await _inputs(request, VALIDATE_PARAMS, COMMON_IGNORED)
-        return FhirResponse(await run_in_threadpool(self.run_validate_code, session, inputs, None))
+        return await _answer(request, session, VALIDATE_PARAMS, COMMON_IGNORED, self.run_validate_code, None)
 
     async def validate_code_instance(self, resource_id: str, request: Request, session: SessionDep) -> Response:
         """ValueSet/{id}/$validate-code."""
-        inputs = await _inputs(request, VALIDATE_PARAMS, COMMON_IGNORED)
-        return FhirResponse(await run_in_threadpool(self.run_validate_code, session, inputs, resource_id))
+        return await _answer(request, session, VALIDATE_PARAMS, COMMON_IGNORED, self.run_validate_code,
+                             resource_id)
 
     async def lookup(self, request: Request, session: SessionDep) -> Response:
         """CodeSystem/$lookup: display, designations and properties (parent/child included) of one code."""
-        inputs = await _inputs(request, LOOKUP_PARAMS, COMMON_IGNORED)
-        return FhirResponse(await run_in_threadpool(self.run_lookup, session, inputs))
+        return await _answer(request, session, LOOKUP_PARAMS, COMMON_IGNORED, self.run_lookup)
 
     # -- $expand ------------------------------------------------------------------------------------
 
@@ -546,6 +542,13 @@ class TerminologyOperations:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+async def _answer(request: Request, session: Session, specs: Sequence[ParamSpec], ignored: Sequence[str],
+                  run: Callable[..., dict[str, Any]], *args: Any) -> Response:
+    """Read the operation's inputs, run it in a worker thread (it reads the database), answer its Parameters."""
+    inputs = await _inputs(request, specs, ignored)
+    return FhirResponse(await run_in_threadpool(run, session, inputs, *args))
 
 
 async def _inputs(request: Request, specs: Sequence[ParamSpec], ignored: Sequence[str]) -> OperationInput:

@@ -7,7 +7,6 @@ resources under names and topics nobody else searches for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +17,6 @@ from services.fhir.searchparams import MAX_COUNT, parse_query
 from tests.catalog.factories import (
     TEST_BASE,
     activity_definition,
-    catalog,
     create,
     ids,
     link,
@@ -50,12 +48,6 @@ CORPUS = [
     ("LaserTherapy", "Therapy with a laser", coded(OTHER, "cryo")),
     ("Mesotherapy", "Mésothérapie", coded(MODALITY, "meso")),
 ]
-
-
-@pytest.fixture(scope="module")
-def client(module_database_url: str, r4_validator: R4Validator) -> Iterator[TestClient]:
-    with catalog(module_database_url, r4_validator) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ it is present. Every answer is checked by the R4 validator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,12 +43,6 @@ CONCEPTS = [
     {"code": "meso", "display": "Mésothérapie"},
 ]
 PROPERTIES = [{"code": "notSelectable", "type": "boolean"}, {"code": "status", "type": "code"}]
-
-
-@pytest.fixture(scope="module")
-def client(module_database_url: str, r4_validator: R4Validator) -> Iterator[TestClient]:
-    with catalog(module_database_url, r4_validator) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

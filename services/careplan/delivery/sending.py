@@ -136,12 +136,10 @@ class Sender:
         sent = ehr_careplan(job.plan, job.rewriter)
         found_plan: _Written | None = None
         if job.ambiguous or not capabilities.trusts_conditional_create("CarePlan"):
-            found_plan = await self._find("CarePlan", {"identifier": token(identifier)}, job)
-            if found_plan is not None:
-                found_prov = await self._find("Provenance", {"_tag": provenance_tag(job.delivery_id)}, job)
-                if found_prov is not None:
-                    log.info("delivery already in the EHR; nothing resent", extra=_ids(job))
-                    return await self._done(job, shape, found_plan, [found_plan, found_prov], sent, resent=False)
+            found_plan, found_prov = await self._find_delivered(job, "CarePlan", identifier)
+            if found_plan is not None and found_prov is not None:
+                log.info("delivery already in the EHR; nothing resent", extra=_ids(job))
+                return await self._done(job, shape, found_plan, [found_plan, found_prov], sent, resent=False)
         if shape == TRANSACTION:
             plan_urn = urn()
             entries = []
@@ -209,11 +207,9 @@ class Sender:
                                   recorded=datetime.now(UTC), replaces=replaces)
         found: _Written | None = None
         if job.ambiguous or not capabilities.trusts_conditional_create("DocumentReference"):
-            found = await self._find("DocumentReference", {"identifier": token(identifier)}, job)
-            if found is not None:
-                found_prov = await self._find("Provenance", {"_tag": provenance_tag(job.delivery_id)}, job)
-                if found_prov is not None:
-                    return await self._done(job, DOCUMENT, found, [found, found_prov], sent, resent=False)
+            found, found_prov = await self._find_delivered(job, "DocumentReference", identifier)
+            if found is not None and found_prov is not None:
+                return await self._done(job, DOCUMENT, found, [found, found_prov], sent, resent=False)
         document = found or _written(await self.client.create(
             sent, if_none_exist=f"identifier={token(identifier)}", request_id=job.request_id), "DocumentReference")
         prov = await self._create_provenance(job, f"DocumentReference/{document.id}", operation)
@@ -255,6 +251,15 @@ class Sender:
                                   message=f"the transaction-response names no {request['resource']['resourceType']}")
             written.append(_Written(kind, ident, version, _representation(resource, kind, ident)))
         return written
+
+    async def _find_delivered(self, job: Job, resource_type: str,
+                              identifier: dict[str, str]) -> tuple[_Written | None, _Written | None]:
+        """Search-before-resend: the resource by its identifier and, when it is there, this delivery's
+        Provenance (both present means an earlier attempt reached the EHR)."""
+        found = await self._find(resource_type, {"identifier": token(identifier)}, job)
+        if found is None:
+            return None, None
+        return found, await self._find("Provenance", {"_tag": provenance_tag(job.delivery_id)}, job)
 
     async def _find(self, resource_type: str, params: dict[str, str], job: Job) -> _Written | None:
         matches = await self.client.search(resource_type, params, request_id=job.request_id)
