@@ -70,12 +70,12 @@ def _prepare_once(service: str, settings) -> None:  # type: ignore[no-untyped-de
     if service == "catalog" and settings.LOAD_CONTENT:
         from sqlmodel import Session
 
-        from services.catalog.app import CATALOG_TYPES, canonical_is_unique, load_content, make_store
+        from services.catalog.app import load_shipped_content, make_store
         from services.fhir.db import make_engine
 
         engine = make_engine(settings.DATABASE_URL)
         with Session(engine) as session:
-            load_content(session, make_store(), settings.CONTENT_DIR, CATALOG_TYPES, canonical_is_unique)
+            load_shipped_content(session, make_store(), settings)
         engine.dispose()
         os.environ["CATALOG_LOAD_CONTENT"] = "false"
 

@@ -82,6 +82,11 @@ def capability() -> CapabilityBuilder:
     return builder
 
 
+def load_shipped_content(session: Session, store: ResourceStore, settings: CatalogSettings) -> None:
+    """The content under CONTENT_DIR, loaded idempotently: at start-up, or once before several workers start."""
+    load_content(session, store, settings.CONTENT_DIR, CATALOG_TYPES, canonical_is_unique)
+
+
 def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     settings = settings or CatalogSettings()
     store = make_store()
@@ -90,7 +95,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         if settings.LOAD_CONTENT:
             def run() -> None:
                 with ctx.session() as session:
-                    load_content(session, store, settings.CONTENT_DIR, CATALOG_TYPES, canonical_is_unique)
+                    load_shipped_content(session, store, settings)
             await run_in_threadpool(run)
 
     app = build_app(name="catalog", title="Cicatrix catalog", settings=settings, migrations=MIGRATIONS,

@@ -102,7 +102,7 @@ class ResourceStore:
     # ------------------------------------------------------------------ reads
 
     def _row(self, session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Any:
-        """The current row as a plain Core row (reads need no ORM identity map, and it costs a third of a read)."""
+        """The current row as a plain Core row: a read needs no ORM object or identity map."""
         table = self.R.__table__
         stmt = select(table).where(table.c.resource_type == resource_type, table.c.id == resource_id)
         if lock:
@@ -191,8 +191,6 @@ class ResourceStore:
             version_rows.append(key | {"method": "POST"})
             index_rows += self._index_rows(resource_type, resource_id, resource)
             stored.append(StoredResource(resource_type, resource_id, 1, now, False, content, "POST"))
-        if not stored:
-            return stored
         for table, rows in ((self.R, current_rows), (self.V, version_rows), (self.I, index_rows)):
             if rows:  # one row as a plain statement: psycopg's executemany pipeline costs more than it saves
                 session.execute(insert(table.__table__), rows[0] if len(rows) == 1 else rows)
