@@ -26,7 +26,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -42,6 +42,7 @@ from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.searchparams import FHIR_ID
 from services.fhir.store import StoredResource
+from services.fhir.workpool import WorkPool
 
 _CHANGED = "cicatrix.read_cache.changed"
 
@@ -62,8 +63,9 @@ class ReadCache:
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, ...], asyncio.Future[Any]] = {}
 
-    async def fetch(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
-        """The entry, or what `load` (run in a worker thread; it `put`s what it read) returns.
+    async def fetch(self, key: tuple[str, ...], load: Callable[[], Any],
+                    run: Callable[[Callable[[], Any]], Awaitable[Any]] = run_in_threadpool) -> Any:
+        """The entry, or what `load` (run in a worker thread by `run`; it `put`s what it read) returns.
 
         Concurrent misses of one key share one load. An entry in the last quarter of its freshness is
         still served, while one load refreshes it in the background, so a popular entry never expires
@@ -73,14 +75,15 @@ class ReadCache:
             age = time.monotonic() - entry[0]
             if age < self.fresh_seconds:
                 if age >= 0.75 * self.fresh_seconds and key not in self._loading:
-                    self._load(key, load)
+                    self._load(key, load, run)
                 return entry[1]
-        return await asyncio.shield(self._load(key, load))
+        return await asyncio.shield(self._load(key, load, run))
 
-    def _load(self, key: tuple[str, ...], load: Callable[[], Any]) -> asyncio.Future[Any]:
+    def _load(self, key: tuple[str, ...], load: Callable[[], Any],
+              run: Callable[[Callable[[], Any]], Awaitable[Any]]) -> asyncio.Future[Any]:
         loading = self._loading.get(key)
         if loading is None:
-            loading = asyncio.ensure_future(run_in_threadpool(load))
+            loading = asyncio.ensure_future(run(load))
             self._loading[key] = loading
             loading.add_done_callback(lambda done: self._loaded(key, done))
         return loading
@@ -206,9 +209,10 @@ class SearchRoute(BaseRoute):
     name = "search-type"
 
     def __init__(self, interactions: Any, sessions: Callable[[], Any], cache: ReadCache, base_url: str | None,
-                 prefix: str = "/fhir") -> None:
+                 work: WorkPool, prefix: str = "/fhir") -> None:
         self.interactions = interactions
         self.sessions = sessions
+        self.work = work
         self.cache = cache
         self.base_url = base_url
         self.paths = {f"{prefix}/{t}": t for t in interactions.types}
@@ -229,9 +233,9 @@ class SearchRoute(BaseRoute):
         resource_type = scope["path_params"]["resource_type"]
         key = ("search", resource_type, request.url.query, fhir_base(request, self.base_url))
         if _header(scope, b"prefer") is None:
-            found = await self.cache.fetch(key, lambda: self._search(key, request, True))
+            found = await self.cache.fetch(key, lambda: self._search(key, request, True), self.work.run)
         else:
-            found = await run_in_threadpool(self._search, key, request, False)
+            found = await self.work.run(self._search, key, request, False)
         body, tag = found
         if _header(scope, b"if-none-match") == tag:
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
@@ -268,5 +272,5 @@ def install_read_route(app: Any, interactions: Any, *, cache_seconds: float = 0.
     route = ReadRoute(interactions, ctx.session, cache)
     app.router.routes.insert(0, route)
     if cache is not None and interactions.search_hook is None:
-        app.router.routes.insert(1, SearchRoute(interactions, ctx.session, cache, ctx.settings.BASE_URL))
+        app.router.routes.insert(1, SearchRoute(interactions, ctx.session, cache, ctx.settings.BASE_URL, ctx.work))
     return route

@@ -35,6 +35,7 @@ from services.fhir.observability import HttpMetrics, configure_logging
 from services.fhir.outcome import Issue, ServiceUnavailable, operation_outcome
 from services.fhir.responses import FhirResponse, etag
 from services.fhir.settings import ServiceSettings
+from services.fhir.workpool import WorkPool
 
 log = logging.getLogger("cicatrix.service")
 
@@ -65,6 +66,8 @@ class ServiceContext:
     migrations: Migrations
     metrics: HttpMetrics
     capability: CapabilityBuilder
+    work: WorkPool
+    """Where handlers run their CPU work (planning, validation, searches): never on the event loop."""
     capability_bytes: bytes = b""
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -94,7 +97,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
-                         migrations=migrations, metrics=metrics, capability=capability)
+                         migrations=migrations, metrics=metrics, capability=capability, work=WorkPool.of(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -111,6 +114,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
         finally:
             for hook in shutdown or []:
                 await hook(ctx)
+            ctx.work.shutdown()
             ctx.engine.dispose()
             log.info("service stopped", extra={"service": name})
 
