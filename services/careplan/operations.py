@@ -8,13 +8,22 @@ operation defines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.careplan_builder import plan_identifier
 from services.careplan.generate import CarePlanner, PlanRepository
-from services.careplan.intake import assessment_key, parse_apply, parse_generate, stored_response_id
+from services.careplan.intake import (
+    GenerateRequest,
+    assessment_key,
+    parse_apply,
+    parse_generate,
+    stored_response_id,
+)
 from services.fhir.jsonio import read_json
 from services.fhir.outcome import NotFound
 from services.fhir.responses import FhirResponse
@@ -32,7 +41,7 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     @router.post("/CarePlan/$generate", name="generate")
     async def generate(request: Request, ctx: ContextDep) -> Response:
         """Create the CarePlan for an assessment (idempotent per assessment)."""
-        parsed = parse_generate(await read_json(request))
+        parsed = await planner.run(_checked, planner, parse_generate, await read_json(request))
         key = assessment_key(parsed.assessment)
         base = fhir_base(request, ctx.settings.BASE_URL)
         if key is not None:
@@ -54,14 +63,14 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     @router.post("/PlanDefinition/$apply", name="apply-type")
     async def apply(request: Request) -> Response:
         """The CarePlan a protocol would produce for an assessment; stores nothing."""
-        parsed = parse_apply(await read_json(request), None)
+        parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
         result = await planner.draft_plan(parsed, status="draft")
         return FhirResponse(result.careplan)
 
     @router.post("/PlanDefinition/{plan_id}/$apply", name="apply-instance")
     async def apply_instance(plan_id: str, request: Request) -> Response:
         """$apply of one catalog PlanDefinition by id."""
-        parsed = parse_apply(await read_json(request), None)
+        parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
         protocol = await planner.knowledge.protocol_by_id(plan_id)
         if protocol is None:
             raise NotFound(f"The catalog has no PlanDefinition/{plan_id}")
@@ -69,6 +78,12 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
         return FhirResponse(result.careplan)
 
     return router
+
+
+def _checked(planner: CarePlanner, parse: Callable[[Any], GenerateRequest], body: Any) -> GenerateRequest:
+    """The request's limits first (counting costs little), then its R4 validation and parsing."""
+    planner.limits.check_request(body)
+    return parse(body)
 
 
 def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:

@@ -78,6 +78,20 @@ class CareplanSettings(ServiceSettings):
     """How long catalog knowledge is used without revalidation (revalidation is a cheap 304)."""
     CATALOG_TIMEOUT_SECONDS: float = 5.0
 
+    # --- limits on one assessment (README.md#bad-input) ------------------------------------------------------
+    MAX_ANSWERS_PER_ITEM: int = 100
+    """Answers one assessment item may have (repeating items: allergies, declined modalities)."""
+    MAX_ALLERGIES: int = 100
+    """Distinct allergies and intolerances of one request (allergy answers and AllergyIntolerance codings)."""
+    PLAN_START_PAST_DAYS: int = 365
+    """How far before today a plan's `start` may lie (a course already begun being recorded)."""
+    PLAN_START_FUTURE_DAYS: int = 365
+    """How far after today a plan's `start` may lie."""
+    CONDITION_CACHE_BYTES: int = 16 * 1024 * 1024
+    """Memory for protocol condition results remembered by the answers they read (answer_conditions.py)."""
+    CATALOG_CACHE_BYTES: int = 64 * 1024 * 1024
+    """Memory for catalog responses (protocols, the Questionnaire, value sets) kept for outages."""
+
     CLINIC_DAYS: str = "mon,tue,wed,thu,fri"
     """Weekdays the clinic treats patients, comma-separated (mon..sun)."""
     CLOSED_DATES: str = ""
@@ -96,7 +110,8 @@ class CareplanSettings(ServiceSettings):
             return timedelta(seconds=float(value))
         return value
 
-    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE")
+    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE", "MAX_ANSWERS_PER_ITEM", "MAX_ALLERGIES",
+                     "CONDITION_CACHE_BYTES", "CATALOG_CACHE_BYTES")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         if value < 1:
@@ -110,6 +125,13 @@ class CareplanSettings(ServiceSettings):
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be a positive number of seconds")
+        return value
+
+    @field_validator("PLAN_START_PAST_DAYS", "PLAN_START_FUTURE_DAYS")
+    @classmethod
+    def _days(cls, value: int) -> int:
+        if not 0 <= value <= 3660:
+            raise ValueError("must be between 0 and 3660 days")
         return value
 
     @field_validator("CLINIC_DAYS")

@@ -92,12 +92,14 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
               capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
               shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
-              audit: AuditTrail | None = None) -> FastAPI:
-    """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data."""
+              audit: AuditTrail | None = None, work: WorkPool | None = None) -> FastAPI:
+    """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data,
+    `work` the pool its handlers run CPU work in (one from the settings when not given)."""
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
-                         migrations=migrations, metrics=metrics, capability=capability, work=WorkPool.of(settings))
+                         migrations=migrations, metrics=metrics, capability=capability,
+                         work=work or WorkPool.of(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

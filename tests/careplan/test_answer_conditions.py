@@ -105,7 +105,7 @@ ANSWERS = st.fixed_dictionaries({
 @settings(max_examples=60, deadline=None)
 @given(answers=st.lists(ANSWERS, min_size=1, max_size=8))
 def test_over_varied_assessments_memory_never_changes_a_result(answers):
-    cache = ExpressionCache(results=ConditionResults(size=16))  # small, so that entries are also evicted
+    cache = ExpressionCache(results=ConditionResults(max_bytes=16 * 1024))  # small, so that entries are also evicted
     template = assessment_of(example("atrophic-chest-visible-vessels"))
     for given_answers in answers:
         response = json.loads(json.dumps(template))
