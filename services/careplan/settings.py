@@ -83,10 +83,11 @@ class CareplanSettings(ServiceSettings):
     """Answers one assessment item may have (repeating items: allergies, declined modalities)."""
     MAX_ALLERGIES: int = 100
     """Distinct allergies and intolerances of one request (allergy answers and AllergyIntolerance codings)."""
-    PLAN_START_PAST_DAYS: int = 365
-    """How far before today a plan's `start` may lie (a course already begun being recorded)."""
-    PLAN_START_FUTURE_DAYS: int = 365
-    """How far after today a plan's `start` may lie."""
+    PLAN_START_PAST_DAYS: int = 3653
+    """How far before today a plan's `start` may lie: ten years, for courses begun before they are recorded
+    and for reproducible requests with fixed dates (the shipped examples); year 1 or 1900 is a typo."""
+    PLAN_START_FUTURE_DAYS: int = 731
+    """How far after today a plan's `start` may lie: two years, as long as a scar may be left to mature."""
     CONDITION_CACHE_BYTES: int = 16 * 1024 * 1024
     """Memory for protocol condition results remembered by the answers they read (answer_conditions.py)."""
     CATALOG_CACHE_BYTES: int = 64 * 1024 * 1024
@@ -130,8 +131,8 @@ class CareplanSettings(ServiceSettings):
     @field_validator("PLAN_START_PAST_DAYS", "PLAN_START_FUTURE_DAYS")
     @classmethod
     def _days(cls, value: int) -> int:
-        if not 0 <= value <= 3660:
-            raise ValueError("must be between 0 and 3660 days")
+        if not 0 <= value <= 36525:
+            raise ValueError("must be between 0 and 36525 days (a century)")
         return value
 
     @field_validator("CLINIC_DAYS")

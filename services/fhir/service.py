@@ -155,8 +155,9 @@ def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPo
 
 def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
-        """Process is alive (no dependencies checked: restarting would not fix them)."""
+    async def healthz() -> JSONResponse:
+        """Process is alive (no dependencies checked: restarting would not fix them). Answered on the event
+        loop itself, without a worker thread: it shows whether the loop is free."""
         return JSONResponse({"status": "ok", "service": ctx.name})
 
     @app.get("/readyz", include_in_schema=False)

@@ -62,8 +62,10 @@ class ServiceSettings(BaseSettings):
     attempt; the pause doubles with each further failure, up to 60 seconds."""
 
     # --- CPU work off the event loop, and limits on what one request may ask (README.md#bad-input) -----------
-    WORK_THREADS: int = 4
-    """Worker threads for planning, validation and searches (the event loop only does I/O)."""
+    WORK_THREADS: int = 2
+    """Worker threads for planning, validation and searches (the event loop only does I/O). Python runs one
+    thread at a time, so more threads add no CPU, only waiting for the event loop: raise it for searches on a
+    slow database, scale with WORKERS for CPU."""
     WORK_QUEUE: int = 32
     """Requests that may wait for a worker thread; more are answered 503 with Retry-After at once."""
     WORK_BUDGET_SECONDS: float = 10.0
@@ -75,8 +77,9 @@ class ServiceSettings(BaseSettings):
     """Entries (`parameter`) of a Parameters resource an operation reads."""
     MAX_CODE_LENGTH: int = 1024
     """Length of the system, code and display of a coding an operation reads."""
-    MAX_CANONICAL_LENGTH: int = 2048
-    """Length of a canonical URL an operation reads (a planDefinition, say)."""
+    MAX_CANONICAL_LENGTH: int = 512
+    """Length of a canonical URL an operation reads (a planDefinition, say): the longest value a search takes,
+    as canonicals are looked up by search; real ones are under a hundred characters."""
 
     @field_validator("DATABASE_URL")
     @classmethod

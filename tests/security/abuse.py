@@ -1,0 +1,178 @@
+"""Hostile requests against real servers on loopback, watched for stalls: what the abuse tests share.
+
+Both services run under uvicorn in this process (tests/support/servers.py), each wrapped in a `LoopWatch`.
+`Attack.run` sends hostile requests while another thread polls `/healthz`, then checks the three things
+one request must never do to a service: block its event loop (more than 100 ms of the loop thread's time
+between two ticks), stall its probes (more than 250 ms), or take longer than its bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import FastAPI
+
+from tests.careplan.conftest import assessment_of, example
+from tests.support.servers import LoopWatch, serve
+
+T = TypeVar("T")
+FHIR_JSON = {"content-type": "application/fhir+json"}
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+LOOP_BLOCK_LIMIT = 0.1
+"""Seconds a handler may keep the event loop's thread busy without a break."""
+HEALTHZ_STALL_LIMIT = 0.25
+"""Seconds a /healthz probe may take while hostile requests run."""
+
+
+@dataclass
+class Served:
+    app: FastAPI
+    url: str
+    watch: LoopWatch
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        return self.app.state.ctx.extras  # type: ignore[no-any-return]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the service's /metrics, read over HTTP as a scraper would."""
+        text = httpx.get(f"{self.url}/metrics").text
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        raise AssertionError(f"{wanted} is not in /metrics")
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[Served]:
+    watch = LoopWatch(app)
+    with serve(watch) as url:
+        yield Served(app, url, watch)
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    longest_probe: float
+
+
+class Attack:
+    """Hostile requests against `target` while /healthz of every service in `watched` is probed."""
+
+    def __init__(self, target: Served, *watched: Served) -> None:
+        self.target = target
+        self.watched = (target, *watched)
+
+    def run(self, send: Callable[[httpx.Client], T], *, within: float) -> tuple[T, Outcome]:
+        for service in self.watched:
+            service.watch.reset()
+        probes: list[float] = []
+        failures: list[str] = []
+        done = threading.Event()
+
+        def probe(service: Served) -> None:
+            with httpx.Client(base_url=service.url, timeout=30) as http:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    status = http.get("/healthz").status_code
+                    probes.append(time.perf_counter() - started)
+                    if status != 200:
+                        failures.append(f"/healthz answered {status}")
+                    time.sleep(0.02)
+
+        threads = [threading.Thread(target=probe, args=(service,), daemon=True) for service in self.watched]
+        for thread in threads:
+            thread.start()
+        started = time.perf_counter()
+        try:
+            with httpx.Client(base_url=self.target.url, timeout=120) as http:
+                result = send(http)
+        finally:
+            seconds = time.perf_counter() - started
+            done.set()
+            for thread in threads:
+                thread.join()
+        outcome = Outcome(seconds, max(probes, default=0.0))
+        assert not failures, failures
+        assert seconds < within, f"the hostile requests took {seconds:.1f} s (bound {within} s)"
+        for service in self.watched:
+            assert service.watch.longest_block < LOOP_BLOCK_LIMIT, (
+                f"a handler kept the event loop busy for {service.watch.longest_block * 1000:.0f} ms")
+        assert outcome.longest_probe < HEALTHZ_STALL_LIMIT, (
+            f"/healthz took {outcome.longest_probe * 1000:.0f} ms while the hostile requests ran")
+        return result, outcome
+
+
+# ----------------------------------------------------------------- hostile input
+
+
+def with_allergies(answers: list[dict[str, Any]], name: str = "atrophic-allergy-camphor",
+                   intolerances: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A `$generate` request whose assessment answers the allergy question with `answers`."""
+    parameters = example(name)
+    assessment = assessment_of(parameters)
+    assessment["item"] = [i for i in assessment["item"] if i["linkId"] != "allergy"]
+    if answers:
+        assessment["item"].append({"linkId": "allergy", "answer": answers})
+    parameters["parameter"] += [{"name": "allergyIntolerance", "resource": resource} for resource in intolerances or []]
+    return parameters
+
+
+def many_allergies(count: int) -> list[dict[str, Any]]:
+    """`count` distinct free-text allergies, short enough that 38,000 fit in the 1 MB body limit."""
+    return [{"valueString": f"{i:x}"} for i in range(count)]
+
+
+def intolerance(text: str) -> dict[str, Any]:
+    return {"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/example"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "227313005", "display": text}]}}
+
+
+def as_apply(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The same assessment as `PlanDefinition/$apply` Parameters (subject + a data Bundle)."""
+    subject = next(p for p in parameters["parameter"] if p["name"] == "subject")
+    data = [p["resource"] for p in parameters["parameter"] if p["name"] in ("assessment", "allergyIntolerance")]
+    return {"resourceType": "Parameters", "parameter": [
+        subject, {"name": "data", "resource": {"resourceType": "Bundle", "type": "collection",
+                                               "entry": [{"resource": resource} for resource in data]}}]}
+
+
+def padded_apply(call: int, padding: int) -> dict[str, Any]:
+    """An `$apply` whose assessment items carry `padding` characters of text each (distinct per call)."""
+    parameters = example("atrophic-chest-visible-vessels")
+    for item in assessment_of(parameters)["item"]:
+        item["text"] = f"{call}-" + "x" * padding
+    return as_apply(parameters)
+
+
+def with_start(start: date, identifier: str) -> dict[str, Any]:
+    parameters = example("atrophic-pregnant")
+    assessment_of(parameters)["identifier"]["value"] = identifier
+    parameters["parameter"].append({"name": "start", "valueDate": start.isoformat()})
+    return parameters
+
+
+def shifted(days: int) -> date:
+    return date.today() + timedelta(days=days)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (both services run in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def fresh(document: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(document)
