@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.careplan.settings import CareplanSettings
@@ -304,7 +304,7 @@ def test_five_hundred_padded_assessments_leave_memory_where_it_was(careplan, cat
 
 @pytest.mark.fuzz
 @pytest.mark.skipif(not FUZZ_EXAMPLES, reason="the long version runs under `make fuzz`")
-@fuzz_settings(20)
+@settings(fuzz_settings(40), max_examples=40)  # each example is a handful of 1 MB requests
 @given(answers=st.integers(0, 40_000), intolerances=st.integers(0, 400), includes=st.integers(0, 3_000),
        padding=st.integers(0, 200_000), concurrency=st.integers(1, 8))
 def test_hostile_sizes_never_block_a_loop_or_answer_5xx(careplan, catalog, answers, intolerances, includes,
