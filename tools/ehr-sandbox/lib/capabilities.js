@@ -201,7 +201,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
       conditionalUpdate: spec.conditionalUpdate,
       conditionalDelete: spec.conditionalDelete,
     };
-    if (spec.interactions.includes('search-type')) {
+    if (spec.searchParams.size) {
       entry.searchParam = [...spec.searchParams].map(([name, param]) => ({
         name,
         ...(param.url ? { definition: param.url } : {}),
@@ -236,7 +236,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
             'If-None-Exist and ifNoneExist) or conditional create (400).',
           ...(security ? { security } : {}),
           resource: [...resources.values()].map(resourceEntry),
-          interaction: profile.system.map((code) => ({ code })),
+          ...(profile.system.length ? { interaction: profile.system.map((code) => ({ code })) } : {}),
         },
       ],
     };

@@ -52,9 +52,34 @@ const HAPI_PROFILE = Object.freeze({
   types: {},
 });
 
+/**
+ * A minimal EHR: it takes CarePlans one request at a time and nothing else. No Provenance, no Bundles, no
+ * conditional create, update or delete, no update-as-create (the server assigns ids), and only the two search
+ * parameters almost every FHIR server offers (`_id`, `patient`): no `identifier`, no `_tag`. A client finds its
+ * earlier plan by patient and matches its own identifier in the results.
+ *   There is no vendor page for this one: it is the floor of the FHIR R4 RESTful API, where each capability is
+ *   optional and announced in the CapabilityStatement (https://hl7.org/fhir/R4/http.html#capabilities,
+ *   https://hl7.org/fhir/R4/capabilitystatement-definitions.html#CapabilityStatement.rest.resource.conditionalCreate).
+ */
+const MINIMAL_PROFILE = Object.freeze({
+  name: 'minimal',
+  description: 'a minimal EHR that takes CarePlan writes one at a time and nothing else',
+  system: [],
+  types: {
+    CarePlan: {
+      interactions: ['read', 'update', 'create', 'search-type'],
+      searchParams: ['_id', 'patient'],
+      conditionalCreate: false,
+      conditionalUpdate: false,
+      updateCreate: false,
+    },
+  },
+});
+
 /** The named capability profiles. */
 const PROFILES = Object.freeze({
   hapi: HAPI_PROFILE,
+  minimal: MINIMAL_PROFILE,
   /** Single requests and batches only (many production EHRs). */
   'no-transaction': Object.freeze({
     ...HAPI_PROFILE,
