@@ -17,10 +17,18 @@
  *   supportedProfile           canonical URLs of the profiles the type supports
  *   documentation              CapabilityStatement.rest.resource.documentation
  *   rules                      vendor rules on create/update content (vendor-rules.js)
+ *   searchRules                vendor rules on the parameters a search combines (vendor-rules.js)
  *
  * Each declaration carries the public page it comes from. Where a vendor's documentation is silent the profile
  * takes the strict reading (the capability is not declared) and says so.
  */
+
+const {
+  MILLENNIUM_CAREPLAN_SEARCH_RULES,
+  MILLENNIUM_DOCUMENT_REFERENCE_RULES,
+  MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES,
+  MILLENNIUM_PROVENANCE_SEARCH_RULES,
+} = require('./vendor-rules');
 
 /** Every search parameter of the type that the sandbox evaluates (definitions.searchParameters). */
 const ALL = '*';
@@ -76,10 +84,67 @@ const MINIMAL_PROFILE = Object.freeze({
   },
 });
 
+/**
+ * Oracle Health Millennium R4. No batch or transaction; CarePlan and Provenance read and search only;
+ * DocumentReference create and update (plus read and search) under the published content rules
+ * (vendor-rules.js); only the search parameters Millennium documents. Millennium declares many more types for
+ * reading (Patient, Observation, ...); the careplan service reads none of them, so they are left out.
+ */
+const MILLENNIUM_PROFILE = Object.freeze({
+  name: 'oracle-millennium',
+  description: 'an Oracle Health Millennium R4-like EHR',
+  // The published R4 CapabilityStatement has no rest.interaction (no batch, no transaction):
+  //   https://fhir.cerner.com/millennium/r4/foundation/conformance/capability-statement/
+  system: [],
+  types: {
+    // Read and search only; "category ... Only supports the assess-plan code", "_id ... required if the patient
+    // and category parameters are not used", "date ... must use both ge and le":
+    //   https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfrap/op-careplan-get.html
+    //   https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfrap/op-careplan-id-get.html
+    CarePlan: {
+      interactions: ['read', 'search-type'],
+      searchParams: ['_id', 'patient', 'category', 'date'],
+      searchRules: MILLENNIUM_CAREPLAN_SEARCH_RULES,
+    },
+    // Read by id: https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfrap/op-provenance-id-get.html
+    // Provenance search parameters are not documented (Provenance is otherwise reached with
+    // `_revinclude=Provenance:target`, which the sandbox does not evaluate); the strict reading declares `_id`
+    // only: no `target`, no `_tag`.
+    Provenance: {
+      interactions: ['read', 'search-type'],
+      searchParams: ['_id'],
+      searchRules: MILLENNIUM_PROVENANCE_SEARCH_RULES,
+    },
+    // Create, update, read, search; search parameters `_id`, `patient`, `encounter`, `period`, `type`,
+    // `category` (no `identifier`, no `_tag`):
+    //   https://fhir.cerner.com/millennium/r4/foundation/documents/document-reference/
+    //   https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfrap/op-documentreference-post.html
+    //   https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfrap/op-documentreference-id-put.html
+    // Neither write page documents If-None-Exist, a conditional update or an update that creates: all three are
+    // not declared. The DocumentReference page names the US Core STU4 profiles the resource supports.
+    DocumentReference: {
+      interactions: ['read', 'update', 'create', 'search-type'],
+      searchParams: ['_id', 'patient', 'encounter', 'period', 'type', 'category'],
+      conditionalCreate: false,
+      conditionalUpdate: false,
+      updateCreate: false,
+      supportedProfile: ['http://hl7.org/fhir/us/core/StructureDefinition/us-core-documentreference'],
+      documentation:
+        'Create and update take exactly one content entry with a documented MIME type (application/pdf, ' +
+        'text/plain, text/richtext, text/rtf, text/html, application/xml, application/xhtml+xml), every date with ' +
+        'a time, status current, docStatus final, a Patient subject, a LOINC type, Practitioner authors (required ' +
+        'on update) and authenticator. Update requires If-Match.',
+      rules: MILLENNIUM_DOCUMENT_REFERENCE_RULES,
+      searchRules: MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES,
+    },
+  },
+});
+
 /** The named capability profiles. */
 const PROFILES = Object.freeze({
   hapi: HAPI_PROFILE,
   minimal: MINIMAL_PROFILE,
+  'oracle-millennium': MILLENNIUM_PROFILE,
   /** Single requests and batches only (many production EHRs). */
   'no-transaction': Object.freeze({
     ...HAPI_PROFILE,
