@@ -28,6 +28,7 @@ const {
   MILLENNIUM_DOCUMENT_REFERENCE_RULES,
   MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES,
   MILLENNIUM_PROVENANCE_SEARCH_RULES,
+  US_CORE_DOCUMENT_REFERENCE_RULES,
 } = require('./vendor-rules');
 
 /** Every search parameter of the type that the sandbox evaluates (definitions.searchParameters). */
@@ -140,11 +141,43 @@ const MILLENNIUM_PROFILE = Object.freeze({
   },
 });
 
+/**
+ * An EHR following the proposed US Core "Writing Clinical Notes" approach: notes are written as single
+ * DocumentReference creates conforming to the US Core DocumentReference profile; nothing else is written.
+ *   https://build.fhir.org/ig/HL7/US-Core/writing-clinical-notes.html
+ * - "No requirement for FHIR transaction support; a single POST suffices": no batch, no transaction.
+ * - "Create (and optional update)": update is optional; the strict reading leaves it out.
+ * - If-None-Exist is not mentioned: no conditional create.
+ * - Reads and searches of DocumentReference follow the US Core Server CapabilityStatement
+ *   (https://hl7.org/fhir/us/core/CapabilityStatement-us-core-server.html#documentreference): `_id`, `patient`,
+ *   `category`, `date`, `period`, `status`, `type` (no `identifier`, no `_tag`).
+ * - The content rules are the US Core DocumentReference profile's mandatory elements (vendor-rules.js).
+ */
+const US_CORE_NOTES_PROFILE = Object.freeze({
+  name: 'us-core-notes',
+  description: 'an EHR that takes clinical notes the US Core "Writing Clinical Notes" way',
+  system: [],
+  implementationGuide: ['http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core'],
+  types: {
+    DocumentReference: {
+      interactions: ['read', 'create', 'search-type'],
+      searchParams: ['_id', 'patient', 'category', 'date', 'period', 'status', 'type'],
+      conditionalCreate: false,
+      supportedProfile: ['http://hl7.org/fhir/us/core/StructureDefinition/us-core-documentreference'],
+      documentation:
+        'Notes are created one POST at a time and must conform to the US Core DocumentReference profile: ' +
+        'status, a LOINC type, a category, a Patient subject, and content.attachment with data or url.',
+      rules: US_CORE_DOCUMENT_REFERENCE_RULES,
+    },
+  },
+});
+
 /** The named capability profiles. */
 const PROFILES = Object.freeze({
   hapi: HAPI_PROFILE,
   minimal: MINIMAL_PROFILE,
   'oracle-millennium': MILLENNIUM_PROFILE,
+  'us-core-notes': US_CORE_NOTES_PROFILE,
   /** Single requests and batches only (many production EHRs). */
   'no-transaction': Object.freeze({
     ...HAPI_PROFILE,
