@@ -13,7 +13,8 @@
  *   undeclared search parameter (search, If-None-Exist,        400  undeclared-search-param
  *     Bundle ifNoneExist, conditional update/delete, _sort)
  *   If-None-Exist / ifNoneExist where conditionalCreate false  400  conditional-create
- *   a vendor rule of the profile (vendor-rules.js)             422  vendor-rule (400 for a missing If-Match)
+ *   a vendor content rule of the profile (vendor-rules.js)     422  vendor-rule (400 for a missing If-Match)
+ *   a vendor search rule (a required parameter combination)    400  vendor-rule
  *
  * A refusal is `{ status, kind, detail, code }`; fhir.js answers it as an OperationOutcome and the request log
  * records `{ kind, detail }` (requestlog.js).

@@ -104,7 +104,7 @@ const MILLENNIUM_DOCUMENT_REFERENCE_RULES = Object.freeze([
     id: 'millennium-subject-patient',
     on: ['create', 'update'],
     sources: MILLENNIUM_BOTH,
-    check: ({ subject }) => (isReferenceTo('Patient', subject) ? undefined : 'subject is not a Patient reference'),
+    check: subjectIsPatient,
   },
   {
     // Both pages, type: "The type must include a LOINC or a proprietary coding." A proprietary coding means a code
@@ -229,7 +229,7 @@ const US_CORE_DOCUMENT_REFERENCE_RULES = Object.freeze([
     id: 'us-core-subject',
     on: ['create', 'update'],
     sources: US_CORE_BOTH,
-    check: ({ subject }) => (isReferenceTo('Patient', subject) ? undefined : 'subject is not a Patient reference'),
+    check: subjectIsPatient,
   },
   {
     // us-core-6: "DocumentReference.content.attachment.url or DocumentReference.content.attachment.data or both
@@ -243,6 +243,10 @@ const US_CORE_DOCUMENT_REFERENCE_RULES = Object.freeze([
         : 'content.attachment has neither url nor data',
   },
 ]);
+
+function subjectIsPatient({ subject }) {
+  return isReferenceTo('Patient', subject) ? undefined : 'subject is not a Patient reference';
+}
 
 /** True when `reference` is a literal reference to a resource of `type` (`Type/id`, relative or absolute). */
 function isReferenceTo(type, reference) {
