@@ -39,7 +39,7 @@ def sandbox() -> stack.Server:
     if node is None or not (SANDBOX.parent / "node_modules").exists():
         raise RuntimeError("the EHR sandbox needs Node.js and `npm ci` in tools/ehr-sandbox (make deps)")
     port = stack.free_port()
-    return stack.Server("ehr-sandbox", [str(SANDBOX)], port=port, python=node,
+    return stack.Server("ehr-sandbox", [str(SANDBOX)], port=port, program=node,
                         env={"EHR_SANDBOX_PORT": str(port), "EHR_SANDBOX_HOST": "127.0.0.1"},
                         ready_path="/_control/health")
 
