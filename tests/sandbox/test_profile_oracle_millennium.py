@@ -90,6 +90,8 @@ def test_millennium_takes_documents_that_keep_its_rules_and_the_searches_it_docu
     assert (created.status_code, updated.status_code) == (201, 200)
     assert [entry["resource"]["description"] for entry in found.json()["entry"]] == ["v2"]
     assert millennium.get("/CarePlan", params={"patient": "Patient/p1", "category": "assess-plan"}).status_code == 200
+    dated = {"category": "assess-plan", "date": ["ge2025-01-01", "le2025-12-31"]}
+    assert millennium.get("/CarePlan", params=dated).status_code == 200
     assert millennium.get("/Provenance", params={"_id": "x"}).status_code == 200
     assert millennium.get(f"/DocumentReference/{document['id']}").status_code == 200
     assert ehr_sandbox.refusals() == []
@@ -190,10 +192,14 @@ def test_millennium_refuses_a_document_update_that_breaks_a_published_rule(
         (lambda f: f.get("/DocumentReference", params={"type": "http://loinc.org|18776-5"}), 400, "vendor-rule"),
         (lambda f: f.get("/CarePlan", params={"patient": "Patient/p1"}), 400, "vendor-rule"),
         (lambda f: f.get("/CarePlan", params={"category": "careteam"}), 400, "vendor-rule"),
+        (lambda f: f.get("/CarePlan", params={"category": "assess-plan", "date": "ge2025-01-01"}), 400,
+         "vendor-rule"),
+        (lambda f: f.get("/DocumentReference", params={"patient": "Patient/p1", "period": "le2025-01-01"}), 400,
+         "vendor-rule"),
     ],
     ids=["careplan-create", "provenance-create", "transaction", "batch", "patient", "identifier", "target", "_tag",
          "if-none-exist", "update-as-create", "document-search-without-patient", "careplan-search-without-category",
-         "careplan-category-not-assess-plan"],
+         "careplan-category-not-assess-plan", "careplan-date-without-le", "document-period-le"],
 )
 def test_millennium_refuses_and_logs_what_it_does_not_declare(ehr_sandbox, millennium, send, status, kind):
     assert_refused(ehr_sandbox, send(millennium), status, kind)

@@ -174,6 +174,20 @@ const MILLENNIUM_CAREPLAN_SEARCH_RULES = Object.freeze([
         : 'category supports only assess-plan';
     },
   },
+  {
+    // date: "When provided, must use both ge and le prefixes in the same search. The lower value must have the ge
+    // prefix and the higher value must have the le prefix."
+    id: 'millennium-careplan-date',
+    source: MILLENNIUM_CAREPLAN_SEARCH,
+    check: (params) => {
+      const dates = params.get('date');
+      if (!dates) {
+        return undefined;
+      }
+      const prefixes = dates.map((value) => value.slice(0, 2)).sort();
+      return prefixes.join(',') === 'ge,le' ? undefined : 'date needs exactly one ge and one le value';
+    },
+  },
 ]);
 
 const MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES = Object.freeze([
@@ -182,6 +196,15 @@ const MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES = Object.freeze([
     id: 'millennium-document-reference-search',
     source: MILLENNIUM_DOCUMENT_REFERENCE_SEARCH,
     check: (params) => (params.has('_id') || params.has('patient') ? undefined : 'a search needs _id or patient'),
+  },
+  {
+    // period: "Must use the ge and lt prefixes."
+    id: 'millennium-document-reference-period',
+    source: MILLENNIUM_DOCUMENT_REFERENCE_SEARCH,
+    check: (params) =>
+      (params.get('period') ?? []).every((value) => /^(ge|lt)/.test(value))
+        ? undefined
+        : 'period takes only ge and lt values',
   },
 ]);
 
