@@ -203,3 +203,16 @@ def test_millennium_refuses_a_document_update_that_breaks_a_published_rule(
 )
 def test_millennium_refuses_and_logs_what_it_does_not_declare(ehr_sandbox, millennium, send, status, kind):
     assert_refused(ehr_sandbox, send(millennium), status, kind)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"content": "x"}, {"type": {"coding": "x"}}, {"content": [{"attachment": ["x"]}]}],
+    ids=["content not a list", "coding not a list", "attachment not an object"],
+)
+def test_millennium_answers_a_document_that_is_not_r4_with_400_not_a_crash(ehr_sandbox, millennium, overrides):
+    response = millennium.post("/DocumentReference", millennium_document(**overrides))
+
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert ehr_sandbox.store() == []

@@ -181,7 +181,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
   function refuseContent(op, resource) {
     const spec = resources.get(op.resourceType);
     const action = op.interaction === 'create' ? 'create' : op.interaction === 'update' ? 'update' : undefined;
-    if (!spec || !action || !resource || typeof resource !== 'object') {
+    if (!spec?.rules.length || !action || !resource || typeof resource !== 'object' || !isValidR4(resource)) {
       return undefined;
     }
     for (const rule of spec.rules) {
@@ -264,6 +264,19 @@ function createCapabilities(profile = HAPI_PROFILE) {
     refuseContent,
     statement,
   };
+}
+
+/**
+ * True when the resource is valid R4. Vendor rules read elements in their R4 shapes, so they judge only valid
+ * resources; an invalid one is left to the validation on write, which refuses it with 400 as on any profile.
+ */
+function isValidR4(resource) {
+  try {
+    validateResource(resource);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function undeclaredInteraction(interaction, where) {
