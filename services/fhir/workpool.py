@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from services.fhir.limits import LimitExceeded
@@ -79,12 +79,11 @@ class WorkPool:
                     self.running -= 1
 
         future = self._executor.submit(job)
+        future.add_done_callback(self._never_started)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.budget_seconds)
         except TimeoutError:
-            if future.cancel() and not started:  # it never got a thread
-                with self._lock:
-                    self.waiting -= 1
+            if future.cancel():  # it never got a thread
                 raise self._busy("the work waited too long for a worker") from None
             ran = time.monotonic() - started[0] if started else 0.0
             if ran > self.budget_seconds / 2:
@@ -92,6 +91,12 @@ class WorkPool:
                                     f"({self.prefix}WORK_BUDGET_SECONDS); send less (fewer answers, parameters "
                                     "or includes)") from None
             raise self._busy("the work did not finish within its time budget") from None
+
+    def _never_started(self, future: Future[Any]) -> None:
+        """Work cancelled before it got a thread (over budget, or its client went away) waits no more."""
+        if future.cancelled():
+            with self._lock:
+                self.waiting -= 1
 
     def _busy(self, reason: str) -> ServiceUnavailable:
         return ServiceUnavailable(f"The service is busy ({reason}); try again shortly",
