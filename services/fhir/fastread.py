@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from services.fhir import FHIR_JSON_UTF8
+from services.fhir.bytecache import digest
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.searchparams import FHIR_ID
@@ -50,8 +51,9 @@ _CHANGED = "cicatrix.read_cache.changed"
 class ReadCache:
     """Answers by key, fresh for `fresh_seconds`, at most `max_bytes` of them (least recently stored go first).
 
-    Keys are `("read", type, id)` for current versions and `("search", type, query, base)` for searchset
-    Bundles. A write of one resource drops its read entry and every search (a search may list or include it)."""
+    Keys are `("read", type, id)` for current versions and `("search", type, digest of query and base)` for
+    searchset Bundles. A write of one resource drops its read entry and every search (a search may list or
+    include it)."""
 
     def __init__(self, fresh_seconds: float, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.fresh_seconds = fresh_seconds
@@ -231,11 +233,13 @@ class SearchRoute(BaseRoute):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         resource_type = scope["path_params"]["resource_type"]
-        key = ("search", resource_type, request.url.query, fhir_base(request, self.base_url))
+        base = fhir_base(request, self.base_url)
+        # the query and the base (from the Host header) are the client's: the key holds their digest
+        key = ("search", resource_type, digest(request.url.query, base).hex())
         if _header(scope, b"prefer") is None:
-            found = await self.cache.fetch(key, lambda: self._search(key, request, True), self.work.run)
+            found = await self.cache.fetch(key, lambda: self._search(key, base, request, True), self.work.run)
         else:
-            found = await self.work.run(self._search, key, request, False)
+            found = await self.work.run(self._search, key, base, request, False)
         body, tag = found
         if _header(scope, b"if-none-match") == tag:
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
@@ -246,11 +250,11 @@ class SearchRoute(BaseRoute):
             (b"etag", tag.encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _search(self, key: tuple[str, ...], request: Request, cacheable: bool) -> tuple[bytes, str]:
+    def _search(self, key: tuple[str, ...], base: str, request: Request, cacheable: bool) -> tuple[bytes, str]:
         generation = self.cache.generation
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
         with self.sessions() as session:
-            body = self.interactions.search_bundle(key[1], pairs, request, session, key[3])
+            body = self.interactions.search_bundle(key[1], pairs, request, session, base)
         found = (body, content_etag(body))
         if cacheable:
             self.cache.put(key, found, len(body), generation)
