@@ -27,7 +27,7 @@ from services.fhir.rest import content_etag_response, fhir_base, read_response, 
 from services.fhir.searchparams import SearchParamDef, parse_query
 from services.fhir.service import ContextDep, ServiceContext, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
-from services.fhir.validation import r4_issues
+from services.fhir.validation import check_r4, r4_issues
 
 WriteHook = Callable[[Session, dict[str, Any], str | None], None]
 """Called with (session, resource, id or None for create) before a write; raises FhirError to refuse it."""
@@ -243,13 +243,6 @@ class ResourceInteractions:
         self.check_type(resource_type)
         if resource_type not in self.writable:
             raise FhirError(f"{resource_type} cannot be written here", status=405, code="not-supported")
-
-
-def check_r4(resource: dict[str, Any]) -> None:
-    """400 with every reason `resource` is not valid R4."""
-    issues = r4_issues(resource)
-    if issues:
-        raise BadRequest(issues[0].diagnostics, issues=issues)
 
 
 def _resource_from_validate_body(body: Any) -> dict[str, Any]:
