@@ -14,7 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -70,10 +70,18 @@ class ByteCache(Generic[V]):
                 self.size -= dropped
 
 
+class MeasuredCache(Protocol):
+    name: str
+    size: int
+    max_bytes: int
+
+    def __len__(self) -> int: ...
+
+
 class CacheMetrics(Collector):
     """`cicatrix_cache_bytes` and `cicatrix_cache_entries` of each cache, read when /metrics is scraped."""
 
-    def __init__(self, caches: Iterable[ByteCache[object]]) -> None:
+    def __init__(self, caches: Iterable[MeasuredCache]) -> None:
         self.caches = list(caches)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from services.fhir import FHIR_JSON_UTF8
-from services.fhir.bytecache import digest
+from services.fhir.bytecache import CacheMetrics, digest
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.searchparams import FHIR_ID
@@ -55,6 +55,8 @@ class ReadCache:
     searchset Bundles. A write of one resource drops its read entry and every search (a search may list or
     include it)."""
 
+    name = "reads"
+
     def __init__(self, fresh_seconds: float, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.fresh_seconds = fresh_seconds
         self.max_bytes = max_bytes
@@ -64,6 +66,9 @@ class ReadCache:
         self._searches: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, ...], asyncio.Future[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def fetch(self, key: tuple[str, ...], load: Callable[[], Any],
                     run: Callable[[Callable[[], Any]], Awaitable[Any]] = run_in_threadpool) -> Any:
@@ -273,6 +278,8 @@ def install_read_route(app: Any, interactions: Any, *, cache_seconds: float = 0.
     do not depend on the caller, searches too)."""
     ctx = app.state.ctx
     cache = ReadCache(cache_seconds) if cache_seconds > 0 else None
+    if cache is not None:
+        CacheMetrics([cache]).register(ctx.metrics.registry)
     route = ReadRoute(interactions, ctx.session, cache)
     app.router.routes.insert(0, route)
     if cache is not None and interactions.search_hook is None:

@@ -141,6 +141,8 @@ def test_a_repeated_include_counts_once(catalog, assert_r4):
     assert response.status_code == 200, response.text[:500]
     assert_r4(response.json())
     assert any(e["search"]["mode"] == "include" for e in response.json()["entry"])
+    assert metric(catalog, "cicatrix_cache_bytes", cache="reads") <= metric(catalog, "cicatrix_cache_max_bytes",
+                                                                             cache="reads")
 
 
 # ------------------------------------------------------ caches keyed by client input
