@@ -305,7 +305,7 @@ def test_five_hundred_padded_assessments_leave_memory_where_it_was(careplan, cat
 
 @pytest.mark.fuzz
 @pytest.mark.skipif(not FUZZ_EXAMPLES, reason="the long version runs under `make fuzz`")
-@settings(fuzz_settings(40), max_examples=40)  # each example is a handful of 1 MB requests
+@settings(fuzz_settings(40), max_examples=min(FUZZ_EXAMPLES or 40, 40))  # each example: a few 1 MB requests
 @given(answers=st.integers(0, 40_000), intolerances=st.integers(0, 400), includes=st.integers(0, 3_000),
        padding=st.integers(0, 200_000), concurrency=st.integers(1, 8))
 def test_hostile_sizes_never_block_a_loop_or_answer_5xx(careplan, catalog, answers, intolerances, includes,
