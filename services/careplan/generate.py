@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from services.careplan.careplan_builder import build_careplan, plan_identifier
 from services.careplan.intake import Assessment, GenerateRequest, check_assessment, stored_response_id
@@ -76,15 +77,18 @@ class CarePlanner:
         assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
-        allergies = assessment.allergies(request.allergy_intolerances)
-        draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
         start = request.start or next_working_day(self.clinic, datetime.now(ZoneInfo(self.clinic.timezone)).date())
-        sessions, end = self._schedule(draft, start)
-        careplan = build_careplan(
-            draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
-            status=status, start=start, end=end, created=created or datetime.now(UTC),
-            assessment_reference=assessment_reference)
-        return PlanResult(careplan, assessment, protocol)
+
+        def plan() -> dict[str, Any]:  # FHIRPath, screening and scheduling: CPU work, kept off the event loop
+            allergies = assessment.allergies(request.allergy_intolerances)
+            draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
+            sessions, end = self._schedule(draft, start)
+            return build_careplan(
+                draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
+                status=status, start=start, end=end, created=created or datetime.now(UTC),
+                assessment_reference=assessment_reference)
+
+        return PlanResult(await run_in_threadpool(plan), assessment, protocol)
 
     async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
         if request.plan_definition:

@@ -93,20 +93,31 @@ class AuditTrail:
         subtype = [{"system": RESTFUL_INTERACTION, "code": request.interaction}]
         if request.operation:
             subtype.append({"system": OPERATION_CODES, "code": request.operation, "display": f"${request.operation}"})
+        return self.recorded_event(
+            type={"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}, subtype=subtype,
+            action=ACTIONS.get(request.interaction, "E"), principal=principal, client_host=client_host,
+            outcome=outcome.code,
+            outcome_desc=f"HTTP {outcome.status}" + (" (unhandled error)" if outcome.crashed else ""),
+            entities=[_entity(reference) for reference in entities])
+
+    def recorded_event(self, *, type: dict[str, Any], subtype: list[dict[str, Any]],  # noqa: A002 - FHIR name
+                       action: str, principal: Principal, client_host: str | None, outcome: str,
+                       outcome_desc: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
+        """An AuditEvent of this service, recorded now, with the caller as agent (R4; FHIR-REFERENCE §1.10)."""
         return {
             "resourceType": "AuditEvent",
-            "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+            "type": type,
             "subtype": subtype,
-            "action": ACTIONS.get(request.interaction, "E"),
+            "action": action,
             "recorded": instant(utcnow()),
-            "outcome": outcome.code,
-            "outcomeDesc": f"HTTP {outcome.status}" + (" (unhandled error)" if outcome.crashed else ""),
+            "outcome": outcome,
+            "outcomeDesc": outcome_desc,
             "agent": _agents(principal, client_host),
             "source": {"site": "cicatrix",
                        "observer": {"identifier": {"system": SERVICE_IDS, "value": self.service},
                                     "display": f"Cicatrix {self.service} service"},
                        "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},
-            **({"entity": [_entity(reference) for reference in entities]} if entities else {}),
+            **({"entity": entities} if entities else {}),
         }
 
     def entities(self, request: FhirRequest, body: bytes | None) -> list[str]:

@@ -36,6 +36,8 @@ log = logging.getLogger("cicatrix.auth")
 
 MAX_TOKEN_BYTES = 16 * 1024
 MIN_REFETCH_SECONDS = 10.0
+MAX_JWKS_BYTES = 256 * 1024
+"""A JWK Set is a few kilobytes; reading no more keeps a hostile or broken key URL from filling memory."""
 _FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
 _CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
@@ -100,10 +102,15 @@ class JwksSource:
     async def _fetch(self) -> list[dict[str, Any]]:
         assert self.url is not None
         try:
-            async with httpx.AsyncClient(timeout=5.0, transport=self._transport) as http:
-                response = await http.get(self.url, headers={"Accept": "application/json"})
-            response.raise_for_status()
-            self._keys = _keys_of(response.json())
+            async with httpx.AsyncClient(timeout=5.0, transport=self._transport) as http, \
+                    http.stream("GET", self.url, headers={"Accept": "application/json"}) as response:
+                response.raise_for_status()
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise KeysUnavailable("the key set is larger than a key set can reasonably be")
+            self._keys = _keys_of(json.loads(body))
             self._fetched = time.monotonic()
         except (httpx.HTTPError, ValueError, KeysUnavailable) as exc:
             log.warning("JWKS fetch failed", extra={"error": type(exc).__name__})
