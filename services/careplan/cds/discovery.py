@@ -12,14 +12,18 @@ from typing import Any
 
 from services.careplan.cds.patient import BREASTFEEDING_STATUS, LOINC, PREGNANCY_STATUS
 
-PATIENT = "{{context.patientId}}"
+PATIENT = "Patient/{{context.patientId}}"
+"""References searched as Type/id: every server matches that form, not all match a bare id."""
+ASSESSMENTS_SEEN = 20
+"""Assessments read to find the latest scar assessment (servers differ in matching versioned canonicals, so
+the Questionnaire is checked here rather than in the query)."""
 
 
-def prefetch_templates(questionnaire: str) -> dict[str, str]:
+def prefetch_templates() -> dict[str, str]:
     """The patient data both services read; keys are what the cards name when data is missing."""
     return {
-        "assessment": f"QuestionnaireResponse?patient={PATIENT}&questionnaire={questionnaire}"
-                      "&status=completed,amended&_sort=-authored&_count=1",
+        "assessment": f"QuestionnaireResponse?patient={PATIENT}&status=completed,amended&_sort=-authored"
+                      f"&_count={ASSESSMENTS_SEEN}",
         "carePlans": f"CarePlan?patient={PATIENT}&status=active",
         "allergies": f"AllergyIntolerance?patient={PATIENT}&clinical-status=active",
         "pregnancy": f"Observation?patient={PATIENT}&code={LOINC}|{PREGNANCY_STATUS}&_sort=-date&_count=1",

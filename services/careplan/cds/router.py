@@ -56,7 +56,7 @@ class CdsHooks:
         self.verifier = CdsClientVerifier(settings) if settings.CDS_AUTH == "jwt" else None
         self.resolver = PrefetchResolver(timeout=settings.CDS_FHIR_TIMEOUT_SECONDS,
                                          max_bytes=settings.CDS_FHIR_MAX_BYTES)
-        self.templates = prefetch_templates(settings.QUESTIONNAIRE_URL)
+        self.templates = prefetch_templates()
 
     async def start(self, _: ServiceContext) -> None:
         """Refuse to serve unauthenticated CDS Hooks beyond loopback, as the API does (auth.check_exposure)."""

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.careplan.careplan_builder import PLAN_IDENTIFIER_SYSTEM
-from services.careplan.cds.cards import card, create_action, suggestion
+from services.careplan.cds.cards import card, create_action, suggestion, unchecked_card
+from services.careplan.cds.discovery import PREFETCH_NAMES
 from services.careplan.cds.hooks import HookCall
 from services.careplan.cds.patient import Status, latest_assessment, status_answer, with_status
 from services.careplan.cds.prefetch import Prefetched
@@ -27,9 +28,17 @@ from services.fhir.outcome import FhirError
 log = logging.getLogger("cicatrix.cds")
 
 NEXT_SESSIONS = 5
+SCREENING_KEYS = ("allergies", "pregnancy", "breastfeeding")
 
 
 async def scar_plan_cards(call: HookCall, data: Prefetched, planner: CarePlanner) -> list[dict[str, Any]]:
+    cards = await _cards(call, data, planner)
+    needed = ("assessment", "carePlans") + (SCREENING_KEYS if any("suggestions" in c for c in cards) else ())
+    unchecked = [PREFETCH_NAMES[key] for key in needed if not data.checked(key)]
+    return cards + ([unchecked_card(unchecked)] if unchecked else [])
+
+
+async def _cards(call: HookCall, data: Prefetched, planner: CarePlanner) -> list[dict[str, Any]]:
     plans = [p for p in data.of("carePlans") if p.get("resourceType") == "CarePlan" and is_cicatrix_plan(p)]
     if plans:
         return [c for c in (_sessions_card(plan) for plan in plans) if c is not None]
