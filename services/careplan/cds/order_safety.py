@@ -89,9 +89,10 @@ def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, ex
             if screened.exclusion is not None:
                 cards.append(_exclusion_card(name, screened.exclusion, [], reference))
             day = _order_day(order, timezone)
-            clash = next((s for s in sessions if _clashes(definition, s, day, formulary)), None)
-            if clash is not None:
-                cards.append(_clash_card(name, day, clash, reference))
+            clashes = sorted((s for s in sessions if _clashes(definition, s, day, formulary)),
+                             key=lambda s: (abs((s.moment.date() - day).days), s.moment))
+            if clashes:
+                cards.append(_clash_card(name, day, clashes, reference))
     unchecked = [PREFETCH_NAMES[key] for key in sorted(needed) if not data.checked(key)]
     if unchecked:
         cards.append(unchecked_card(unchecked))
@@ -215,11 +216,14 @@ def _exclusion_card(name: str, exclusion: Exclusion, issues: list[dict[str, Any]
                 override=True)
 
 
-def _clash_card(name: str, day: date, session: Session, reference: str) -> dict[str, Any]:
-    when = f"{session.moment:%a %d %b %Y, %H:%M}"
-    return card(f"{name} on {day:%d %b %Y} clashes with the {session.name} session of {when}", "warning",
-                detail=f"The active scar treatment plan has a **{session.name}** session on {when}; the catalog "
-                       f"does not allow {name} that close to it. Move the order to another day, or remove it.",
+def _clash_card(name: str, day: date, clashes: list[Session], reference: str) -> dict[str, Any]:
+    """Names the closest clashing session in the summary and every clashing session in the detail."""
+    closest = clashes[0]
+    listed = "\n".join(f"- {s.name}: {s.moment:%a %d %b %Y, %H:%M}" for s in clashes)
+    return card(f"{name} on {day:%d %b %Y} clashes with the {closest.name} session of {closest.moment:%d %b %Y}",
+                "warning",
+                detail=f"The catalog does not allow {name} on {day:%d %b %Y} this close to these sessions of the "
+                       f"active scar treatment plan:\n\n{listed}\n\nMove the order to another day, or remove it.",
                 suggestions=[suggestion(f"Remove the order for {name}",
                                         delete_action(f"Remove the order for {name}", reference))],
                 override=True)

@@ -69,12 +69,16 @@ class CdsHooks:
     async def stop(self, _: ServiceContext) -> None:
         await self.resolver.close()
 
-    async def caller(self, request: Request) -> Principal:
-        """The CDS Client behind this call (anonymous with CDS_AUTH=off); 401 when its JWT does not hold."""
+    async def caller(self, request: Request, *also: str) -> Principal:
+        """The CDS Client behind this call (anonymous with CDS_AUTH=off); 401 when its JWT does not hold.
+
+        The JWT's `aud` must be the URL called, or one of the `also` paths (feedback accepts its service's URL:
+        CDS Clients differ in which of the two they name)."""
         if self.verifier is None:
             return Principal.anonymous()
         base = (self.settings.CDS_BASE_URL or str(request.base_url)).rstrip("/")
-        claims = await self.verifier.verify(request.headers.get("authorization"), base + request.url.path)
+        audiences = [base + path for path in (request.url.path, *also)]
+        claims = await self.verifier.verify(request.headers.get("authorization"), audiences)
         return Principal.from_claims(claims)
 
 
@@ -115,7 +119,7 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
     async def feedback(service_id: str, request: Request, ctx: ContextDep) -> Response:
         """What the clinician did with the service's cards, stored as AuditEvents."""
         service = _service(service_id)
-        principal = await hooks.caller(request)
+        principal = await hooks.caller(request, f"{PREFIX}/{service.id}")
         client = request.client.host if request.client else None
         events = feedback_events(await read_json(request), service.id, hooks.trail, principal, client,
                                  hooks.settings.CDS_MAX_FEEDBACK_ITEMS)

@@ -74,7 +74,7 @@ class CdsClientVerifier:
         if settings.CDS_JWKS_FILE is not None:
             self.configured.append(JwksSource(file=settings.CDS_JWKS_FILE))
 
-    async def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
+    async def verify(self, authorization: str | None, audience: list[str]) -> dict[str, Any]:
         """The token's claims; 401 (with the reason) for anything the specification or our policy refuses."""
         try:
             return await self._verify(_bearer(authorization), audience)
@@ -84,7 +84,7 @@ class CdsClientVerifier:
         except KeysUnavailable as exc:
             raise ServiceUnavailable(f"CDS Client JWTs cannot be checked right now: {exc}") from None
 
-    async def _verify(self, token: str, audience: str) -> dict[str, Any]:
+    async def _verify(self, token: str, audience: list[str]) -> dict[str, Any]:
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("the JWT is too long")
         try:
@@ -104,7 +104,7 @@ class CdsClientVerifier:
         except jwt.ImmatureSignatureError:
             raise InvalidToken("the JWT is not valid yet") from None
         except jwt.InvalidAudienceError:
-            raise InvalidToken(f"its aud is not this endpoint ({audience})") from None
+            raise InvalidToken(f"its aud is not this endpoint ({audience[0]})") from None
         except jwt.InvalidIssuerError:
             raise InvalidToken("its issuer (iss) is not trusted") from None
         except jwt.MissingRequiredClaimError as exc:

@@ -1,0 +1,131 @@
+"""`scar-order-safety` on `order-sign` (and `order-select`): the catalog's own screening rules on orders written
+by hand — retinoids in pregnancy, allergens, and procedures that clash with a scheduled session."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from tests.cds.support import (
+    LOINC,
+    allergy,
+    assessment,
+    complete_prefetch,
+    draft_orders,
+    hook_body,
+    medication_request,
+    pregnancy,
+    searchset,
+    service_request,
+    status_observation,
+)
+from tests.cds.test_patient_view import active_plan
+
+TRETINOIN_ATC = {"system": "http://www.whocc.no/atc", "code": "D10AD01", "display": "tretinoin"}
+AHA_PEEL = {"system": "https://fhir.cicatrix.org/CodeSystem/scar-modality", "code": "aha-peel"}
+
+
+def sign(ehr, *orders, **prefetch):
+    body = hook_body("order-sign", complete_prefetch(assessment=searchset(assessment()), **prefetch),
+                     draftOrders=draft_orders(*orders))
+    return ehr.cards("scar-order-safety", body)
+
+
+def test_tretinoin_for_a_pregnant_patient_gets_a_critical_card_suggesting_to_delete_it(ehr):
+    order = medication_request("Tretinoin 0.05% cream", TRETINOIN_ATC)
+    [card] = sign(ehr, order, pregnancy=searchset(pregnancy(True)))
+    assert card["indicator"] == "critical"
+    assert "pregnancy" in card["summary"].lower()
+    [suggestion] = card["suggestions"]
+    assert suggestion["actions"] == [{"type": "delete", "description": "Remove the order for Tretinoin 0.05% cream",
+                                      "resourceId": "MedicationRequest/rx-1"}]
+    assert card["selectionBehavior"] == "at-most-one"
+    assert all(reason["display"] for reason in card["overrideReasons"])
+
+
+def test_tretinoin_named_only_in_text_is_still_recognised(ehr):
+    [card] = sign(ehr, medication_request("tretinoin gel"), pregnancy=searchset(pregnancy(True)))
+    assert card["indicator"] == "critical"
+
+
+def test_tretinoin_for_a_patient_who_is_not_pregnant_gets_no_card(ehr):
+    assert sign(ehr, medication_request("Tretinoin 0.05% cream", TRETINOIN_ATC),
+                pregnancy=searchset(pregnancy(False))) == []
+
+
+def test_a_breastfeeding_patient_gets_the_critical_card_too(ehr):
+    feeding = status_observation("63895-7", (LOINC, "LA29252-6", "Currently breastfeeding"))
+    [card] = sign(ehr, medication_request("Tretinoin 0.05% cream", TRETINOIN_ATC),
+                  pregnancy=searchset(pregnancy(False)), breastfeeding=searchset(feeding))
+    assert card["indicator"] == "critical" and "breastfeeding" in card["summary"].lower()
+
+
+def test_mederma_for_an_onion_allergy_gets_a_warning(ehr):
+    [card] = sign(ehr, medication_request("Mederma gel 20 g"), allergies=searchset(allergy("Onion")))
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Mederma gel 20 g: Allergy")
+    assert "onion" in card["detail"].lower()
+    assert card["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/rx-1"
+    assert card["overrideReasons"]
+
+
+def test_mederma_without_an_allergy_gets_no_card(ehr):
+    assert sign(ehr, medication_request("Mederma gel 20 g"), allergies=searchset(allergy("Penicillin"))) == []
+
+
+def test_an_order_the_catalog_does_not_know_gets_no_card(ehr):
+    assert sign(ehr, medication_request("Amoxicillin 500 mg"), pregnancy=searchset(pregnancy(True))) == []
+
+
+def mesotherapy_days(plan) -> list[str]:
+    [detail] = [a["detail"] for a in plan["activity"]
+                if a["detail"].get("instantiatesCanonical", [""])[0].split("|")[0].endswith("/mesotherapy")
+                and not a["detail"].get("doNotPerform")]
+    return detail["scheduledTiming"]["event"]
+
+
+def test_a_peel_on_a_mesotherapy_day_of_the_active_plan_gets_a_warning_naming_the_session(ehr):
+    plan = active_plan(ehr, date.today() + timedelta(days=7))
+    session = mesotherapy_days(plan)[2]
+    [card] = sign(ehr, service_request("AHA peel", session[:10], AHA_PEEL), carePlans=searchset(plan))
+    assert card["indicator"] == "warning"
+    assert "Mesotherapy" in card["summary"]
+    assert date.fromisoformat(session[:10]).strftime("%d %b %Y") in card["summary"]
+    assert card["suggestions"][0]["actions"][0]["resourceId"] == "ServiceRequest/sr-1"
+
+
+def test_a_peel_after_the_plan_has_ended_gets_no_card(ehr):
+    plan = active_plan(ehr, date.today() + timedelta(days=7))
+    later = (date.fromisoformat(plan["period"]["end"]) + timedelta(days=60)).isoformat()
+    assert sign(ehr, service_request("AHA peel", later, AHA_PEEL), carePlans=searchset(plan)) == []
+
+
+def test_order_select_screens_only_the_selected_orders(ehr):
+    tretinoin = medication_request("Tretinoin 0.05% cream", TRETINOIN_ATC, order_id="rx-2")
+    mederma = medication_request("Mederma gel 20 g", order_id="rx-3")
+    prefetch = complete_prefetch(assessment=searchset(assessment()), pregnancy=searchset(pregnancy(True)))
+    body = hook_body("order-select", prefetch, selections=["MedicationRequest/rx-3"],
+                     draftOrders=draft_orders(tretinoin, mederma))
+    assert ehr.cards("scar-order-safety-select", body) == []
+    body["context"]["selections"] = ["MedicationRequest/rx-2"]
+    [card] = ehr.cards("scar-order-safety-select", body)
+    assert card["indicator"] == "critical"
+
+
+def test_a_retinoid_order_without_pregnancy_data_says_what_was_not_checked(ehr):
+    body = hook_body("order-sign", {"assessment": None, "carePlans": None, "allergies": None},
+                     draftOrders=draft_orders(medication_request("Tretinoin 0.05% cream", TRETINOIN_ATC)))
+    [card] = ehr.cards("scar-order-safety", body)
+    assert card["indicator"] == "info"
+    assert card["summary"] == "Not checked: breastfeeding status, pregnancy status"
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-select"])
+def test_the_order_sign_service_refuses_another_hook(ehr, hook):
+    body = hook_body(hook, selections=["MedicationRequest/rx-1"], draftOrders=draft_orders())
+    response = ehr.call("scar-order-safety", body)
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["hook"]
+
+
