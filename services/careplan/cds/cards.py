@@ -3,7 +3,7 @@
 Every card and suggestion carries a `uuid` so the EHR can send feedback about
 it; a card with suggestions says how many may be taken (`at-most-one`). Order
 cards offer removing the order and the reasons a clinician may give for keeping
-it (`overrideReasons`, a local code system published with the catalog).
+it (`overrideReasons`, codes the catalog publishes in CodeSystem cds-hooks).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ Indicator = Literal["info", "warning", "critical"]
 
 SOURCE = {"label": "Cicatrix scar care", "topic": {"system": "https://fhir.cicatrix.org/CodeSystem/scar-care",
                                                      "code": "scar-therapy-plan", "display": "Scar therapy plan"}}
-OVERRIDE_REASON_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/cds-override-reason"
+OVERRIDE_REASON_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/cds-hooks"
+"""Published by the catalog with the ValueSet cds-override-reason."""
 OVERRIDE_REASONS = [
     {"system": OVERRIDE_REASON_SYSTEM, "code": "status-outdated",
      "display": "The patient's recorded status is out of date"},
