@@ -129,3 +129,13 @@ def test_the_order_sign_service_refuses_another_hook(ehr, hook):
     assert response.json()["issue"][0]["expression"] == ["hook"]
 
 
+
+
+def test_the_override_reasons_are_the_ones_the_catalog_publishes():
+    import json
+
+    from services.careplan.cds.cards import OVERRIDE_REASONS
+    from services.catalog.settings import CONTENT_DIR
+    published = json.loads((CONTENT_DIR / "ValueSet" / "cds-override-reason.json").read_text())
+    [include] = published["compose"]["include"]
+    assert [{"system": include["system"], **c} for c in include["concept"]] == OVERRIDE_REASONS
