@@ -19,7 +19,6 @@ here decides what is contraindicated: the rules and their reasons are content.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,11 +27,12 @@ from services.careplan.cds.cards import SEVERITY_INDICATOR, Indicator, card, del
 from services.careplan.cds.discovery import PREFETCH_NAMES
 from services.careplan.cds.hooks import HookCall
 from services.careplan.cds.patient import Status, latest_assessment, screening_assessment, status_answer
+from services.careplan.cds.plans import Session, scheduled_sessions
 from services.careplan.cds.prefetch import Prefetched
-from services.careplan.cds.scar_plan import is_cicatrix_plan
 from services.careplan.knowledge import (
     MINIMUM_INTERVAL,
     NOT_SAME_DAY_AS,
+    ExpressionCache,
     Protocol,
     canonical_url,
     codings,
@@ -47,14 +47,7 @@ MEDICATION_KEYS = ("assessment", "allergies", "pregnancy", "breastfeeding")
 PROCEDURE_KEYS = ("assessment", "carePlans")
 
 
-@dataclass(frozen=True)
-class Session:
-    moment: datetime
-    name: str
-    canonical: str
-
-
-def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, expressions: Any,
+def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, expressions: ExpressionCache,
                        questionnaire: str, timezone: str) -> list[dict[str, Any]]:
     """The cards for the draft orders of one call (CPU work: run it in a worker thread)."""
     status = Status(status_answer(data.of("pregnancy"), "pregnant"),
@@ -62,7 +55,7 @@ def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, ex
     assessment = screening_assessment(latest_assessment(data.of("assessment"), questionnaire), status,
                                       call.patient_reference)
     allergies = assessment.allergies([a for a in data.of("allergies") if a.get("resourceType") == "AllergyIntolerance"])
-    sessions = _sessions(data.of("carePlans"))
+    sessions = [s for s in scheduled_sessions(data.of("carePlans")) if s.canonical]
     cards: list[dict[str, Any]] = []
     needed: set[str] = set()
     for order in call.draft_orders():
@@ -153,25 +146,6 @@ def _order_name(order: dict[str, Any], fallback: str) -> str:
 
 
 # ------------------------------------------------------------------ sessions of the active plan
-
-
-def _sessions(plans: list[dict[str, Any]]) -> list[Session]:
-    found = []
-    for plan in plans:
-        if plan.get("resourceType") != "CarePlan" or not is_cicatrix_plan(plan):
-            continue
-        for activity in plan.get("activity", []):
-            detail = activity.get("detail") or {}
-            canonicals = detail.get("instantiatesCanonical") or []
-            if not canonicals or detail.get("doNotPerform") or detail.get("status") in ("cancelled", "stopped"):
-                continue
-            name = (detail.get("code") or {}).get("text") or str(detail.get("description", "")).split(". ")[0]
-            for event in (detail.get("scheduledTiming") or {}).get("event", []):
-                try:
-                    found.append(Session(datetime.fromisoformat(event), name, canonicals[0]))
-                except ValueError:
-                    continue
-    return sorted(found, key=lambda s: s.moment)
 
 
 def _order_day(order: dict[str, Any], timezone: str) -> date:

@@ -15,11 +15,11 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from services.careplan.careplan_builder import PLAN_IDENTIFIER_SYSTEM
 from services.careplan.cds.cards import card, create_action, suggestion, unchecked_card
 from services.careplan.cds.discovery import PREFETCH_NAMES
 from services.careplan.cds.hooks import HookCall
 from services.careplan.cds.patient import Status, latest_assessment, status_answer, with_status
+from services.careplan.cds.plans import activity_name, is_cicatrix_plan, scheduled_sessions
 from services.careplan.cds.prefetch import Prefetched
 from services.careplan.generate import CarePlanner
 from services.careplan.intake import GenerateRequest
@@ -39,7 +39,7 @@ async def scar_plan_cards(call: HookCall, data: Prefetched, planner: CarePlanner
 
 
 async def _cards(call: HookCall, data: Prefetched, planner: CarePlanner) -> list[dict[str, Any]]:
-    plans = [p for p in data.of("carePlans") if p.get("resourceType") == "CarePlan" and is_cicatrix_plan(p)]
+    plans = [p for p in data.of("carePlans") if is_cicatrix_plan(p)]
     if plans:
         return [c for c in (_sessions_card(plan) for plan in plans) if c is not None]
     assessment = latest_assessment(data.of("assessment"), planner.questionnaire_url)
@@ -61,34 +61,15 @@ async def _cards(call: HookCall, data: Prefetched, planner: CarePlanner) -> list
                                          create_action("Create the proposed CarePlan as a draft", careplan))])]
 
 
-def is_cicatrix_plan(plan: dict[str, Any]) -> bool:
-    return plan.get("status") == "active" and any(
-        isinstance(i, dict) and i.get("system") == PLAN_IDENTIFIER_SYSTEM for i in plan.get("identifier", []))
-
-
-def upcoming_sessions(plan: dict[str, Any], after: datetime) -> list[tuple[datetime, str]]:
-    """(start, activity) of every scheduled session after `after`, earliest first."""
-    sessions = []
-    for activity in plan.get("activity", []):
-        detail = activity.get("detail") or {}
-        if detail.get("status") in ("cancelled", "stopped", "completed", "entered-in-error"):
-            continue
-        name = _name(detail)
-        for event in (detail.get("scheduledTiming") or {}).get("event", []):
-            moment = _moment(event)
-            if moment is not None and moment >= after:
-                sessions.append((moment, name))
-    return sorted(sessions)
-
-
 def _sessions_card(plan: dict[str, Any]) -> dict[str, Any] | None:
-    sessions = upcoming_sessions(plan, datetime.now(UTC))[:NEXT_SESSIONS]
+    now = datetime.now(UTC)
+    sessions = [s for s in scheduled_sessions([plan]) if s.moment >= now][:NEXT_SESSIONS]
     if not sessions:
         return None
-    first_day, first_name = sessions[0]
-    lines = "\n".join(f"- {moment:%a %d %b %Y, %H:%M}: {name}" for moment, name in sessions)
+    first = sessions[0]
+    lines = "\n".join(f"- {s.moment:%a %d %b %Y, %H:%M}: {s.name}" for s in sessions)
     title = plan.get("title") or "Scar treatment plan"
-    return card(f"Next scar-care session {first_day:%d %b %Y}: {first_name}", "info",
+    return card(f"Next scar-care session {first.moment:%d %b %Y}: {first.name}", "info",
                 detail=f"**{title}** — next sessions:\n\n{lines}")
 
 
@@ -96,7 +77,7 @@ def _one_line_plan(careplan: dict[str, Any]) -> str:
     activities = [a.get("detail", {}) for a in careplan.get("activity", [])]
     planned = [d for d in activities if not d.get("doNotPerform")]
     period = careplan.get("period") or {}
-    names = ", ".join(_name(d) for d in planned[:3])
+    names = ", ".join(activity_name(d) for d in planned[:3])
     more = f" +{len(planned) - 3} more" if len(planned) > 3 else ""
     return f"Proposed scar plan from {period.get('start', '?')} to {period.get('end', '?')}: {names}{more}"
 
@@ -105,7 +86,7 @@ def _plan_detail(careplan: dict[str, Any]) -> str:
     lines = []
     for activity in careplan.get("activity", []):
         detail = activity.get("detail") or {}
-        name = _name(detail)
+        name = activity_name(detail)
         events = (detail.get("scheduledTiming") or {}).get("event", [])
         if detail.get("doNotPerform"):
             lines.append(f"- Left out: {detail.get('description', name)}")
@@ -114,16 +95,3 @@ def _plan_detail(careplan: dict[str, Any]) -> str:
         else:
             lines.append(f"- {name}")
     return "The plan Cicatrix would make for the latest scar assessment:\n\n" + "\n".join(lines)
-
-
-def _name(detail: dict[str, Any]) -> str:
-    """An activity's short name: its code's text, else the first sentence of its description."""
-    return (detail.get("code") or {}).get("text") or str(detail.get("description", "session")).split(". ")[0]
-
-
-def _moment(value: Any) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
