@@ -114,13 +114,14 @@ def allergy(text: str) -> dict[str, Any]:
 
 def medication_request(text: str, *codings: dict[str, str], order_id: str = "rx-1") -> dict[str, Any]:
     return {"resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order",
-            "medicationCodeableConcept": {"coding": list(codings), "text": text},
+            "medicationCodeableConcept": {"text": text} | ({"coding": list(codings)} if codings else {}),
             "subject": {"reference": f"Patient/{PATIENT}"}}
 
 
 def service_request(text: str, day: str, *codings: dict[str, str], order_id: str = "sr-1") -> dict[str, Any]:
     return {"resourceType": "ServiceRequest", "id": order_id, "status": "draft", "intent": "order",
-            "code": {"coding": list(codings), "text": text}, "subject": {"reference": f"Patient/{PATIENT}"},
+            "code": {"text": text} | ({"coding": list(codings)} if codings else {}),
+            "subject": {"reference": f"Patient/{PATIENT}"},
             "occurrenceDateTime": day}
 
 

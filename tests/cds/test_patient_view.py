@@ -106,3 +106,19 @@ def test_a_call_without_patient_id_is_400(ehr):
                                headers={"Authorization": f"Bearer {ehr.token('/cds-services/scar-plan')}"})
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["context.patientId"]
+
+
+def test_prefetch_that_is_not_valid_r4_is_400_naming_where(ehr):
+    broken = assessment() | {"status": "finished-ish"}
+    response = ehr.call("scar-plan", hook_body("patient-view", complete_prefetch(assessment=searchset(broken))))
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"][0].startswith("prefetch.assessment.")
+
+
+def test_a_draft_order_that_is_not_valid_r4_is_400(ehr):
+    from tests.cds.support import draft_orders
+    order = {"resourceType": "MedicationRequest", "id": "rx-1", "status": "draft", "intent": "order",
+             "medicationCodeableConcept": "tretinoin", "subject": {"reference": "Patient/p1"}}
+    response = ehr.call("scar-order-safety", hook_body("order-sign", {}, draftOrders=draft_orders(order)))
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"][0].startswith("context.draftOrders.")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.fhir.outcome import BadRequest
+from services.fhir.outcome import BadRequest, Issue
+from services.fhir.validation import r4_issues
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 ORDER_TYPES = ("MedicationRequest", "ServiceRequest")
@@ -72,6 +73,24 @@ def read_call(body: Any, expected_hook: str | tuple[str, ...]) -> HookCall:
     server, token = _fhir_access(body)
     return HookCall(hook=hook, hook_instance=str(instance), context=context, prefetch=prefetch, fhir_server=server,
                     access_token=token)
+
+
+def check_fhir_content(call: HookCall) -> None:
+    """The FHIR resources the call carries (draft orders, prefetch) are valid R4, or the call is a 400 naming every
+    problem, located in the call (CPU work: run it in a worker thread)."""
+    given = [("context.draftOrders", call.context.get("draftOrders"))]
+    given += [(f"prefetch.{key}", value) for key, value in call.prefetch.items()]
+    for where, value in given:
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise BadRequest(f"{where} must be a FHIR resource, a Bundle or null", expression=where)
+        issues = r4_issues(value)
+        if issues:
+            raise BadRequest(f"{where} is not valid R4: {issues[0].diagnostics}", issues=[
+                Issue(code=i.code, diagnostics=i.diagnostics,
+                      expression=tuple(where + e.removeprefix(value["resourceType"]) for e in i.expression))
+                for i in issues])
 
 
 def _check_context(hook: str, context: dict[str, Any]) -> None:

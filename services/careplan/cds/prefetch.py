@@ -20,9 +20,11 @@ from typing import Any
 
 import httpx
 import orjson
+from starlette.concurrency import run_in_threadpool
 
 from services.careplan.cds.hooks import HookCall
 from services.fhir.outcome import BadRequest
+from services.fhir.validation import r4_issues
 
 log = logging.getLogger("cicatrix.cds")
 
@@ -100,10 +102,14 @@ class PrefetchResolver:
                     if len(body) > self.max_bytes:
                         log.warning("prefetch answer too large", extra={"limit": self.max_bytes})
                         return None
-            return orjson.loads(body)
+            value = orjson.loads(body)
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
             log.warning("prefetch query failed", extra={"error": type(exc).__name__})
             return None
+        if not isinstance(value, dict) or await run_in_threadpool(r4_issues, value):
+            log.warning("prefetch answer is not valid R4")
+            return None
+        return value
 
 
 def _resources(value: Any, key: str) -> list[dict[str, Any]]:
@@ -113,9 +119,9 @@ def _resources(value: Any, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
         raise BadRequest(f"prefetch.{key} must be a FHIR resource, a Bundle or null", expression=f"prefetch.{key}")
     if value["resourceType"] == "Bundle":
-        entries = value.get("entry") or []
+        entries = value.get("entry") if isinstance(value.get("entry"), list) else []
         return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-                and e.get("search", {}).get("mode", "match") == "match"]
+                and (e.get("search") or {}).get("mode", "match") == "match"]
     if value["resourceType"] == "OperationOutcome":
         return []
     return [value]

@@ -27,7 +27,7 @@ from services.careplan.cds.discovery import (
     prefetch_templates,
 )
 from services.careplan.cds.feedback import feedback_events
-from services.careplan.cds.hooks import HookCall, read_call
+from services.careplan.cds.hooks import HookCall, check_fhir_content, read_call
 from services.careplan.cds.order_safety import order_safety_cards
 from services.careplan.cds.prefetch import Prefetched, PrefetchResolver
 from services.careplan.cds.scar_plan import scar_plan_cards
@@ -109,6 +109,7 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
         service = _service(service_id)
         await hooks.caller(request)
         call = read_call(await read_json(request), service.hook)
+        await run_in_threadpool(check_fhir_content, call)
         data = await hooks.resolver.resolve(call, {k: hooks.templates[k] for k in service.prefetch_keys})
         cards = await answers[service.id](call, data)
         log.info("cds hook answered", extra={"service": service.id, "cards": len(cards),
