@@ -106,9 +106,10 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
     @router.post("/{service_id}", name="cds-service")
     async def call_service(service_id: str, request: Request) -> Response:
         """Call a CDS service with a hook; answers its cards."""
-        service = _service(service_id)
         await hooks.caller(request)
-        call = read_call(await read_json(request), service.hook)
+        body = await read_json(request)  # first: an oversized body is a 413 whatever the URL
+        service = _service(service_id)
+        call = read_call(body, service.hook)
         await run_in_threadpool(check_fhir_content, call)
         data = await hooks.resolver.resolve(call, {k: hooks.templates[k] for k in service.prefetch_keys})
         cards = await answers[service.id](call, data)
@@ -119,10 +120,11 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
     @router.post("/{service_id}/feedback", name="cds-feedback")
     async def feedback(service_id: str, request: Request, ctx: ContextDep) -> Response:
         """What the clinician did with the service's cards, stored as AuditEvents."""
+        principal = await hooks.caller(request, f"{PREFIX}/{service_id}")
+        body = await read_json(request)
         service = _service(service_id)
-        principal = await hooks.caller(request, f"{PREFIX}/{service.id}")
         client = request.client.host if request.client else None
-        events = feedback_events(await read_json(request), service.id, hooks.trail, principal, client,
+        events = feedback_events(body, service.id, hooks.trail, principal, client,
                                  hooks.settings.CDS_MAX_FEEDBACK_ITEMS)
         await run_in_threadpool(hooks.trail.record, ctx.session, events)
         return JSONResponse({}, status_code=200)
