@@ -1,4 +1,4 @@
-"""CDS Hooks figure (8): a hook call with complete prefetch, as an EHR makes it, against the 500 ms it may take.
+"""CDS Hooks figure (9): a hook call with complete prefetch, as an EHR makes it, against the 500 ms it may take.
 
 Every call carries its own signed JWT (ES384, a fresh `jti`: the service refuses replays), so the figure
 includes what trusting the EHR costs. The calls are a mix: `patient-view` for assessments without a plan
@@ -133,7 +133,7 @@ def calls(server: stack.Server, ehr: Ehr, count: int, label: str) -> list[dict[s
 
 
 def figure_hooks(server: stack.Server, ehr: Ehr, *, rounds: int, calls_per_round: int = CALLS_PER_ROUND) -> Figure:
-    """Figure 8: CDS Hooks calls with complete prefetch, 8 connections; next to bare Starlette's stored answer."""
+    """Figure 9: CDS Hooks calls with complete prefetch, 8 connections; next to bare Starlette's stored answer."""
     probe = stack.load(server.port, calls(server, ehr, 6, "probe"), connections=1, total=6)
     ok_statuses(probe)
     card = httpx.post(f"http://127.0.0.1:{server.port}/cds-services/scar-order-safety", timeout=30,
@@ -153,7 +153,7 @@ def figure_hooks(server: stack.Server, ehr: Ehr, *, rounds: int, calls_per_round
     ok_statuses(runs["bare"])
     run = runs["cicatrix"]
     cpu = f"; {run['cpu_us'] / 1000:,.1f} ms server CPU/call" if run.get("cpu_us") else ""
-    return Figure("8", "CDS Hooks call with complete prefetch (patient-view planning, order-sign screening; "
+    return Figure("9", "CDS Hooks call with complete prefetch (patient-view planning, order-sign screening; "
                        "signed JWT each), 8 connections, one process",
                   f"{run['rps']:,.0f} calls/s (p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms{cpu})",
                   f"bare Starlette answering the same POSTs with a stored card: {runs['bare']['rps']:,.0f} req/s",
