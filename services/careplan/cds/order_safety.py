@@ -10,10 +10,11 @@ here decides what is contraindicated: the rules and their reasons are content.
   the preparation's own contraindication (MedicationKnowledge.contraindication:
   high -> `critical`), `warning` otherwise (allergy, declined modality); each card
   suggests deleting the order and offers override reasons.
-- A procedure that the catalog says must not share a day with a scheduled session
-  of the active plan (`not-same-day-as`, either way round), or that comes sooner
-  than its own `minimum-interval` after a scheduled session of the same modality,
-  gets a `warning` naming that session.
+- A procedure closer to a scheduled session of the active plan than the catalog
+  allows gets a `warning` naming that session and the catalog's reason: for
+  procedures incompatible either way round (`not-same-day-as`), the larger of the
+  two `not-same-day-gap`s, at least not the same day; for the same modality, its
+  `minimum-interval`.
 - Data the rules needed but that could not be had is named on an `info` card.
 """
 
@@ -32,6 +33,8 @@ from services.careplan.cds.prefetch import Prefetched
 from services.careplan.knowledge import (
     MINIMUM_INTERVAL,
     NOT_SAME_DAY_AS,
+    NOT_SAME_DAY_GAP,
+    NOT_SAME_DAY_REASON,
     ExpressionCache,
     Protocol,
     canonical_url,
@@ -82,8 +85,8 @@ def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, ex
             if screened.exclusion is not None:
                 cards.append(_exclusion_card(name, screened.exclusion, [], reference))
             day = _order_day(order, timezone)
-            clashes = sorted((s for s in sessions if _clashes(definition, s, day, formulary)),
-                             key=lambda s: (abs((s.moment.date() - day).days), s.moment))
+            clashes = sorted(((s, why) for s in sessions if (why := _clash(definition, s, day, formulary))),
+                             key=lambda found: (abs((found[0].moment.date() - day).days), found[0].moment))
             if clashes:
                 cards.append(_clash_card(name, day, clashes, reference))
     unchecked = [PREFETCH_NAMES[key] for key in sorted(needed) if not data.checked(key)]
@@ -161,18 +164,34 @@ def _order_day(order: dict[str, Any], timezone: str) -> date:
     return datetime.now(ZoneInfo(timezone)).date()
 
 
-def _clashes(definition: dict[str, Any], session: Session, day: date, formulary: Protocol) -> bool:
-    scheduled = formulary.activity(session.canonical) or {}
-    names = {versioned(definition), definition.get("url", "")}
-    other = {session.canonical, canonical_url(session.canonical)}
-    same_modality = definition.get("url") == canonical_url(session.canonical)
+def _clash(definition: dict[str, Any], session: Session, day: date, formulary: Protocol) -> str | None:
+    """Why the ordered procedure on `day` may not come this close to `session` (None when it may).
+
+    The same modality keeps its `minimum-interval`. Procedures incompatible either way round (`not-same-day-as`)
+    keep the larger of the two definitions' `not-same-day-gap`s, at least not the same day — the scheduler's rule
+    for such a pair; the catalog's `not-same-day-reason` says why."""
     apart = abs((session.moment.date() - day).days)
-    if same_modality:
-        intervals = extensions(definition, MINIMUM_INTERVAL)
-        return bool(intervals) and apart < duration_days(intervals[0])
-    not_same_day = {v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)}
-    theirs = {v for v in extensions(scheduled, NOT_SAME_DAY_AS) if isinstance(v, str)}
-    return apart == 0 and bool(not_same_day & other or theirs & names)
+    if definition.get("url") == canonical_url(session.canonical):
+        interval = _days(definition, MINIMUM_INTERVAL)
+        return f"at least {interval} days between two sessions" if interval and apart < interval else None
+    scheduled = formulary.activity(session.canonical) or {}
+    if not ({session.canonical, canonical_url(session.canonical)} & _not_same_day(definition)
+            or {versioned(definition), definition.get("url", "")} & _not_same_day(scheduled)):
+        return None
+    gap = max(_days(definition, NOT_SAME_DAY_GAP), _days(scheduled, NOT_SAME_DAY_GAP), 1)
+    if apart >= gap:
+        return None
+    reason = next((v for d in (definition, scheduled) for v in extensions(d, NOT_SAME_DAY_REASON)
+                   if isinstance(v, str)), "")
+    return (f"at least {gap} days apart" if gap > 1 else "not on the same day") + (f": {reason}" if reason else "")
+
+
+def _not_same_day(definition: dict[str, Any]) -> set[str]:
+    return {v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)}
+
+
+def _days(definition: dict[str, Any], url: str) -> int:
+    return max([duration_days(v) for v in extensions(definition, url) if isinstance(v, dict)] or [0])
 
 
 # ------------------------------------------------------------------ cards
@@ -190,14 +209,14 @@ def _exclusion_card(name: str, exclusion: Exclusion, issues: list[dict[str, Any]
                 override=True)
 
 
-def _clash_card(name: str, day: date, clashes: list[Session], reference: str) -> dict[str, Any]:
-    """Names the closest clashing session in the summary and every clashing session in the detail."""
-    closest = clashes[0]
-    listed = "\n".join(f"- {s.name}: {s.moment:%a %d %b %Y, %H:%M}" for s in clashes)
+def _clash_card(name: str, day: date, clashes: list[tuple[Session, str]], reference: str) -> dict[str, Any]:
+    """Names the closest clashing session in the summary; the detail lists every one with the catalog's reason."""
+    closest = clashes[0][0]
+    listed = "\n".join(f"- {s.name}, {s.moment:%a %d %b %Y, %H:%M} ({why})" for s, why in clashes)
     return card(f"{name} on {day:%d %b %Y} clashes with the {closest.name} session of {closest.moment:%d %b %Y}",
                 "warning",
-                detail=f"The catalog does not allow {name} on {day:%d %b %Y} this close to these sessions of the "
-                       f"active scar treatment plan:\n\n{listed}\n\nMove the order to another day, or remove it.",
+                detail=f"The catalog keeps {name} on {day:%d %b %Y} away from these sessions of the active scar "
+                       f"treatment plan:\n\n{listed}\n\nMove the order to another day, or remove it.",
                 suggestions=[suggestion(f"Remove the order for {name}",
                                         delete_action(f"Remove the order for {name}", reference))],
                 override=True)
