@@ -41,7 +41,8 @@ class CdsService:
     hook: str
     title: str
     description: str
-    prefetch_keys: tuple[str, ...]
+    prefetch_keys: tuple[str, ...] = tuple(PREFETCH_NAMES)
+    """Both services read the same patient data: the plan is screened like an order."""
 
     def discovery(self, templates: dict[str, str]) -> dict[str, Any]:
         return {"hook": self.hook, "title": self.title, "description": self.description, "id": self.id,
@@ -53,16 +54,15 @@ SCAR_PLAN = CdsService(
     description="When a patient's chart opens: the next sessions of their active scar treatment plan, or, for a "
                 "scar assessment without a plan, the screened and scheduled CarePlan Cicatrix proposes (as a draft "
                 "to create).",
-    prefetch_keys=("assessment", "carePlans", "allergies", "pregnancy", "breastfeeding"))
+)
 ORDER_SAFETY = CdsService(
     id="scar-order-safety", hook="order-sign", title="Scar-care order safety",
     description="Screens scar-care orders being signed with the catalog's own rules: retinoids in pregnancy or "
                 "breastfeeding (critical), preparations with an ingredient the patient is allergic to, declined "
                 "modalities, and procedures that clash with a scheduled session of the active plan (warnings).",
-    prefetch_keys=("assessment", "carePlans", "allergies", "pregnancy", "breastfeeding"))
+)
 ORDER_SAFETY_SELECT = CdsService(
     id="scar-order-safety-select", hook="order-select", title="Scar-care order safety (while ordering)",
     description="The scar-care order screening of scar-order-safety, on the orders the clinician has just "
-                "selected, before signing.",
-    prefetch_keys=ORDER_SAFETY.prefetch_keys)
+                "selected, before signing.")
 SERVICES = {service.id: service for service in (SCAR_PLAN, ORDER_SAFETY, ORDER_SAFETY_SELECT)}
