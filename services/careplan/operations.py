@@ -26,7 +26,7 @@ from services.careplan.intake import (
     parse_generate,
     stored_response_id,
 )
-from services.fhir.compartment import current_access
+from services.fhir.compartment import current_access, touched
 from services.fhir.jsonio import read_json
 from services.fhir.outcome import Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
@@ -96,6 +96,7 @@ def _already_generated(request: Request, stored: StoredResource, base: str) -> R
     access = current_access(request)
     if access is not None and access.allows("CarePlan", "r"):
         return write_response(request, stored, base=base, created=False)
+    touched(request.scope).append(stored)  # recorded in the audit trail though its content is not returned
     outcome = operation_outcome([Issue(
         code="informational", severity="information",
         diagnostics=f"This assessment was already turned into CarePlan/{stored.id}; reading it needs the scope "
