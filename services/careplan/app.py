@@ -86,6 +86,7 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
     repository = PlanRepository(store, hooks)
+    hooks.insert(0, repository.record_status)  # first: a second active plan fails before anything is queued
 
     async def close_catalog(_: ServiceContext) -> None:
         await catalog.close()

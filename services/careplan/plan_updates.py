@@ -30,13 +30,16 @@ from typing import Any
 import jsonpatch
 from fastapi import APIRouter, Request
 from jsonpointer import JsonPointerException
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.generate import PlanHook
+from services.careplan.tables import AssessmentPlan
 from services.fhir.jsonio import loads, media_type, read_resource
-from services.fhir.outcome import BadRequest, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
+from services.fhir.outcome import BadRequest, Conflict, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
 from services.fhir.rest import fhir_base, version_from_etag, write_response
 from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
@@ -106,6 +109,16 @@ def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any
 # --------------------------------------------------------------------- routes
 
 
+def _active_plan_of_site(session: Session, plan_id: str) -> str | None:
+    """The active plan of the patient and body site `plan_id` was made for."""
+    row = session.scalars(select(AssessmentPlan).where(AssessmentPlan.careplan_id == plan_id)).first()
+    if row is None:
+        return None
+    return session.scalars(select(AssessmentPlan.careplan_id).where(
+        AssessmentPlan.subject == row.subject, AssessmentPlan.body_site == row.body_site,
+        AssessmentPlan.active)).first()
+
+
 def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRouter:
     router = APIRouter(prefix="/fhir", tags=["resources"])
 
@@ -125,10 +138,16 @@ def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRoute
         issues = r4_issues(proposed)
         if issues:
             raise BadRequest(issues[0].diagnostics, issues=issues)
-        stored, _ = store.update(session, "CarePlan", plan_id, proposed, if_match=if_match)
-        for hook in hooks:
-            hook(session, stored, current)
-        session.commit()
+        try:
+            stored, _ = store.update(session, "CarePlan", plan_id, proposed, if_match=if_match)
+            for hook in hooks:
+                hook(session, stored, current)
+            session.commit()
+        except IntegrityError:  # the one-active-plan index (tables.AssessmentPlan)
+            session.rollback()
+            raise Conflict(f"CarePlan/{_active_plan_of_site(session, plan_id)} is already active for this patient "
+                           f"and body site; revoke or complete it before CarePlan/{plan_id} can become active",
+                           code="business-rule") from None
         return stored, True
 
     def required_if_match(request: Request) -> int:

@@ -160,14 +160,14 @@ def test_concurrent_reassessments_leave_exactly_one_active_plan(database_url, ca
 
 def test_activating_a_second_plan_for_one_site_is_a_conflict(secured_careplan, issuer):
     token = issuer.bearer("system/CarePlan.cru")
-    first = generate(secured_careplan, token, reassessment("atrophic-chest-visible-vessels", "first")).json()
     draft = generate(secured_careplan, token,
-                     reassessment("atrophic-chest-visible-vessels", "second", status="draft")).json()
+                     reassessment("atrophic-chest-visible-vessels", "draft", status="draft")).json()
+    active = generate(secured_careplan, token, reassessment("atrophic-chest-visible-vessels", "active")).json()
     draft["status"] = "active"
     response = secured_careplan.put(f"/fhir/CarePlan/{draft['id']}", json=draft,
                                     headers=FHIR_JSON | token | {"If-Match": 'W/"1"'})
     assert response.status_code == 409, response.text
-    assert first["id"] in response.json()["issue"][0]["diagnostics"]
+    assert active["id"] in response.json()["issue"][0]["diagnostics"]
     with secured_careplan.app.state.ctx.engine.connect() as connection:
         contents = connection.execute(text(
             "SELECT content FROM careplan_resource WHERE resource_type = 'CarePlan'")).scalars().all()
