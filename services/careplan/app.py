@@ -86,7 +86,6 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
     repository = PlanRepository(store, hooks)
-    hooks.insert(0, repository.record_status)  # first: a second active plan fails before anything is queued
 
     async def close_catalog(_: ServiceContext) -> None:
         await catalog.close()
@@ -99,7 +98,7 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
                              "delivery": delivery}
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
-    app.include_router(plan_updates_router(store, hooks))
+    app.include_router(plan_updates_router(store, repository.hooks))
     # --- end delivery
     app.include_router(operations_router(planner, repository))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,

@@ -38,7 +38,7 @@ from services.careplan.scheduling import (
     symmetric_conflicts,
 )
 from services.careplan.tables import AssessmentPlan
-from services.fhir.outcome import Conflict, PreconditionFailed, Unprocessable
+from services.fhir.outcome import Conflict, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource
 
 log = logging.getLogger("cicatrix.careplan.generate")
@@ -140,7 +140,8 @@ class PlanRepository:
 
     def __init__(self, store: ResourceStore, hooks: list[PlanHook]) -> None:
         self.store = store
-        self.hooks = hooks
+        self.hooks: list[PlanHook] = [self.record_status, *hooks]
+        """`hooks` after the repository's own: a second active plan fails before anything is queued."""
 
     def existing(self, session: Session, subject: str, assessment_key: str) -> StoredResource | None:
         row = session.get(AssessmentPlan, (subject, assessment_key))
@@ -157,8 +158,8 @@ class PlanRepository:
                 if existing is not None:
                     return existing, False
                 log.info("careplan save collided; retrying", extra={"careplan_id": careplan_id, "attempt": attempt})
-        raise Conflict("Other plans for this patient and body site were being stored at the same time; "
-                       "submit the assessment again", code="transient")
+        raise ServiceUnavailable("Other plans for this patient and body site were being stored at the same time; "
+                                 "submit the assessment again", headers={"Retry-After": "1"})
 
     def _save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
         assessment = result.assessment

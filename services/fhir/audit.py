@@ -150,6 +150,18 @@ class AuditTrail:
         return [list(shared) + [ref for ref in refs if ref not in shared] + [patient]
                 for patient, refs in by_patient.items()]
 
+    def refused_target(self, session_factory: Callable[[], Session], request: FhirRequest) -> list[Checked]:
+        """The stored resource a refused request named (a token without the scope for it), so that the refusal
+        is recorded with its patient; nothing when it names none, or none this trail's compartment holds."""
+        compartment = self.compartment
+        if compartment is None or request.resource_type not in compartment.types or request.resource_id is None:
+            return []
+        with session_factory() as session:
+            try:
+                return [self.store.read(session, request.resource_type, request.resource_id)]
+            except FhirError:  # unknown, deleted or not stored here (a delivery Task): the URL is all there is
+                return []
+
     def record(self, session_factory: Callable[[], Session], events: list[dict[str, Any]]) -> list[str]:
         """Store events in one transaction of their own (the audited requests' may already be gone)."""
         with session_factory() as session:
@@ -256,9 +268,12 @@ class AuditMiddleware:
         if principal is None or request is None or not self.trail.audited(request):
             return
         try:
+            looked_at = touched(scope)
+            if outcome.status == 403 and not looked_at:
+                looked_at = await run_in_threadpool(self.trail.refused_target, self.commits.sessions, request)
             client = scope.get("client")
             events = [self.trail.event(request, principal, outcome, group, client[0] if client else None)
-                      for group in self.trail.entity_groups(request, body, touched(scope))]
+                      for group in self.trail.entity_groups(request, body, looked_at)]
             await asyncio.gather(*(self.commits.record(event) for event in events))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the access must not go unrecorded silently
             log.error("audit event could not be recorded",

@@ -12,10 +12,10 @@ import httpx
 from sqlalchemy import text
 
 from tests.careplan.conftest import assessment_of, example
+from tests.security.test_audit import audit_events, entities
 from tests.support.apps import FHIR_JSON, careplan_app
 from tests.support.servers import serve
 
-AUDITOR = "system/AuditEvent.rs"
 WRITER = "system/CarePlan.c"
 READER = "system/CarePlan.rs system/QuestionnaireResponse.rs"
 JSON_PATCH = {"content-type": "application/json-patch+json"}
@@ -24,16 +24,6 @@ JSON_PATCH = {"content-type": "application/json-patch+json"}
 def generate(client, headers: dict[str, str], parameters: dict[str, Any] | None = None):
     body = parameters or example("atrophic-chest-visible-vessels")
     return client.post("/fhir/CarePlan/$generate", json=body, headers=FHIR_JSON | headers)
-
-
-def audit_events(client, issuer, **params: Any) -> list[dict[str, Any]]:
-    response = client.get("/fhir/AuditEvent", params={"_count": 200, **params}, headers=issuer.bearer(AUDITOR))
-    assert response.status_code == 200, response.text
-    return [entry["resource"] for entry in response.json().get("entry", [])]
-
-
-def entities(event: dict[str, Any]) -> set[str]:
-    return {e["what"]["reference"] for e in event.get("entity", [])}
 
 
 def reassessment(name: str, assessment_id: str, status: str = "active") -> dict[str, Any]:
@@ -202,6 +192,10 @@ def test_a_304_and_a_denied_read_are_audited_with_their_patient(secured_careplan
     assert entities(not_modified) == {f"CarePlan/{own['id']}", "Patient/example-1"}
     [denied] = audit_events(secured_careplan, issuer, patient=other["subject"]["reference"], agent="patient-1")
     assert denied["outcome"] == "4" and f"CarePlan/{other['id']}" in entities(denied)
+    no_scope = issuer.bearer("system/QuestionnaireResponse.rs", sub="no-plan-scope")
+    assert secured_careplan.get(f"/fhir/CarePlan/{other['id']}", headers=no_scope).status_code == 403
+    [refused] = audit_events(secured_careplan, issuer, patient=other["subject"]["reference"], agent="no-plan-scope")
+    assert refused["outcome"] == "4" and entities(refused) == {f"CarePlan/{other['id']}", other["subject"]["reference"]}
 
 
 # --------------------------------------------------------------------------- server-owned meta, JSON Patch
