@@ -68,7 +68,7 @@ def check_change(current: dict[str, Any], proposed: dict[str, Any]) -> None:
             issues=[Issue(code="business-rule", diagnostics=f"CarePlan.{key} cannot be changed",
                           expression=(f"CarePlan.{key}",)) for key in changed])
     old, new = current.get("status"), proposed.get("status")
-    if old != new and new not in TRANSITIONS.get(str(old), frozenset()):
+    if old != new and (not isinstance(new, str) or new not in TRANSITIONS.get(str(old), frozenset())):
         allowed = ", ".join(sorted(TRANSITIONS.get(str(old), frozenset()))) or "none (final)"
         raise Unprocessable(f"A {old} CarePlan cannot become {new}; allowed: {allowed}",
                             expression="CarePlan.status", code="business-rule")

@@ -229,7 +229,7 @@ def test_meta_cannot_be_forged_through_put_or_patch(secured_careplan, issuer):
                                 headers=FHIR_JSON | editor | {"If-Match": 'W/"1"'}).status_code == 200
 
 
-def test_a_negative_json_patch_index_is_refused(secured_careplan, issuer):
+def test_a_negative_json_patch_index_or_a_status_that_is_no_code_is_refused(secured_careplan, issuer):
     plan = generate(secured_careplan, issuer.bearer(WRITER)).json()
     editor = issuer.bearer("system/CarePlan.rus")
     add = [{"op": "add", "path": "/note", "value": [{"text": "first"}]}]
@@ -237,7 +237,8 @@ def test_a_negative_json_patch_index_is_refused(secured_careplan, issuer):
                                   headers=JSON_PATCH | editor | {"If-Match": 'W/"1"'}).status_code == 200
     for operation in ({"op": "add", "path": "/note/-1", "value": {"text": "sneaked in"}},
                       {"op": "replace", "path": "/note/-1", "value": {"text": "rewritten"}},
-                      {"op": "remove", "path": "/note/-1"}):
+                      {"op": "remove", "path": "/note/-1"},
+                      {"op": "replace", "path": "/status", "value": {"text": "active"}}):
         response = secured_careplan.patch(f"/fhir/CarePlan/{plan['id']}", content=json.dumps([operation]),
                                           headers=JSON_PATCH | editor | {"If-Match": 'W/"2"'})
         assert response.status_code in (400, 422), (operation, response.text)
