@@ -120,7 +120,7 @@ class AuditTrail:
         }
 
     def entity_groups(self, request: FhirRequest, body: bytes | None,
-                      touched: list[Checked] | None = None) -> list[list[str]]:
+                      looked_at: list[Checked] | None = None) -> list[list[str]]:
         """The references the request touched, one group (one AuditEvent) per patient they name.
 
         From the URL's resource, the resources returned (and, for a write, the assessment it read), and what the
@@ -132,7 +132,7 @@ class AuditTrail:
         by_patient: dict[str, dict[str, None]] = {}
         returned = list(_resources(body))
         seen = {_reference(r) for r in returned}
-        returned += [resource_of(item) for item in touched or () if _reference(item) not in seen]
+        returned += [resource_of(item) for item in looked_at or () if _reference(item) not in seen]
         for resource in returned:
             references = dict.fromkeys(ref for ref in [_reference(resource)] if ref)
             if request.interaction in ("create", "operation"):

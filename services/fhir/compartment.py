@@ -89,9 +89,7 @@ class PatientCompartment:
         """read_hook: a patient-limited read only returns that patient's resources; the audit trail hears of it.
 
         Also for resources rendered outside the store (the delivery Tasks): call it before answering 304."""
-        found = request.scope.get(TOUCHED_SCOPE_KEY)
-        if isinstance(found, list):
-            found.append(stored)
+        touched(request.scope).append(stored)
         access = current_access(request)
         if access is not None and access.patient is not None:
             resource_type = stored.resource_type if isinstance(stored, StoredResource) else stored.get("resourceType")
