@@ -97,13 +97,16 @@ def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any
         raise BadRequest("A JSON Patch is an array of operations, each with a string 'op' and 'path'",
                          code="structure")
     try:
-        return jsonpatch.JsonPatch(operations).apply(document)  # type: ignore[no-any-return]
+        patched = jsonpatch.JsonPatch(operations).apply(document)
     except jsonpatch.JsonPatchTestFailed as exc:
         raise PreconditionFailed(f"JSON Patch test failed: {exc}", code="processing") from None
     except jsonpatch.InvalidJsonPatch as exc:
         raise BadRequest(f"Invalid JSON Patch: {exc}", code="structure") from None
     except (jsonpatch.JsonPatchException, JsonPointerException) as exc:
         raise Unprocessable(f"JSON Patch cannot be applied: {exc}", code="processing") from None
+    if not isinstance(patched, dict):  # a whole-document replace with something else
+        raise Unprocessable("The patched document must still be a CarePlan", code="processing")
+    return patched
 
 
 # --------------------------------------------------------------------- routes

@@ -238,7 +238,8 @@ def test_a_negative_json_patch_index_or_a_status_that_is_no_code_is_refused(secu
     for operation in ({"op": "add", "path": "/note/-1", "value": {"text": "sneaked in"}},
                       {"op": "replace", "path": "/note/-1", "value": {"text": "rewritten"}},
                       {"op": "remove", "path": "/note/-1"},
-                      {"op": "replace", "path": "/status", "value": {"text": "active"}}):
+                      {"op": "replace", "path": "/status", "value": {"text": "active"}},
+                      {"op": "add", "path": "", "value": "not a plan"}):
         response = secured_careplan.patch(f"/fhir/CarePlan/{plan['id']}", content=json.dumps([operation]),
                                           headers=JSON_PATCH | editor | {"If-Match": 'W/"2"'})
         assert response.status_code in (400, 422), (operation, response.text)
