@@ -107,8 +107,8 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
                              "delivery": delivery}
     delivery.register_metrics(app.state.ctx)
-    app.include_router(tasks_router(poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
-    app.include_router(plan_updates_router(store, hooks))
+    app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
+    app.include_router(plan_updates_router(store, repository.hooks))
     # --- end delivery
     app.include_router(operations_router(planner, repository))
     app.include_router(cds_router(cds))

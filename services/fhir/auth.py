@@ -40,7 +40,7 @@ PRINCIPAL_SCOPE_KEY = "cicatrix.principal"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", f"{FHIR_PREFIX}/metadata", "/openapi.json", "/docs",
                         "/docs/oauth2-redirect"})
 """Reachable without a token: probes, metrics, the CapabilityStatement and the API description (no data)."""
-_ANONYMOUS = Access(Principal.anonymous())
+_ANONYMOUS = Access(Principal.anonymous(), enforced=False)
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
 
 
