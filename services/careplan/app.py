@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from services.careplan.catalog_client import CatalogClient
 from services.careplan.delivery.embedded import EmbeddedDelivery
+from services.careplan.ehr_capabilities import EHR_CAPABILITIES_DEFINITION, ehr_capabilities_router
 from services.careplan.generate import CarePlanner, PlanHook, PlanRepository
 from services.careplan.knowledge import Knowledge
 from services.careplan.operations import APPLY_DEFINITION, GENERATE_DEFINITION, operations_router
@@ -72,6 +73,9 @@ def capability() -> CapabilityBuilder:
                        SearchParam("status", "token", "requested | in-progress | completed | failed | cancelled"),
                        SearchParam("_id", "token", "Logical id of the Task")),
         operations=(Operation("retry", RETRY_DEFINITION, "Re-queue a failed delivery"),)))
+    builder.system_operations = (Operation(
+        "ehr-capabilities", EHR_CAPABILITIES_DEFINITION,
+        "What the EHR declares and the requests the dispatcher sends it (its request plan)"),)
     return builder
 
 
@@ -93,11 +97,13 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     compartment = patient_compartment()  # security (issue 6): patient/ scopes, audit trail
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
                     capability=capability(), startup=[delivery.start], shutdown=[delivery.stop, close_catalog],
-                    access=access_policy(compartment), audit=audit_trail(store, compartment))
+                    access=access_policy(compartment), audit=audit_trail(store, compartment),
+                    readiness=[delivery.not_ready])
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
                              "delivery": delivery}
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
+    app.include_router(ehr_capabilities_router(delivery))
     app.include_router(plan_updates_router(store, hooks))
     # --- end delivery
     app.include_router(operations_router(planner, repository))

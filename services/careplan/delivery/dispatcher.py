@@ -38,7 +38,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.careplan.delivery import claims as outbox
-from services.careplan.delivery.auth import make_auth
 from services.careplan.delivery.claims import Claim
 from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.errors import EhrError, EhrRejected
@@ -69,10 +68,8 @@ class Dispatcher:
         self.metrics = metrics
         self.worker = worker or worker_name()
         self.rng = rng or random.Random()
-        self.client = client or EhrClient(
-            settings.EHR_BASE_URL, auth=make_auth(settings), connect_timeout=settings.EHR_CONNECT_TIMEOUT_SECONDS,
-            timeout=settings.EHR_TIMEOUT_SECONDS, ca_bundle=settings.EHR_CA_BUNDLE)
-        self.plans = PlanSelector(settings.EHR_DELIVERY, refresh_seconds=settings.EHR_CAPABILITY_REFRESH_SECONDS)
+        self.client = client or EhrClient.from_settings(settings)
+        self.plans = PlanSelector.from_settings(settings)
         self.sender = Sender(self.client, self.plans, read_back=settings.DELIVERY_READ_BACK,
                              search_max_pages=settings.EHR_SEARCH_MAX_PAGES)
         self.policy = RetryPolicy(max_attempts=settings.DELIVERY_MAX_ATTEMPTS, max_age=settings.DELIVERY_MAX_AGE,

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from services.careplan.delivery.auth import Auth, NoAuth
+from services.careplan.delivery.auth import Auth, NoAuth, make_auth
 from services.careplan.delivery.errors import EhrRejected, EhrTransportError
 from services.careplan.delivery.retry import parse_retry_after
 
@@ -92,6 +92,13 @@ class EhrClient:
             # reusing a connection the server is closing fails the request for no reason.
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=2.0),
             headers={"Accept": FHIR_JSON, "User-Agent": "cicatrix-careplan-dispatcher"})
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EhrClient:
+        """The client CAREPLAN_EHR_* configure (base URL, auth, timeouts, CA bundle)."""
+        return cls(settings.EHR_BASE_URL, auth=make_auth(settings),
+                   connect_timeout=settings.EHR_CONNECT_TIMEOUT_SECONDS, timeout=settings.EHR_TIMEOUT_SECONDS,
+                   ca_bundle=settings.EHR_CA_BUNDLE)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -108,7 +108,8 @@ class RequestPlan:
         if self.shape is None:
             return []
         main = "DocumentReference" if self.shape == DOCUMENT else "CarePlan"
-        header = " If-None-Exist: identifier=<plan version>" if self.conditional_create else ""
+        key = "<plan version's document id>" if self.shape == DOCUMENT else "<plan identifier>"
+        header = f" If-None-Exist: identifier={key}" if self.conditional_create else ""
         steps: list[tuple[str, str]] = []
         if self.lookup is not None:
             when = "after an ambiguous attempt" if self.conditional_create else "before every create"
@@ -258,6 +259,10 @@ class PlanSelector:
         self.latest: CurrentPlan | None = None
         self._read_at = 0.0
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PlanSelector:
+        return cls(settings.EHR_DELIVERY, refresh_seconds=settings.EHR_CAPABILITY_REFRESH_SECONDS)
 
     async def current(self, client: EhrClient) -> RequestPlan:
         async with self._lock:
