@@ -120,3 +120,18 @@ def issue_text(outcome: dict[str, Any]) -> str:
         parts += [issue.get("diagnostics", ""), issue.get("details", {}).get("text", "")]
         parts += issue.get("expression", [])
     return " ".join(parts)
+
+
+def declared_resources(fhir: Fhir) -> dict[str, dict[str, Any]]:
+    """CapabilityStatement.rest[0].resource by type, as the sandbox declares it now."""
+    return {resource["type"]: resource for resource in fhir.get("/metadata").json()["rest"][0]["resource"]}
+
+
+def codes(items: list[dict[str, Any]]) -> set[str]:
+    """The `code` of each interaction (or `name` of each searchParam) of a CapabilityStatement list."""
+    return {item.get("code", item.get("name")) for item in items}
+
+
+def refusal_kinds(sandbox: EhrSandbox) -> list[str]:
+    """The kind of each refusal in the request log, oldest first."""
+    return [entry["refusal"]["kind"] for entry in sandbox.refusals()]

@@ -47,7 +47,8 @@ function profileNamed(name) {
  */
 function resolveType(type, declared) {
   const interactions = declared.interactions ?? [];
-  const names = declared.searchParams === ALL ? Object.keys(definitions.searchParameters(type)) : declared.searchParams ?? [];
+  const names =
+    declared.searchParams === ALL ? Object.keys(definitions.searchParameters(type)) : declared.searchParams ?? [];
   const searchParams = new Map(
     names.map((name) => {
       const param = definitions.searchParameter(type, name);
@@ -69,6 +70,7 @@ function resolveType(type, declared) {
     supportedProfile: declared.supportedProfile ?? [],
     documentation: declared.documentation,
     rules: declared.rules ?? [],
+    searchRules: declared.searchRules ?? [],
   };
 }
 
@@ -144,7 +146,8 @@ function createCapabilities(profile = HAPI_PROFILE) {
 
   /** The refusal of a search on `resourceType` with `params` ([[name, value]...]), or undefined. */
   function refuseSearch(resourceType, params) {
-    const declared = resources.get(resourceType)?.searchParams ?? new Map();
+    const spec = resources.get(resourceType);
+    const declared = spec?.searchParams ?? new Map();
     for (const [key, value] of params) {
       const name = key.split(':')[0];
       if (name === '_sort') {
@@ -158,6 +161,17 @@ function createCapabilities(profile = HAPI_PROFILE) {
         continue;
       }
       return undeclaredSearchParam(name === '_summary' ? `_summary=${value}` : key, resourceType);
+    }
+    const byName = new Map();
+    for (const [key, value] of params) {
+      const name = key.split(':')[0];
+      byName.set(name, [...(byName.get(name) ?? []), value]);
+    }
+    for (const rule of spec?.searchRules ?? []) {
+      const broken = rule.check(byName);
+      if (broken) {
+        return { status: 400, kind: 'vendor-rule', detail: `${rule.id}: ${broken} (${rule.source})`, code: 'invalid' };
+      }
     }
     return undefined;
   }
@@ -178,7 +192,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
         return {
           status: rule.status ?? 422,
           kind: 'vendor-rule',
-          detail: `${rule.id}: ${broken} (${rule.source})`,
+          detail: `${rule.id}: ${broken} (${rule.sources[action]})`,
           code: rule.code ?? 'business-rule',
         };
       }
@@ -201,7 +215,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
       conditionalUpdate: spec.conditionalUpdate,
       conditionalDelete: spec.conditionalDelete,
     };
-    if (spec.interactions.includes('search-type')) {
+    if (spec.searchParams.size) {
       entry.searchParam = [...spec.searchParams].map(([name, param]) => ({
         name,
         ...(param.url ? { definition: param.url } : {}),
@@ -236,7 +250,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
             'If-None-Exist and ifNoneExist) or conditional create (400).',
           ...(security ? { security } : {}),
           resource: [...resources.values()].map(resourceEntry),
-          interaction: profile.system.map((code) => ({ code })),
+          ...(profile.system.length ? { interaction: profile.system.map((code) => ({ code })) } : {}),
         },
       ],
     };

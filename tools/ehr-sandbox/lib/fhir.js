@@ -190,7 +190,9 @@ function headerValue(value) {
 
 /** The parsed form body of POST [type]/_search as [[name, value]...]. */
 function formPairs(form) {
-  return Object.entries(form ?? {}).flatMap(([name, value]) => (Array.isArray(value) ? value : [value]).map((v) => [name, v]));
+  return Object.entries(form ?? {}).flatMap(([name, value]) =>
+    (Array.isArray(value) ? value : [value]).map((one) => [name, one])
+  );
 }
 
 /** medplum's FhirRequest; the router fills in pathname, params and query from `url`. */
