@@ -229,7 +229,10 @@ class Sender:
         """A plan version as a DocumentReference: created, or for a later version updated where the EHR
         declares update, else created so that it replaces the previous one."""
         identifier = document_identifier(job.plan, job.version)
-        if prior is not None and plan.document_versions == UPDATE:
+        # An update rewrites who answers for the note, so it needs the practitioner to name; without one the new
+        # version is a note of its own that replaces the previous one.
+        author = practitioner_of(job.plan, job.assessment_resource)
+        if prior is not None and plan.document_versions == UPDATE and author is not None:
             return await self._document_update(job, plan, prior, identifier)
         replaces = f"DocumentReference/{prior.ehr_id}" if prior is not None else None
         sent = self._document_body(job, plan, replaces=replaces)
