@@ -203,7 +203,7 @@ def test_sigkill_of_a_standalone_dispatcher_mid_delivery_then_restart(engine, da
             worker.kill()
 
     ehr_sandbox.configure(latency_ms=0)
-    assert dispatch(database_url, ehr_sandbox.base_url, drain=True, DELIVERY_LEASE_SECONDS="1").wait(timeout=60) == 0
+    drain(delivery_settings(database_url, ehr_sandbox.base_url, DELIVERY_LEASE_SECONDS=1.0), engine)  # the restart
     wait_for(lambda: all(r["status"] is not None for r in ehr_sandbox.requests()), 5, "the killed requests to end")
 
     assert_exactly_once(ehr_sandbox, engine, profile, dict.fromkeys(plans, 1))

@@ -60,10 +60,12 @@ def test_a_generated_plan_reaches_the_ehr_once_and_valid(database_url, catalog_u
         assert not any(o.get("type", {}).get("coding", [{}])[0].get("code") == "read-back-dropped"
                        for o in task["output"])
     else:
-        [document] = ehr_sandbox.store("DocumentReference")
-        r4_validator.assert_valid(document)
-        stored = json.loads(base64.b64decode(document["content"][1]["attachment"]["data"]))
+        [stored] = ehr_sandbox.store("DocumentReference")
+        [content] = stored["content"]
+        assert plan["title"] in base64.b64decode(content["attachment"]["data"]).decode()
+        assert stored["identifier"] == plan["identifier"]
     r4_validator.assert_valid(stored)
+    assert ehr_sandbox.refusals() == []
     [request] = [r for r in ehr_sandbox.requests() if r["method"] in ("POST", "PUT") and r["path"].startswith("/fhir")
                  and r["path"] != "/fhir/Provenance"]
     r4_validator.assert_valid(request["body"])
