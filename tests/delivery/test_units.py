@@ -121,6 +121,31 @@ def test_a_401_fetches_one_new_token_and_retries_once():
     assert seen == {"token": 2, "fhir": ["Bearer t1", "Bearer t2"]}
 
 
+def test_the_token_url_comes_from_the_capability_statement_when_smart_discovery_is_missing():
+    key = SigningKey(ec_key(), "k1", "ES384")
+    token_posts: list[str] = []
+    security = {"extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                               "extension": [{"url": "token", "valueUri": "https://auth.example.org/token"}]}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/smart-configuration"):
+            return httpx.Response(404, json={})
+        if request.url.path.endswith("/metadata"):
+            assert "authorization" not in request.headers  # read without credentials, as SMART allows
+            return httpx.Response(200, json={"resourceType": "CapabilityStatement",
+                                             "rest": [{"mode": "server", "security": security}]})
+        if request.url.host == "auth.example.org":
+            token_posts.append(str(request.url))
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        return httpx.Response(200, json={})
+
+    client = client_for(handler)
+    client.auth = SmartBackendAuth(client_id="c", key=key, scope="system/CarePlan.crus", fhir_base=client.base_url)
+    asyncio.run(client.request("GET", "CarePlan"))
+
+    assert token_posts == ["https://auth.example.org/token"]
+
+
 def test_the_client_assertion_has_the_claims_smart_requires():
     key = ec_key()
     auth = SmartBackendAuth(client_id="cicatrix", key=SigningKey(key, "k1", "ES384"), scope="s",
