@@ -6,8 +6,8 @@ five minutes ahead, a fresh `jti`) with its private key (RS384 or ES384, PyJWT o
 `cryptography`), posts it as a `client_credentials` grant, and uses the access token
 until shortly before it expires. The token URL is configured or read from the EHR's
 `.well-known/smart-configuration`, else from its CapabilityStatement (`rest.security`
-oauth-uris `token`, the SMART 1.0 way, which older EHRs still use alone). A 401 from the EHR drops the cached token, and the
-client asks for a new one once (see `EhrClient`).
+oauth-uris `token`, the SMART 1.0 way, which older EHRs still use alone). A 401 from
+the EHR drops the cached token, and the client asks for a new one once (see `EhrClient`).
 
 Nothing secret is logged: not the key, not the assertion, not the token.
 """

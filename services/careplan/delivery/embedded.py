@@ -46,6 +46,13 @@ class EmbeddedDelivery:
         assert plans.latest is not None
         return plans.latest
 
+    async def _read_plan(self) -> None:
+        """Without a dispatcher here, read the EHR's plan once at start anyway, so /readyz can report it."""
+        try:
+            await self.request_plan()
+        except Exception as exc:  # noqa: BLE001 - the EHR may be down; $ehr-capabilities reads it again
+            log.info("EHR CapabilityStatement not readable at start", extra={"error": type(exc).__name__})
+
     def not_ready(self) -> str | None:
         """For /readyz: why no plan can be delivered to the EHR, as last read (None: it can, or not read yet).
 
@@ -66,11 +73,16 @@ class EmbeddedDelivery:
     async def start(self, ctx: ServiceContext) -> None:
         if self.settings.DISPATCHER != "embedded":
             log.info("embedded dispatcher off (CAREPLAN_DISPATCHER=off): run `cicatrix dispatch`")
+            self._task = asyncio.create_task(self._read_plan(), name="careplan-ehr-capabilities")
             return
         self.dispatcher = Dispatcher(self.settings, ctx.engine, metrics=self.metrics)
         self._task = asyncio.create_task(self.dispatcher.run(), name="careplan-dispatcher")
 
     async def stop(self, ctx: ServiceContext) -> None:
+        if self.dispatcher is None and self._task is not None:  # off: only the start-up read may be running
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self._own is not None:
             await self._own[0].close()
             self._own = None

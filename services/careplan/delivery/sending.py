@@ -56,6 +56,7 @@ from services.careplan.delivery.payloads import (
 from services.careplan.delivery.readback import dropped_elements
 from services.careplan.delivery.request_plan import (
     DOCUMENT,
+    INDIVIDUAL,
     TRANSACTION,
     UPDATE,
     CannotDeliver,
@@ -187,7 +188,7 @@ class Sender:
         target = _Written("CarePlan", ehr_id, prior.ehr_version)
         if job.ambiguous and plan.provenance is not None and plan.provenance.lookup is not None:
             found = await self._find_provenance(job, plan, f"CarePlan/{ehr_id}")
-            if found:
+            if isinstance(found, _Written):
                 current = await self.client.read("CarePlan", ehr_id, request_id=job.request_id)
                 main = _held(current, "CarePlan", ehr_id)
                 return await self._done(job, plan, main, [main, found], desired, resent=False)
@@ -392,7 +393,8 @@ class Sender:
     async def _done(self, job: Job, plan: RequestPlan, main: _Written, written: list[_Written],
                     sent: dict[str, Any], *, resent: bool = True) -> Delivered:
         readback = await self._read_back(job, main, sent) if self.read_back else None
-        shape = DOCUMENT if main.resource_type == "DocumentReference" else str(plan.shape)
+        shape = DOCUMENT if main.resource_type == "DocumentReference" else (
+            TRANSACTION if plan.shape == TRANSACTION else INDIVIDUAL)
         return Delivered(shape=shape, ehr_type=main.resource_type, ehr_id=main.id, ehr_version=main.version,
                          outputs=[w.output for w in written], readback=readback, resent=resent)
 
