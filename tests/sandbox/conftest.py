@@ -135,3 +135,12 @@ def codes(items: list[dict[str, Any]]) -> set[str]:
 def refusal_kinds(sandbox: EhrSandbox) -> list[str]:
     """The kind of each refusal in the request log, oldest first."""
     return [entry["refusal"]["kind"] for entry in sandbox.refusals()]
+
+
+def assert_refused(sandbox: EhrSandbox, response: httpx.Response, status: int, kind: str) -> None:
+    """The request was answered `status` with an OperationOutcome, logged as the only refusal, of `kind`, and
+    stored nothing."""
+    assert response.status_code == status, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert refusal_kinds(sandbox) == [kind]
+    assert sandbox.store() == []

@@ -57,3 +57,15 @@ def test_metadata_is_readable_without_a_token_when_auth_is_on(ehr_sandbox, fhir)
 
     assert response.status_code == 200
     assert "Bearer" in response.json()["rest"][0]["security"]["description"]
+
+
+@pytest.mark.parametrize(
+    "profile", ["hapi", "oracle-millennium", "us-core-notes", "minimal", "no-transaction", "no-careplan-write"]
+)
+def test_every_profile_publishes_a_valid_r4_capability_statement_naming_it(ehr_sandbox, fhir, assert_r4, profile):
+    ehr_sandbox.configure(profile=profile)
+
+    statement = fhir.get("/metadata").json()
+
+    assert_r4(statement)
+    assert f'"{profile}"' in statement["implementation"]["description"]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sandbox.conftest import careplan, codes, declared_resources, delivery_transaction, provenance, refusal_kinds
+from tests.sandbox.conftest import (
+    assert_refused,
+    careplan,
+    codes,
+    declared_resources,
+    delivery_transaction,
+    provenance,
+)
 
 pytestmark = pytest.mark.sandbox
 
@@ -56,9 +63,4 @@ def test_minimal_takes_what_it_declares_without_refusal(ehr_sandbox, minimal):
          "if-none-exist"],
 )
 def test_minimal_refuses_and_logs_what_it_does_not_declare(ehr_sandbox, minimal, send, status, kind):
-    response = send(minimal)
-
-    assert response.status_code == status
-    assert response.json()["resourceType"] == "OperationOutcome"
-    assert refusal_kinds(ehr_sandbox) == [kind]
-    assert ehr_sandbox.store() == []
+    assert_refused(ehr_sandbox, send(minimal), status, kind)

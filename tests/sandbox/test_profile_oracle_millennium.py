@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from tests.sandbox.conftest import (
+    assert_refused,
     careplan,
     codes,
     declared_resources,
     delivery_transaction,
     issue_text,
     provenance,
-    refusal_kinds,
 )
 
 pytestmark = pytest.mark.sandbox
@@ -90,6 +90,8 @@ def test_millennium_takes_documents_that_keep_its_rules_and_the_searches_it_docu
     assert (created.status_code, updated.status_code) == (201, 200)
     assert [entry["resource"]["description"] for entry in found.json()["entry"]] == ["v2"]
     assert millennium.get("/CarePlan", params={"patient": "Patient/p1", "category": "assess-plan"}).status_code == 200
+    dated = {"category": "assess-plan", "date": ["ge2025-01-01", "le2025-12-31"]}
+    assert millennium.get("/CarePlan", params=dated).status_code == 200
     assert millennium.get("/Provenance", params={"_id": "x"}).status_code == 200
     assert millennium.get(f"/DocumentReference/{document['id']}").status_code == 200
     assert ehr_sandbox.refusals() == []
@@ -190,15 +192,27 @@ def test_millennium_refuses_a_document_update_that_breaks_a_published_rule(
         (lambda f: f.get("/DocumentReference", params={"type": "http://loinc.org|18776-5"}), 400, "vendor-rule"),
         (lambda f: f.get("/CarePlan", params={"patient": "Patient/p1"}), 400, "vendor-rule"),
         (lambda f: f.get("/CarePlan", params={"category": "careteam"}), 400, "vendor-rule"),
+        (lambda f: f.get("/CarePlan", params={"category": "assess-plan", "date": "ge2025-01-01"}), 400,
+         "vendor-rule"),
+        (lambda f: f.get("/DocumentReference", params={"patient": "Patient/p1", "period": "le2025-01-01"}), 400,
+         "vendor-rule"),
     ],
     ids=["careplan-create", "provenance-create", "transaction", "batch", "patient", "identifier", "target", "_tag",
          "if-none-exist", "update-as-create", "document-search-without-patient", "careplan-search-without-category",
-         "careplan-category-not-assess-plan"],
+         "careplan-category-not-assess-plan", "careplan-date-without-le", "document-period-le"],
 )
 def test_millennium_refuses_and_logs_what_it_does_not_declare(ehr_sandbox, millennium, send, status, kind):
-    response = send(millennium)
+    assert_refused(ehr_sandbox, send(millennium), status, kind)
 
-    assert response.status_code == status
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"content": "x"}, {"type": {"coding": "x"}}, {"content": [{"attachment": ["x"]}]}],
+    ids=["content not a list", "coding not a list", "attachment not an object"],
+)
+def test_millennium_answers_a_document_that_is_not_r4_with_400_not_a_crash(ehr_sandbox, millennium, overrides):
+    response = millennium.post("/DocumentReference", millennium_document(**overrides))
+
+    assert response.status_code == 400
     assert response.json()["resourceType"] == "OperationOutcome"
-    assert refusal_kinds(ehr_sandbox) == [kind]
     assert ehr_sandbox.store() == []

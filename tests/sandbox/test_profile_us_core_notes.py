@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox.conftest import careplan, codes, declared_resources, delivery_transaction, issue_text, refusal_kinds
+from tests.sandbox.conftest import (
+    assert_refused,
+    careplan,
+    codes,
+    declared_resources,
+    delivery_transaction,
+    issue_text,
+    refusal_kinds,
+)
 
 pytestmark = pytest.mark.sandbox
 
@@ -106,9 +114,4 @@ def test_us_core_notes_refuses_a_note_without_what_us_core_makes_mandatory(ehr_s
     ids=["careplan", "transaction", "update", "identifier", "if-none-exist"],
 )
 def test_us_core_notes_refuses_and_logs_what_it_does_not_declare(ehr_sandbox, notes, send, status, kind):
-    response = send(notes)
-
-    assert response.status_code == status
-    assert response.json()["resourceType"] == "OperationOutcome"
-    assert refusal_kinds(ehr_sandbox) == [kind]
-    assert ehr_sandbox.store() == []
+    assert_refused(ehr_sandbox, send(notes), status, kind)

@@ -13,7 +13,8 @@
  *   undeclared search parameter (search, If-None-Exist,        400  undeclared-search-param
  *     Bundle ifNoneExist, conditional update/delete, _sort)
  *   If-None-Exist / ifNoneExist where conditionalCreate false  400  conditional-create
- *   a vendor rule of the profile (vendor-rules.js)             422  vendor-rule (400 for a missing If-Match)
+ *   a vendor content rule of the profile (vendor-rules.js)     422  vendor-rule (400 for a missing If-Match)
+ *   a vendor search rule (a required parameter combination)    400  vendor-rule
  *
  * A refusal is `{ status, kind, detail, code }`; fhir.js answers it as an OperationOutcome and the request log
  * records `{ kind, detail }` (requestlog.js).
@@ -180,7 +181,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
   function refuseContent(op, resource) {
     const spec = resources.get(op.resourceType);
     const action = op.interaction === 'create' ? 'create' : op.interaction === 'update' ? 'update' : undefined;
-    if (!spec || !action || !resource || typeof resource !== 'object') {
+    if (!spec?.rules.length || !action || !resource || typeof resource !== 'object' || !isValidR4(resource)) {
       return undefined;
     }
     for (const rule of spec.rules) {
@@ -263,6 +264,19 @@ function createCapabilities(profile = HAPI_PROFILE) {
     refuseContent,
     statement,
   };
+}
+
+/**
+ * True when the resource is valid R4. Vendor rules read elements in their R4 shapes, so they judge only valid
+ * resources; an invalid one is left to the validation on write, which refuses it with 400 as on any profile.
+ */
+function isValidR4(resource) {
+  try {
+    validateResource(resource);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function undeclaredInteraction(interaction, where) {

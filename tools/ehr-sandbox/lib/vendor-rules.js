@@ -104,7 +104,7 @@ const MILLENNIUM_DOCUMENT_REFERENCE_RULES = Object.freeze([
     id: 'millennium-subject-patient',
     on: ['create', 'update'],
     sources: MILLENNIUM_BOTH,
-    check: ({ subject }) => (isReferenceTo('Patient', subject) ? undefined : 'subject is not a Patient reference'),
+    check: subjectIsPatient,
   },
   {
     // Both pages, type: "The type must include a LOINC or a proprietary coding." A proprietary coding means a code
@@ -174,6 +174,20 @@ const MILLENNIUM_CAREPLAN_SEARCH_RULES = Object.freeze([
         : 'category supports only assess-plan';
     },
   },
+  {
+    // date: "When provided, must use both ge and le prefixes in the same search. The lower value must have the ge
+    // prefix and the higher value must have the le prefix."
+    id: 'millennium-careplan-date',
+    source: MILLENNIUM_CAREPLAN_SEARCH,
+    check: (params) => {
+      const dates = params.get('date');
+      if (!dates) {
+        return undefined;
+      }
+      const prefixes = dates.map((value) => value.slice(0, 2)).sort();
+      return prefixes.join(',') === 'ge,le' ? undefined : 'date needs exactly one ge and one le value';
+    },
+  },
 ]);
 
 const MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES = Object.freeze([
@@ -182,6 +196,15 @@ const MILLENNIUM_DOCUMENT_REFERENCE_SEARCH_RULES = Object.freeze([
     id: 'millennium-document-reference-search',
     source: MILLENNIUM_DOCUMENT_REFERENCE_SEARCH,
     check: (params) => (params.has('_id') || params.has('patient') ? undefined : 'a search needs _id or patient'),
+  },
+  {
+    // period: "Must use the ge and lt prefixes."
+    id: 'millennium-document-reference-period',
+    source: MILLENNIUM_DOCUMENT_REFERENCE_SEARCH,
+    check: (params) =>
+      (params.get('period') ?? []).every((value) => /^(ge|lt)/.test(value))
+        ? undefined
+        : 'period takes only ge and lt values',
   },
 ]);
 
@@ -229,7 +252,7 @@ const US_CORE_DOCUMENT_REFERENCE_RULES = Object.freeze([
     id: 'us-core-subject',
     on: ['create', 'update'],
     sources: US_CORE_BOTH,
-    check: ({ subject }) => (isReferenceTo('Patient', subject) ? undefined : 'subject is not a Patient reference'),
+    check: subjectIsPatient,
   },
   {
     // us-core-6: "DocumentReference.content.attachment.url or DocumentReference.content.attachment.data or both
@@ -243,6 +266,10 @@ const US_CORE_DOCUMENT_REFERENCE_RULES = Object.freeze([
         : 'content.attachment has neither url nor data',
   },
 ]);
+
+function subjectIsPatient({ subject }) {
+  return isReferenceTo('Patient', subject) ? undefined : 'subject is not a Patient reference';
+}
 
 /** True when `reference` is a literal reference to a resource of `type` (`Type/id`, relative or absolute). */
 function isReferenceTo(type, reference) {
