@@ -119,6 +119,14 @@ def test_an_ehr_that_takes_nothing_names_what_is_missing():
     assert "no DocumentReference create is declared" in plan.cannot_create
 
 
+def test_an_ehr_speaking_only_xml_gets_nothing_and_is_told_why():
+    caps = HAPI_LIKE | {"format": ["xml", "application/fhir+xml"]}
+
+    plan = plan_requests(read_capabilities(caps))
+
+    assert plan.shape is None and "no JSON format is declared (only xml, application/fhir+xml)" in plan.cannot_create
+
+
 def test_a_configured_shape_is_only_used_when_declared():
     assert plan_requests(read_capabilities(HAPI_LIKE), "individual").shape == INDIVIDUAL
     refused = plan_requests(read_capabilities(CAREPLANS_ONE_AT_A_TIME), "transaction")
@@ -210,7 +218,7 @@ def deliver(ehr: DeclaringEhr, attempt: Job) -> None:
     async def go() -> None:
         client = EhrClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(ehr.handle))
         try:
-            await Sender(client, PlanSelector("auto", refresh_seconds=60), read_back=False).deliver(attempt)
+            await Sender(client, PlanSelector("auto", refresh_seconds=60)).deliver(attempt)
         finally:
             await client.close()
 

@@ -87,6 +87,8 @@ class RequestPlan:
     """A later version of a plan held as a CarePlan can be sent (update with If-Match, read after a 412)."""
     if_match: frozenset[str] = frozenset()
     """Types whose updates carry If-Match (versioning `versioned-update`)."""
+    readable: frozenset[str] = frozenset()
+    """Types the EHR declares read for (the read-back GET is only sent for these)."""
     us_core_careplan: bool = False
     us_core_document: bool = False
     cannot_create: str | None = None
@@ -122,22 +124,27 @@ class RequestPlan:
             suffix = " (matched on our delivery tag here)" if prov.lookup == "target" else ""
             steps.append((when, f"GET Provenance?{prov.lookup}=<…>{suffix}"))
         prov_header = " If-None-Exist: _tag=<delivery>" if prov is not None and prov.if_none_exist else ""
+        careplan_match = " If-Match" if "CarePlan" in self.if_match else ""
+        document_match = " If-Match" if "DocumentReference" in self.if_match else ""
+        replacing = "POST DocumentReference (relatesTo replaces the previous one)"
         if self.shape == TRANSACTION:
             entries = f"POST CarePlan{header}" + (f", POST Provenance{prov_header}" if prov else "")
             steps.append(("first version", f"POST / (transaction: {entries})"))
-            steps.append(("later version", "POST / (transaction: PUT CarePlan/<id> If-Match"
-                                           + (f", POST Provenance{prov_header})" if prov else ")")))
+            later = (f"POST / (transaction: PUT CarePlan/<id>{careplan_match}"
+                     + (f", POST Provenance{prov_header})" if prov else ")"))
         else:
             steps.append(("first version", f"POST {main}{header}"))
-            if self.shape == INDIVIDUAL:
-                steps.append(("later version", "PUT CarePlan/<id> If-Match" if self.careplan_update
-                              else "none: " + str(self.cannot_update)))
-            elif self.document_versions == UPDATE:
-                steps.append(("later version", "PUT DocumentReference/<id> If-Match"))
-            else:
-                steps.append(("later version", "POST DocumentReference (relatesTo replaces the previous one)"))
-            if prov is not None:
-                steps.append(("after each write", f"POST Provenance{prov_header}"))
+            later = f"PUT CarePlan/<id>{careplan_match}"
+            if self.shape == DOCUMENT:
+                later = (f"PUT DocumentReference/<id>{document_match} when the practitioner is known, else {replacing}"
+                         if self.document_versions == UPDATE else replacing)
+        if self.shape != DOCUMENT and self.cannot_update:
+            later = f"none: {self.cannot_update}"
+        steps.append(("later version", later))
+        if not later.startswith(("none", replacing)):
+            steps.append(("after an ambiguous update, or a 412", f"GET {main}/<id> (is this version there already?)"))
+        if prov is not None and self.shape != TRANSACTION:
+            steps.append(("after each write", f"POST Provenance{prov_header}"))
         return steps
 
 
@@ -178,6 +185,7 @@ def plan_requests(capabilities: EhrCapabilities, configured: str = "auto") -> Re
             careplan_update=capabilities.can("CarePlan", "update") and capabilities.can("CarePlan", "read"),
             if_match=frozenset(kind for kind in ("CarePlan", "DocumentReference")
                                if capabilities.resource(kind).versioned_update),
+            readable=frozenset(kind for kind in ("CarePlan", "DocumentReference") if capabilities.can(kind, "read")),
             us_core_careplan=capabilities.profiled(US_CORE_CAREPLAN),
             us_core_document=capabilities.profiled(US_CORE_DOCUMENT),
             fallbacks=tuple(fallbacks), token_url=capabilities.token_url)
@@ -187,8 +195,13 @@ def plan_requests(capabilities: EhrCapabilities, configured: str = "auto") -> Re
                        token_url=capabilities.token_url)
 
 
+JSON_FORMATS = frozenset({"json", "application/fhir+json", "application/json"})
+
+
 def _refusal(capabilities: EhrCapabilities, shape: str) -> str | None:
     """Why `shape` is not declared at all; None when it is."""
+    if capabilities.formats and not JSON_FORMATS & {f.split(";")[0].strip() for f in capabilities.formats}:
+        return "no JSON format is declared (only " + ", ".join(capabilities.formats) + ")"
     if shape == TRANSACTION:
         if "transaction" not in capabilities.system:
             return "no `transaction` interaction is declared"

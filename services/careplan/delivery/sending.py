@@ -392,19 +392,23 @@ class Sender:
 
     async def _done(self, job: Job, plan: RequestPlan, main: _Written, written: list[_Written],
                     sent: dict[str, Any], *, resent: bool = True) -> Delivered:
-        readback = await self._read_back(job, main, sent) if self.read_back else None
+        readback = await self._read_back(job, plan, main, sent) if self.read_back else None
         shape = DOCUMENT if main.resource_type == "DocumentReference" else (
             TRANSACTION if plan.shape == TRANSACTION else INDIVIDUAL)
         return Delivered(shape=shape, ehr_type=main.resource_type, ehr_id=main.id, ehr_version=main.version,
                          outputs=[w.output for w in written], readback=readback, resent=resent)
 
-    async def _read_back(self, job: Job, main: _Written, sent: dict[str, Any]) -> list[str] | None:
+    async def _read_back(self, job: Job, plan: RequestPlan, main: _Written,
+                         sent: dict[str, Any]) -> list[str] | None:
         """Elements of `sent` the EHR did not keep; None when the stored copy could not be had.
 
         The representation the EHR answered the write with is what it stored, so it is compared as is;
-        a GET is spent only when the answer did not carry it (return=minimal servers, search-found copies)."""
+        a GET is spent only when the answer did not carry it (return=minimal servers, search-found copies)
+        and the EHR declares read."""
         stored = main.stored
         if stored is None:
+            if main.resource_type not in plan.readable:
+                return None
             try:
                 stored = (await self.client.read(main.resource_type, main.id, request_id=job.request_id)).body or {}
             except EhrError as exc:  # the delivery itself succeeded; a failed read-back must not undo that
