@@ -202,8 +202,11 @@ def test_sigkill_of_a_standalone_dispatcher_mid_delivery_then_restart(engine, da
         if worker.poll() is None:
             worker.kill()
 
+    # The requests of the killed worker still run to their end in the EHR. A lease outlasts them (the lease must
+    # exceed a delivery's requests: CAREPLAN_DELIVERY_LEASE_SECONDS); here the lease is short to keep the test
+    # quick, so the restart waits for them instead. EHRs without conditional create rely on exactly this.
+    wait_for(lambda: all(r["status"] is not None for r in ehr_sandbox.requests()), 10, "the killed requests to end")
     ehr_sandbox.configure(latency_ms=0)
     drain(delivery_settings(database_url, ehr_sandbox.base_url, DELIVERY_LEASE_SECONDS=1.0), engine)  # the restart
-    wait_for(lambda: all(r["status"] is not None for r in ehr_sandbox.requests()), 5, "the killed requests to end")
 
     assert_exactly_once(ehr_sandbox, engine, profile, dict.fromkeys(plans, 1))

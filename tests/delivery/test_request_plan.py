@@ -233,7 +233,7 @@ CAPABILITIES = st.builds(
     st.sets(st.sampled_from(["_tag", "identifier"]), max_size=1))
 
 
-@settings(max_examples=int(os.environ.get("CICATRIX_FUZZ_EXAMPLES", "0") or 0) or 120, deadline=None,
+@settings(max_examples=int(os.environ.get("CICATRIX_FUZZ_EXAMPLES", "0") or 0) or 80, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(capabilities=CAPABILITIES, ambiguous=st.booleans())
 def test_any_capability_statement_gives_only_declared_requests_or_names_the_missing_capability(capabilities,
