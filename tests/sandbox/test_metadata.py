@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.sandbox.conftest import valid_statement
+
 pytestmark = pytest.mark.sandbox
 
 
@@ -65,7 +67,6 @@ def test_metadata_is_readable_without_a_token_when_auth_is_on(ehr_sandbox, fhir)
 def test_every_profile_publishes_a_valid_r4_capability_statement_naming_it(ehr_sandbox, fhir, assert_r4, profile):
     ehr_sandbox.configure(profile=profile)
 
-    statement = fhir.get("/metadata").json()
+    statement = valid_statement(fhir, assert_r4)
 
-    assert_r4(statement)
     assert f'"{profile}"' in statement["implementation"]["description"]

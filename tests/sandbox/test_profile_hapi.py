@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.sandbox.conftest import careplan, codes, declared_resources, delivery_transaction
+from tests.sandbox.conftest import careplan, codes, declared_resources, delivery_transaction, valid_statement
 
 pytestmark = pytest.mark.sandbox
 
@@ -21,8 +21,7 @@ def test_hapi_is_the_default_and_full_selects_it(ehr_sandbox, fhir):
 
 
 def test_hapi_declares_bundles_every_interaction_and_conditional_operations_on_every_type(fhir, assert_r4):
-    statement = fhir.get("/metadata").json()
-    assert_r4(statement)
+    statement = valid_statement(fhir, assert_r4)
     resources = declared_resources(fhir)
 
     assert codes(statement["rest"][0]["interaction"]) == {"transaction", "batch"}

@@ -11,6 +11,7 @@ from tests.sandbox.conftest import (
     declared_resources,
     delivery_transaction,
     provenance,
+    valid_statement,
 )
 
 pytestmark = pytest.mark.sandbox
@@ -23,8 +24,7 @@ def minimal(ehr_sandbox, fhir):
 
 
 def test_minimal_declares_careplan_create_read_update_and_search_by_id_or_patient_only(minimal, assert_r4):
-    statement = minimal.get("/metadata").json()
-    assert_r4(statement)
+    statement = valid_statement(minimal, assert_r4)
     assert "interaction" not in statement["rest"][0]  # no transaction, no batch
     [plan] = declared_resources(minimal).values()
 

@@ -17,6 +17,7 @@ from tests.sandbox.conftest import (
     delivery_transaction,
     issue_text,
     provenance,
+    valid_statement,
 )
 
 pytestmark = pytest.mark.sandbox
@@ -57,8 +58,7 @@ def millennium(ehr_sandbox, fhir):
 
 
 def test_millennium_declares_careplan_and_provenance_read_and_search_and_document_writes(millennium, assert_r4):
-    statement = millennium.get("/metadata").json()
-    assert_r4(statement)
+    statement = valid_statement(millennium, assert_r4)
     resources = declared_resources(millennium)
     document = resources["DocumentReference"]
 

@@ -15,6 +15,7 @@ from tests.sandbox.conftest import (
     delivery_transaction,
     issue_text,
     refusal_kinds,
+    valid_statement,
 )
 
 pytestmark = pytest.mark.sandbox
@@ -57,8 +58,7 @@ def notes(ehr_sandbox, fhir):
 
 
 def test_us_core_notes_declares_document_create_read_search_and_the_us_core_profile(notes, assert_r4):
-    statement = notes.get("/metadata").json()
-    assert_r4(statement)
+    statement = valid_statement(notes, assert_r4)
     [document] = declared_resources(notes).values()
 
     assert "interaction" not in statement["rest"][0]  # no batch, no transaction

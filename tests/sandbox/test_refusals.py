@@ -48,6 +48,7 @@ def test_an_undeclared_interaction_is_405_and_logged(ehr_sandbox, fhir):
         {"identifer": "x"},
         {"_include": "CarePlan:subject"},
         {"subject.name": "x"},
+        {"subject:Patient.name": "x"},
         {"_sort": "title"},
         {"_summary": "true"},
     ],

@@ -150,7 +150,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
     const spec = resources.get(resourceType);
     const declared = spec?.searchParams ?? new Map();
     for (const [key, value] of params) {
-      const name = key.split(':')[0];
+      const name = parameterName(key);
       if (name === '_sort') {
         const unsorted = value.split(',').map((rule) => rule.replace(/^-/, '')).find((code) => !declared.has(code));
         if (unsorted === undefined) {
@@ -165,7 +165,7 @@ function createCapabilities(profile = HAPI_PROFILE) {
     }
     const byName = new Map();
     for (const [key, value] of params) {
-      const name = key.split(':')[0];
+      const name = parameterName(key);
       byName.set(name, [...(byName.get(name) ?? []), value]);
     }
     for (const rule of spec?.searchRules ?? []) {
@@ -264,6 +264,14 @@ function createCapabilities(profile = HAPI_PROFILE) {
     refuseContent,
     statement,
   };
+}
+
+/**
+ * The search parameter a query key names: `identifier:exact` -> `identifier`. A chained key (`subject.name`,
+ * `subject:Patient.name`) stays whole: chaining is never declared, so it is refused as an undeclared parameter.
+ */
+function parameterName(key) {
+  return key.includes('.') ? key : key.split(':')[0];
 }
 
 /**
