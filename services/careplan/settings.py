@@ -73,7 +73,7 @@ class CareplanSettings(ServiceSettings):
     """Signing algorithm; derived from the key type when unset."""
     EHR_SMART_TOKEN_URL: str | None = None
     """Token endpoint; discovered from [EHR base]/.well-known/smart-configuration when unset."""
-    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crs"
+    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crus"
 
     QUESTIONNAIRE_URL: str = "https://fhir.cicatrix.org/Questionnaire/scar-assessment"
     """Canonical of the scar assessment Questionnaire every assessment must answer."""

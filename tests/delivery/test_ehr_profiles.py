@@ -110,13 +110,15 @@ def test_first_delivery_sends_what_the_ehr_declares(engine, database_url, ehr_sa
         assert held["identifier"] == plan.parsed()["identifier"]
         assert held["context"]["related"][0]["identifier"] == plan.parsed()["identifier"][0]
         assert (held["status"], held["docStatus"], held["author"]) == ("current", "final", [{"reference": AUTHOR}])
-        if profile.name == "us-core-notes":
-            assert_conforms(held, "DocumentReference")
+        assert_conforms(held, "DocumentReference")  # both profiles list US Core DocumentReference
     elif profile.provenance:  # the author travels in the Provenance
         [provenance] = ehr_sandbox.store("Provenance")
         assert {"reference": AUTHOR} in [agent["who"] for agent in provenance["agent"]]
-    else:  # no Provenance: the author travels in the CarePlan itself
+    else:  # no Provenance: the author and the care-plan service travel in the CarePlan itself
         assert held["author"] == {"reference": AUTHOR}
+        assert held["contributor"][-1]["identifier"] == {"system": "https://fhir.cicatrix.org/Device",
+                                                         "value": "careplan-service"}
+        assert held["supportingInfo"][0]["identifier"]["system"] == "https://hospital.example.org/assessment"
     [delivery] = deliveries(engine)
     assert delivery.ehr_type == profile.held and delivery.dropped_elements() == []
 

@@ -36,6 +36,7 @@ from services.careplan.delivery.ehr_client import EhrClient, EhrResponse, parse_
 from services.careplan.delivery.errors import EhrError, EhrRejected
 from services.careplan.delivery.payloads import (
     PLAN_OF_CARE_NOTE,
+    SERVICE_DEVICE,
     ReferenceRewriter,
     document_identifier,
     document_reference,
@@ -283,13 +284,14 @@ class Sender:
 
     def _careplan(self, job: Job, plan: RequestPlan, *, ehr_id: str | None = None,
                   version: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The CarePlan to send: references rewritten; the author named when no Provenance carries it;
-        US Core conformant when the EHR asks for it."""
+        """The CarePlan to send: references rewritten; when no Provenance carries them, the practitioner as
+        author and the care-plan service (Device) as contributor; US Core conformant when the EHR asks for it."""
         careplan = ehr_careplan(version or job.plan, job.rewriter, ehr_id=ehr_id)
-        if plan.provenance is None and "author" not in careplan:
+        if plan.provenance is None:
             practitioner = practitioner_of(job.plan, job.assessment_resource)
-            if practitioner is not None:
+            if practitioner is not None and "author" not in careplan:
                 careplan["author"] = practitioner
+            careplan["contributor"] = [*careplan.get("contributor", []), SERVICE_DEVICE]
         return us_core_careplan(careplan) if plan.us_core_careplan else careplan
 
     def _document_body(self, job: Job, plan: RequestPlan, *, replaces: str | None) -> dict[str, Any]:
