@@ -24,6 +24,9 @@ Each choice takes the first option the EHR declares, in this documented order:
                    document: update with If-Match (DocumentReference update + read)
                    -> a new document that `relatesTo` (replaces) the previous one
     US Core        CarePlan / DocumentReference profile of US Core in the statement: send conforming resources
+    formats        FHIR JSON must be among the declared formats (when any are declared)
+    If-Match       on updates where the type's `versioning` is `versioned-update`
+    read-back      a GET after a write only where the type declares `read`
 
 No vendor is named anywhere: an EHR that declares the same things gets the same requests.
 When no option is left, the plan says which capability is missing, in plain words
@@ -47,6 +50,7 @@ log = logging.getLogger("cicatrix.careplan.delivery")
 TRANSACTION, INDIVIDUAL, DOCUMENT = "transaction", "individual", "document"
 SHAPES = (TRANSACTION, INDIVIDUAL, DOCUMENT)
 UPDATE, REPLACE = "update", "replace"
+JSON_FORMATS = frozenset({"json", "application/fhir+json", "application/json"})
 
 
 class CannotDeliver(Exception):
@@ -152,7 +156,11 @@ def plan_requests(capabilities: EhrCapabilities, configured: str = "auto") -> Re
     """The request plan for an EHR with `capabilities` (see the module docstring for the order)."""
     fallbacks: list[str] = []
     reasons: list[str] = []
-    for shape in SHAPES if configured == "auto" else (configured,):
+    careplan_update = capabilities.can("CarePlan", "update") and capabilities.can("CarePlan", "read")
+    formats = {f.split(";")[0].strip() for f in capabilities.formats}
+    if formats and not formats & JSON_FORMATS:  # everything here is sent as FHIR JSON
+        reasons.append("no JSON format is declared (only " + ", ".join(capabilities.formats) + ")")
+    for shape in (SHAPES if configured == "auto" else (configured,)) if not reasons else ():
         refused = _refusal(capabilities, shape)
         if refused is not None:
             reasons.append(refused)
@@ -182,26 +190,20 @@ def plan_requests(capabilities: EhrCapabilities, configured: str = "auto") -> Re
         return RequestPlan(
             shape=shape, conditional_create=conditional, lookup=lookup, provenance=provenance,
             document_versions=versions,
-            careplan_update=capabilities.can("CarePlan", "update") and capabilities.can("CarePlan", "read"),
+            careplan_update=careplan_update,
             if_match=frozenset(kind for kind in ("CarePlan", "DocumentReference")
                                if capabilities.resource(kind).versioned_update),
             readable=frozenset(kind for kind in ("CarePlan", "DocumentReference") if capabilities.can(kind, "read")),
             us_core_careplan=capabilities.profiled(US_CORE_CAREPLAN),
             us_core_document=capabilities.profiled(US_CORE_DOCUMENT),
             fallbacks=tuple(fallbacks), token_url=capabilities.token_url)
-    return RequestPlan(shape=None, careplan_update=capabilities.can("CarePlan", "update")
-                       and capabilities.can("CarePlan", "read"),
+    return RequestPlan(shape=None, careplan_update=careplan_update,
                        cannot_create="the EHR cannot receive care plans: " + "; ".join(reasons),
                        token_url=capabilities.token_url)
 
 
-JSON_FORMATS = frozenset({"json", "application/fhir+json", "application/json"})
-
-
 def _refusal(capabilities: EhrCapabilities, shape: str) -> str | None:
     """Why `shape` is not declared at all; None when it is."""
-    if capabilities.formats and not JSON_FORMATS & {f.split(";")[0].strip() for f in capabilities.formats}:
-        return "no JSON format is declared (only " + ", ".join(capabilities.formats) + ")"
     if shape == TRANSACTION:
         if "transaction" not in capabilities.system:
             return "no `transaction` interaction is declared"
@@ -228,8 +230,6 @@ def _provenance(capabilities: EhrCapabilities, shape: str, fallbacks: list[str])
         fallbacks.append("no Provenance, because the EHR declares no Provenance create: the author, the assessment "
                          "and the protocol travel in the resource's own fields")
         return None
-    if shape == TRANSACTION and "transaction" not in capabilities.system:
-        return None  # not reached: the shape needs transactions
     if capabilities.conditional_create("Provenance", "_tag"):
         return ProvenancePlan(if_none_exist=True, lookup="_tag")
     if capabilities.searches("Provenance", "_tag"):

@@ -321,7 +321,7 @@ class Sender:
         reference = f"{target.resource_type}/{target.id}"
         if not plan.provenance.if_none_exist and (job.ambiguous or job.attempt > 1):
             found = await self._find_provenance(job, plan, reference)
-            if found:
+            if isinstance(found, _Written):
                 return [found]
         response = await self.client.create(self._provenance(job, reference, operation),
                                             if_none_exist=self._provenance_condition(job, plan),
