@@ -6,7 +6,8 @@ FHIR Parameters resource (OperationDefinition-ehr-capabilities in contracts/fhir
     ehr          the EHR's FHIR base (CAREPLAN_EHR_BASE_URL)
     software     the EHR's CapabilityStatement.software, when it names one
     read         when its CapabilityStatement was read
-    status       can-deliver | cannot-deliver
+    status       can-deliver | cannot-deliver | unreadable (the statement could not be read: `error` says why,
+                 and nothing else follows; the dispatcher retries its deliveries meanwhile)
     shape        transaction | individual | document (absent when nothing can be delivered)
     request      repeated, in sending order: part `when` (first version, later version, after an
                  ambiguous attempt, ...) and part `request` (method, path, conditional headers)
@@ -31,7 +32,6 @@ from services.careplan.delivery.capabilities import EhrCapabilities
 from services.careplan.delivery.errors import EhrError
 from services.careplan.delivery.payloads import US_CORE_CAREPLAN, US_CORE_DOCUMENT
 from services.careplan.delivery.request_plan import CurrentPlan, RequestPlan
-from services.fhir.outcome import ServiceUnavailable
 from services.fhir.responses import FhirResponse
 from services.fhir.service import ContextDep
 
@@ -48,11 +48,14 @@ def ehr_capabilities_router(delivery: Any) -> APIRouter:
     @router.get("/$ehr-capabilities", name="ehr-capabilities")
     async def ehr_capabilities(ctx: ContextDep) -> Response:
         """What the EHR declares and the requests the dispatcher sends it (a Parameters resource)."""
+        ehr = ctx.settings.EHR_BASE_URL
         try:
             current = await delivery.request_plan()
-        except EhrError as exc:
-            raise ServiceUnavailable(f"The EHR's CapabilityStatement could not be read: {exc}") from None
-        return FhirResponse(plan_parameters(current, ehr=ctx.settings.EHR_BASE_URL))
+        except EhrError as exc:  # the EHR's state, reported as such: this service itself is fine
+            return FhirResponse({"resourceType": "Parameters", "parameter": [
+                {"name": "ehr", "valueUrl": ehr}, {"name": "status", "valueCode": "unreadable"},
+                {"name": "error", "valueString": f"the EHR's CapabilityStatement could not be read: {exc}"}]})
+        return FhirResponse(plan_parameters(current, ehr=ehr))
 
     return router
 

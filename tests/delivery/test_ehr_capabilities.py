@@ -80,13 +80,17 @@ def test_an_ehr_without_a_safe_way_fails_the_task_naming_the_capability_and_read
     assert "no `transaction` interaction is declared" in ready.json()["issue"][0]["diagnostics"]
 
 
-def test_ehr_capabilities_answers_503_with_an_outcome_when_the_ehr_is_down(tmp_path):
+def test_ehr_capabilities_says_the_statement_is_unreadable_when_the_ehr_is_down(tmp_path, r4_validator):
     with running(careplan_app(f"sqlite:///{tmp_path}/careplan.db", EHR_BASE_URL="http://127.0.0.1:9/fhir",
                               DISPATCHER="off", EHR_CONNECT_TIMEOUT_SECONDS=0.5)) as client:
         response = client.get("/fhir/$ehr-capabilities")
+        ready = client.get("/readyz")
 
-    assert response.status_code == 503
-    assert response.json()["resourceType"] == "OperationOutcome"
+    assert response.status_code == 200
+    r4_validator.assert_valid(response.json())
+    assert value(response.json(), "status") == "unreadable"
+    assert "could not be read" in value(response.json(), "error")
+    assert ready.status_code == 200  # an EHR that is down is retried, not a reason to take this service out
 
 
 def test_a_us_core_careplan_meets_the_profile_constraints(r4_validator):
