@@ -93,9 +93,10 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
               capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
               shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
               audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = (),
-              work: WorkPool | None = None) -> FastAPI:
+              readiness: list[Callable[[], str | None]] | None = None, work: WorkPool | None = None) -> FastAPI:
     """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data,
-    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves,
+    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves;
+    `readiness`: checks /readyz adds to the database's, each returning why the service is not ready, or None;
     `work` the pool its handlers run CPU work in (one from the settings when not given)."""
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
@@ -135,7 +136,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
                            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match",
                                           "If-None-Exist", "Prefer", "X-Request-Id"],
                            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-Id", "WWW-Authenticate"])
-    _add_operational_routes(app, ctx)
+    _add_operational_routes(app, ctx, readiness or [])
     return app
 
 
@@ -156,7 +157,7 @@ def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPo
         }
 
 
-def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
+def _add_operational_routes(app: FastAPI, ctx: ServiceContext, readiness: list[Callable[[], str | None]]) -> None:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
         """Process is alive (no dependencies checked: restarting would not fix them). Answered on the event
@@ -174,6 +175,10 @@ def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
             raise ServiceUnavailable("The database is not reachable") from None
         if not current:
             raise ServiceUnavailable("Database migrations are not applied; run `cicatrix migrate`")
+        for check in readiness:
+            reason = check()
+            if reason:
+                raise ServiceUnavailable(reason)
         return JSONResponse({"status": "ready", "service": ctx.name})
 
     @app.get("/metrics", include_in_schema=False)
