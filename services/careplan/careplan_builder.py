@@ -169,7 +169,7 @@ def _notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
         notes.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
     if draft.alternatives_left_out:
         notes.append("Not offered as alternatives: " + "; ".join(
-            f"{left.title} ({left.exclusion.text})" for left in draft.alternatives_left_out) + ".")
+            f"{left.title} ({left.exclusion.text.rstrip('.')})" for left in draft.alternatives_left_out) + ".")
     return notes
 
 

@@ -182,8 +182,10 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
     book = _Bookings(calendar, {p.key: p for p in procedures})
     result = Schedule(sessions={p.key: [] for p in procedures}, max_visits_per_week=calendar.max_visits_per_week)
     order_of = {p.key: n for n, p in enumerate(procedures)}
-    result.kept_apart = {(key, other): gap for key, gaps in book.gaps.items() for other, gap in gaps.items()
-                         if key in order_of and other in order_of and order_of[key] < order_of[other]}
+    result.kept_apart = {pair: book.gaps[pair[0]][pair[1]] for pair in sorted(
+        ((key, other) for key, gaps in book.gaps.items() for other in gaps
+         if key in order_of and other in order_of and order_of[key] < order_of[other]),
+        key=lambda pair: (order_of[pair[0]], order_of[pair[1]]))}
     ranked = sorted(procedures, key=lambda p: p.rank)  # stable: protocol order within a rank
     lookup = {p.key: p for p in procedures}
     start = calendar.next_open_day(course.start)
@@ -248,7 +250,7 @@ class _Bookings:
         self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
         """Least days apart for each conflicting pair (a pair keeps the larger of the two procedures' gaps)."""
         for key, procedure in procedures.items():
-            for other in procedure.not_same_day:
+            for other in sorted(procedure.not_same_day):
                 theirs = procedures.get(other)
                 gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
                 self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
