@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import holidays
@@ -196,7 +196,7 @@ def offered_text(plan: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def public_holidays(country: str, subdivision: str) -> holidays.HolidayBase | dict[date, str]:
     return holidays.country_holidays(country, subdiv=subdivision or None) if country else {}
 
