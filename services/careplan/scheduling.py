@@ -146,6 +146,8 @@ class Schedule:
     sessions: dict[str, list[datetime]] = field(default_factory=dict)
     series: list[Series] = field(default_factory=list)
     max_visits_per_week: int = 0
+    left_over: tuple[str, ...] = ()
+    """Procedures still waiting when the course had no room for a further series that could hold any of them."""
     kept_apart: dict[tuple[str, str], int] = field(default_factory=dict)
     """Least days between two incompatible procedures of this plan, by (key, other key) in plan order."""
 
@@ -217,13 +219,8 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
                     break
                 book.remove(key, days)
                 later += timedelta(weeks=1)
-        if not placed:
-            if result.series:  # nothing fitted any more: say what waited, in the last series
-                last = result.series[-1]
-                result.series[-1] = Series(last.number, last.start, last.days,
-                                           tuple(dict.fromkeys(last.deferred + tuple(deferred))), last.truncated)
-            else:
-                result.series.append(Series(1, start, {}, tuple(deferred)))
+        if not placed:  # no room for another series: what still waits is said, not dropped
+            result.left_over = tuple(deferred)
             break
         result.series.append(Series(len(result.series) + 1, start, placed, tuple(deferred), tuple(truncated)))
         for key, days in placed.items():
