@@ -6,7 +6,7 @@ import textwrap
 from datetime import datetime
 from typing import Any
 
-from services.careplan.careplan_builder import rhythm_text
+from services.careplan.narrative import rhythm_text
 
 
 def _dates(events: list[str]) -> str:
