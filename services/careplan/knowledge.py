@@ -26,6 +26,7 @@ NOT_SAME_DAY_AS = EXT + "not-same-day-as"
 MINIMUM_INTERVAL = EXT + "minimum-interval"
 COURSE_BREAK = EXT + "course-break"
 GOAL_CONDITION = EXT + "goal-condition"
+CLINIC_DEFAULT = EXT + "clinic-default"
 PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
 
 Expression = Callable[[Any, dict[str, Any]], list[Any]]

@@ -82,7 +82,8 @@ def home_care_instruction(activity: PlannedActivity, start: date, end: date) -> 
     when = times_of_day((dosage.get("timing") or {}).get("repeat") or {})
     name = ", ".join(p.name for p in activity.usable_preparations) or activity.title
     parts = [text[:1].lower() + text[1:] if text else "apply as directed"] + ([when] if when else [])
-    return f"{name}: {', '.join(parts)}; every day from {start.isoformat()} to {end.isoformat()}."
+    marked = CLINIC_DEFAULT.rstrip(")") + " timing)" if activity.clinic_default else ""
+    return f"{name}: {', '.join(parts)}; every day from {start.isoformat()} to {end.isoformat()}{marked}."
 
 
 def _month_starts(first: date, last: date) -> list[date]:
@@ -146,6 +147,8 @@ def _clinic(planned: list[PlannedActivity], schedule: Schedule, start: date, end
         sessions = schedule.sessions.get(activity.key, [])
         rhythm = activity.rhythm
         how = rhythm_text(rhythm.frequency, rhythm.period, rhythm.period_unit) if rhythm else "-"
+        if activity.clinic_default:
+            how += CLINIC_DEFAULT
         preparations = ", ".join(p.name for p in activity.usable_preparations) or "-"
         count = f"{len(sessions)}" if sessions else "none: no free clinic day, schedule by hand"
         rows.append(f"<tr><td>{t(activity.title)}</td><td>{t(how)}</td><td>{t(count)}</td>"

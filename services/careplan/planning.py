@@ -26,6 +26,7 @@ from typing import Any
 
 from services.careplan.intake import Allergy, Assessment
 from services.careplan.knowledge import (
+    CLINIC_DEFAULT,
     COURSE_BREAK,
     DELIVERED_PREPARATION,
     GOAL_CONDITION,
@@ -100,6 +101,8 @@ class PlannedActivity:
     min_interval_days: int = 1
     not_same_day: list[str] = field(default_factory=list)
     """Canonicals of ActivityDefinitions that must not share a day with this one."""
+    clinic_default: str | None = None
+    """What of the rhythm (or home-care timing) the clinic chose where the clinical source is silent."""
 
     @property
     def is_home_care(self) -> bool:
@@ -293,6 +296,8 @@ def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Prot
         rhythm=rhythm,
         min_interval_days=duration_days(intervals[0]) if intervals else 1,
         not_same_day=[v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)],
+        clinic_default=next(iter(extensions(timing, CLINIC_DEFAULT) + extensions(
+            ((definition.get("dosage") or [{}])[0].get("timing") or {}), CLINIC_DEFAULT)), None),
     )
     _screen(activity, protocol, screening)
     return activity
@@ -312,7 +317,10 @@ def _screening(protocol: Protocol, assessment: Assessment, allergies: list[Aller
             if not all(expressions.is_true(c, assessment.response, variables) for c in conditions):
                 continue
             reason = (rule.get("reason") or [{}])[0]
-            exclusion = Exclusion(reason, rule.get("textEquivalent") or rule.get("title", ""))
+            text = rule.get("textEquivalent") or rule.get("title", "")
+            if extensions(rule, CLINIC_DEFAULT):  # say so: the clinical source does not state this rule
+                text = f"{text.rstrip('.')} (clinic rule)."
+            exclusion = Exclusion(reason, text)
             for concept in rule.get("code", []):
                 for coding in codings(concept):
                     key = (coding.get("system", ""), coding.get("code", ""))

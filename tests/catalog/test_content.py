@@ -37,6 +37,7 @@ KNOWN_EXTENSIONS = {
     EXT + "minimum-interval": "valueDuration",
     EXT + "course-break": "valueDuration",
     EXT + "goal-condition": "valueExpression",
+    EXT + "clinic-default": "valueString",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-unit": "valueCoding",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-constraint": "extension",
 }
@@ -245,8 +246,8 @@ def test_extension_definitions(url: str, value_type: str) -> None:
     assert elements["Extension.url"]["fixedUri"] == url
     assert elements["Extension.extension"]["max"] == "0"
     type_code = value_type.removeprefix("value")
-    if type_code == "Canonical":  # primitive types are lower-case
-        type_code = "canonical"
+    if type_code in ("Canonical", "String"):  # primitive types are lower-case
+        type_code = type_code.lower()
     assert [t["code"] for t in elements["Extension.value[x]"]["type"]] == [type_code]
     used_on = {c["expression"] for c in sd["context"]}
     for key, resource in RESOURCES.items():
