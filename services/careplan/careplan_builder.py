@@ -63,7 +63,7 @@ def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment,
     }
     breaks = clinic_breaks(schedule, draft.course.break_days if draft.course else 0)
     plan["note"] = [{"text": text} for text in [f"Check the assessment: {w}" for w in warnings]
-                    + _notes(draft, breaks, end)]
+                    + _notes(draft, schedule, breaks, end)]
     plan["text"] = {"status": "generated", "div": narrative(plan, draft, schedule, start=start, end=end,
                                                             warnings=warnings, breaks=breaks)}
     return {k: v for k, v in plan.items() if v not in ([], None, "")}
@@ -138,8 +138,10 @@ def _activities(activity: PlannedActivity, schedule: Schedule, start: date, end:
                                            "repeat": repeat}}
         else:  # the clinic calendar left no admissible day within the course: say so, do not hide it
             detail |= {"status": "not-started", "scheduledTiming": {"repeat": repeat},
-                       "statusReason": {"text": "No clinic day was free for this procedure within the course "
-                                                "(working days, closures, daily cap); schedule it by hand"}}
+                       "statusReason": {"text": "Deferred: no series of the course could hold it within "
+                                                f"{schedule.max_visits_per_week} visits a week (clinic days, "
+                                                "holidays, closures, daily cap, days kept free around "
+                                                "incompatible procedures); schedule it by hand"}}
     _product(detail, activity.usable_preparations)
     out.append({"detail": _clean(detail)})
     for preparation in activity.preparations:
@@ -176,16 +178,68 @@ def _communication(communication: Communication, start: date) -> dict[str, Any]:
         "description": f"{communication.title}. {communication.text}"})}
 
 
-def _notes(draft: PlanDraft, breaks: list[Any], end: date) -> list[str]:
+def _notes(draft: PlanDraft, schedule: Schedule, breaks: list[Any], end: date) -> list[str]:
     """Course notes from the protocol, then sentences derived from this plan's own schedule and activities."""
     notes = list(dict.fromkeys(draft.notes))
     if breaks:
         notes.append(series_sentence(breaks))
+    notes.extend(series_notes(draft, schedule))
+    notes.extend(kept_apart_notes(draft, schedule))
     if any(a.is_home_care and a.exclusion is None for a in draft.activities):
         notes.append(home_care_sentence(end, breaks))
     if draft.alternatives:
         notes.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
+    if draft.alternatives_left_out:
+        notes.append("Not offered as alternatives: " + "; ".join(
+            f"{left.title} ({left.exclusion.text})" for left in draft.alternatives_left_out) + ".")
     return notes
+
+
+def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
+    """Per procedure: the series it runs in, the real breaks between them, and the series it waited for."""
+    if len(schedule.series) < 2 and not any(s.deferred for s in schedule.series):
+        return []
+    notes = []
+    for activity in draft.planned():
+        if activity.key not in schedule.sessions:
+            continue
+        numbers = [s.number for s in schedule.series if s.days.get(activity.key)]
+        text = f"{activity.title}: series {_numbers(numbers)} of {len(schedule.series)}" if numbers else \
+            f"{activity.title}: in no series"
+        breaks = schedule.breaks(activity.key)
+        if breaks:
+            text += f", {min(breaks)} to {max(breaks)} days between series" if min(breaks) != max(breaks) else \
+                f", {breaks[0]} days between series"
+        deferred = schedule.deferrals(activity.key)
+        if deferred:
+            text += (f"; deferred in series {_numbers(deferred)} because the weekly budget of "
+                     f"{schedule.max_visits_per_week} visits could not also hold it (higher-ranked procedures first, "
+                     "deferred ones first in the next series)")
+        notes.append(text + ".")
+    return notes
+
+
+def kept_apart_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
+    """The incompatibility rules that shaped this schedule, with their reason (clinic defaults say so)."""
+    by_key = {a.key: a for a in draft.planned()}
+    order = {key: i for i, key in enumerate(by_key)}  # protocol order: the same plan always reads the same
+    rules: dict[str, list[tuple[str, int]]] = {}
+    for (key, other), gap in sorted(schedule.kept_apart.items(), key=lambda kept: (order[kept[0][0]],
+                                                                                   order[kept[0][1]])):
+        first, second = by_key[key], by_key[other]
+        governing, partner = (first, second) if first.apart_days >= second.apart_days else (second, first)
+        rules.setdefault(governing.key, []).append((partner.title, gap))
+    notes = []
+    for key, partners in rules.items():
+        activity = by_key[key]
+        names = "; ".join(f"{title}: at least {gap} days apart" if gap > 1 else f"{title}: not on the same day"
+                          for title, gap in partners)
+        notes.append(f"{activity.title} kept apart from other procedures ({names}). {activity.apart_reason}".strip())
+    return notes
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in numbers[:-1]) + (" and " if len(numbers) > 1 else "") + str(numbers[-1])
 
 
 def scar_codings(assessment: Assessment) -> list[dict[str, Any]]:

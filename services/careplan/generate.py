@@ -84,6 +84,7 @@ class CarePlanner:
             protocol = await self._protocol(request, assessment)
         allergies = assessment.allergies(request.allergy_intolerances)
         draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
+        refuse_empty_plan(draft)
         start = request.start or next_working_day(self.clinic, today)
         sessions, end = self._schedule(draft, start)
         careplan = build_careplan(
@@ -116,7 +117,8 @@ class CarePlanner:
                 keys_by_canonical.setdefault(name, []).append(activity.key)
         procedures = symmetric_conflicts([
             Procedure(key=a.key, rhythm=a.rhythm, min_interval_days=a.min_interval_days,  # type: ignore[arg-type]
-                      not_same_day=frozenset(k for c in a.not_same_day for k in keys_by_canonical.get(c, [])))
+                      not_same_day=frozenset(k for c in a.not_same_day for k in keys_by_canonical.get(c, [])),
+                      apart_days=a.apart_days, rank=a.rank)
             for a in planned])
         course = draft.course
         end = add_months(start, course.months_high) if course and course.months_high else None
@@ -128,6 +130,25 @@ class CarePlanner:
         if end is None:
             end = max(result.last_day() or start, add_months(start, 1))
         return result, end
+
+
+def refuse_empty_plan(draft: PlanDraft) -> None:
+    """A plan with nothing left to do after screening is no plan: refuse it, naming every exclusion."""
+    if draft.planned():
+        return
+    issues = [Issue(code="business-rule", diagnostics="Screening left no in-clinic procedure and no home care "
+                                                      "to plan for this assessment; nothing was stored")]
+    for activity in draft.activities:
+        if activity.exclusion is not None:
+            issues.append(Issue(code="business-rule", severity="information",
+                                diagnostics=f"{activity.title}: {activity.exclusion.text}"))
+        elif any(p.exclusion for p in activity.preparations):
+            for preparation in activity.preparations:
+                if preparation.exclusion is not None:
+                    issues.append(Issue(code="business-rule", severity="information",
+                                        diagnostics=f"{preparation.name} ({activity.title}): "
+                                                    f"{preparation.exclusion.text}"))
+    raise Unprocessable(issues[0].diagnostics, issues=issues)
 
 
 # ------------------------------------------------------------------- storage

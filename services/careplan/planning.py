@@ -6,7 +6,9 @@ class facts of each preparation. This module only evaluates them:
 
 - an action applies when all its applicability conditions are true;
 - a group with `requiredBehavior = could` lists alternatives the clinician may pick
-  (named on the plan, not scheduled); other groups are planned, `exactly-one` and
+  (named on the plan, not scheduled); they pass the same screening as planned
+  activities, and one that screening leaves out is not offered but listed with its
+  reason; other groups are planned, `exactly-one` and
   `at-most-one` taking their first child that survives screening, `all-or-none`
   dropping every child when one is excluded;
 - an ActivityDefinition of kind CarePlan sets the course (timingRange, course-break),
@@ -16,6 +18,9 @@ class facts of each preparation. This module only evaluates them:
   name) and modalities (declined); a drug-delivery procedure whose preparations
   are all excluded is excluded too. Exclusions stay on the plan with every reason that
   applies (a retinoid for a patient both pregnant and breastfeeding carries both).
+
+Names shown for an activity are derived after screening (its title, which names no
+preparation, and the preparations left to it), so they never name what was left out.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from services.careplan.knowledge import (
     GOAL_CONDITION,
     MINIMUM_INTERVAL,
     NOT_SAME_DAY_AS,
+    NOT_SAME_DAY_GAP,
+    NOT_SAME_DAY_REASON,
+    SCHEDULING_RANK,
     ExpressionCache,
     Protocol,
     codings,
@@ -39,7 +47,7 @@ from services.careplan.knowledge import (
     extensions,
     versioned,
 )
-from services.careplan.scheduling import Rhythm
+from services.careplan.scheduling import UNRANKED, Rhythm
 from services.fhir.searchparams import normalise
 
 MEDICATION_CLASS_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/medication-class"
@@ -103,6 +111,12 @@ class PlannedActivity:
     """Canonicals of ActivityDefinitions that must not share a day with this one."""
     clinic_default: str | None = None
     """What of the rhythm (or home-care timing) the clinic chose where the clinical source is silent."""
+    apart_days: int = 1
+    """Least days between this procedure and one in `not_same_day` (the definition's not-same-day-gap)."""
+    apart_reason: str = ""
+    """Why it is kept apart from them (the definition's not-same-day-reason; says when it is a clinic default)."""
+    rank: int = UNRANKED
+    """Scheduling rank from the protocol (1 first) when the weekly visit budget cannot hold every procedure."""
 
     @property
     def is_home_care(self) -> bool:
@@ -111,6 +125,20 @@ class PlannedActivity:
     @property
     def usable_preparations(self) -> list[Preparation]:
         return [p for p in self.preparations if p.exclusion is None]
+
+    @property
+    def name(self) -> str:
+        """The title with the preparations screening left to it: what a clinician may actually use."""
+        usable = self.usable_preparations
+        return f"{self.title}: {', '.join(p.name for p in usable)}" if usable else self.title
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An alternative screening removed: not offered, but said why."""
+
+    title: str
+    exclusion: Exclusion
 
 
 @dataclass
@@ -138,10 +166,17 @@ class PlanDraft:
     goals: list[dict[str, Any]]
     activities: list[PlannedActivity]
     alternatives: list[str]
+    """Names of the options the clinician may choose instead, each screened like a planned activity."""
     notes: list[str]
     course: Course | None
     screening_notes: list[str] = field(default_factory=list)
     communications: list[Communication] = field(default_factory=list)
+    alternatives_left_out: list[LeftOut] = field(default_factory=list)
+    """Alternatives screening removed, with the reason; never offered."""
+
+    def planned(self) -> list[PlannedActivity]:
+        """Activities that survived screening (in-clinic and home care)."""
+        return [a for a in self.activities if a.exclusion is None]
 
 
 @dataclass
@@ -210,7 +245,7 @@ def _apply_action(action: dict[str, Any], protocol: Protocol, screening: Screeni
             text=action.get("textEquivalent") or definition.get("description") or "", definition=definition))
         return
     if action.get("requiredBehavior") == "could":
-        draft.alternatives.extend(_titles(action, children, protocol))
+        _alternatives(children, protocol, screening, applies, goal_ids, draft)
         return
     if definition is not None:
         draft.activities.append(_activity(action, definition, protocol, screening, goal_ids))
@@ -265,12 +300,23 @@ def _usable(activities: list[PlannedActivity]) -> bool:
     return bool(activities) and all(a.exclusion is None for a in activities)
 
 
-def _titles(action: dict[str, Any], children: list[dict[str, Any]], protocol: Protocol) -> list[str]:
-    titles = []
+def _alternatives(children: list[dict[str, Any]], protocol: Protocol, screening: Screening, applies: Any,
+                  goal_ids: list[str], draft: PlanDraft) -> None:
+    """Options for the clinician, screened exactly like planned activities: offered by their screened name, or
+    listed as left out with the reason."""
     for child in children:
-        definition = protocol.activity(child.get("definitionCanonical", "")) or {}
-        titles.append(child.get("title") or definition.get("title") or "")
-    return [t for t in titles if t]
+        if child.get("definitionCanonical"):
+            definition = protocol.activity(child["definitionCanonical"]) or {}
+            options = [_activity(child, definition, protocol, screening, goal_ids)]
+        else:
+            options, nested = _group(child, protocol, screening, applies, goal_ids)
+            draft.alternatives.extend(nested)
+        title = child.get("title") or (options[0].title if len(options) == 1 else "")
+        excluded = next((a for a in options if a.exclusion is not None), None)
+        if excluded is not None and excluded.exclusion is not None:
+            draft.alternatives_left_out.append(LeftOut(title, excluded.exclusion))
+        elif options and title:
+            draft.alternatives.append(options[0].name if len(options) == 1 else title)
 
 
 def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Protocol, screening: Screening,
@@ -298,6 +344,9 @@ def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Prot
         not_same_day=[v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)],
         clinic_default=next(iter(extensions(timing, CLINIC_DEFAULT) + extensions(
             ((definition.get("dosage") or [{}])[0].get("timing") or {}), CLINIC_DEFAULT)), None),
+        apart_days=max([duration_days(v) for v in extensions(definition, NOT_SAME_DAY_GAP)] or [1]),
+        apart_reason=next((v for v in extensions(definition, NOT_SAME_DAY_REASON) if isinstance(v, str)), ""),
+        rank=next((int(v) for v in extensions(action, SCHEDULING_RANK) if isinstance(v, int)), UNRANKED),
     )
     _screen(activity, protocol, screening)
     return activity

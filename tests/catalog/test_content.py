@@ -38,6 +38,9 @@ KNOWN_EXTENSIONS = {
     EXT + "course-break": "valueDuration",
     EXT + "goal-condition": "valueExpression",
     EXT + "clinic-default": "valueString",
+    EXT + "not-same-day-gap": "valueDuration",
+    EXT + "not-same-day-reason": "valueString",
+    EXT + "scheduling-rank": "valuePositiveInt",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-unit": "valueCoding",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-constraint": "extension",
 }
@@ -246,8 +249,8 @@ def test_extension_definitions(url: str, value_type: str) -> None:
     assert elements["Extension.url"]["fixedUri"] == url
     assert elements["Extension.extension"]["max"] == "0"
     type_code = value_type.removeprefix("value")
-    if type_code in ("Canonical", "String"):  # primitive types are lower-case
-        type_code = type_code.lower()
+    if type_code in ("Canonical", "String", "PositiveInt"):  # primitive types are lower-case
+        type_code = type_code[0].lower() + type_code[1:]
     assert [t["code"] for t in elements["Extension.value[x]"]["type"]] == [type_code]
     used_on = {c["expression"] for c in sd["context"]}
     for key, resource in RESOURCES.items():
@@ -305,7 +308,7 @@ def test_extensions_have_their_value_type(path: Path) -> None:
                 assert not value_keys and extension["extension"], extension
                 continue
             assert value_keys == [KNOWN_EXTENSIONS[extension["url"]]], extension
-            if extension["url"] in (EXT + "minimum-interval", EXT + "course-break"):
+            if extension["url"] in (EXT + "minimum-interval", EXT + "course-break", EXT + "not-same-day-gap"):
                 duration = extension["valueDuration"]
                 assert duration["system"] == "http://unitsofmeasure.org" and duration["code"] == "d"
                 assert duration["value"] > 0
@@ -451,6 +454,42 @@ def test_not_same_day_is_symmetric() -> None:
                 assert other is not None and other["id"] != ad["id"]
                 pairs.add((ad["id"], other["id"]))
     assert pairs and all((b, a) in pairs for a, b in pairs)
+
+
+def _not_same_day(ad: dict) -> set[str]:
+    return {_resolve(e["valueCanonical"])["id"] for e in ad.get("extension", []) if e["url"] == EXT + "not-same-day-as"}
+
+
+PHORESIS = ("electrophoresis", "laserphoresis", "microcurrent-phoresis", "phonophoresis")
+
+
+@pytest.mark.parametrize("first,others", [
+    ("aha-peel", PHORESIS + ("mesotherapy", "therapeutic-dermabrasion", "erbium-laser-dermabrasion", "laser-therapy")),
+    ("mesotherapy", PHORESIS),
+])
+def test_peels_and_mesotherapy_are_kept_apart_from_what_would_harm_fresh_skin(first: str, others: tuple) -> None:
+    ad = RESOURCES[f"ActivityDefinition/{first}"]
+    assert set(others) <= _not_same_day(ad)
+    gaps = [e["valueDuration"]["value"] for e in ad["extension"] if e["url"] == EXT + "not-same-day-gap"]
+    reasons = [e["valueString"] for e in ad["extension"] if e["url"] == EXT + "not-same-day-reason"]
+    assert gaps and gaps[0] >= 2, "a rule keeps the procedures days apart, not only off one day"
+    assert reasons and "clinic default" in reasons[0]
+
+
+def test_every_kept_apart_rule_says_why() -> None:
+    for ad in _of_type("ActivityDefinition"):
+        urls = [e["url"] for e in ad.get("extension", [])]
+        if EXT + "not-same-day-gap" in urls:
+            assert EXT + "not-same-day-reason" in urls, ad["id"]
+
+
+def test_optimal_atrophic_procedures_are_ranked_peels_first() -> None:
+    plan = RESOURCES["PlanDefinition/atrophic-scar-protocol"]
+    optimal = next(a for a in plan["action"] if a["id"] == "optimal-set")
+    ranks = {a["id"]: e["valuePositiveInt"] for a in optimal["action"] for e in a.get("extension", [])
+             if e["url"] == EXT + "scheduling-rank"}
+    assert min(ranks, key=ranks.get) == "aha-peel"
+    assert sorted(ranks.values()) == list(range(1, len(ranks) + 1))
 
 
 # ------------------------------------------------------------------------------------------ medications
