@@ -61,7 +61,7 @@ def clinic_breaks(schedule: Schedule, at_least_days: int) -> list[Break]:
     if at_least_days <= 0:
         return []
     visits = sorted(schedule.days())
-    return [Break(a + timedelta(days=1), b - timedelta(days=1)) for a, b in zip(visits, visits[1:])
+    return [Break(a + timedelta(days=1), b - timedelta(days=1)) for a, b in zip(visits, visits[1:], strict=False)
             if (b - a).days - 1 >= at_least_days]
 
 

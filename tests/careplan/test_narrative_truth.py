@@ -10,7 +10,6 @@ clinician instead of claims that something was done.
 from __future__ import annotations
 
 import asyncio
-import copy
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -21,7 +20,7 @@ import pytest
 
 from services.careplan.examples import EXAMPLE_SETTINGS, plan_example
 from services.careplan.local import local_planner
-from tests.careplan.conftest import answer, assessment_of, example
+from tests.careplan.conftest import assessment_of, example
 
 pytestmark = pytest.mark.xdist_group("examples")
 XHTML = "{http://www.w3.org/1999/xhtml}"
@@ -90,7 +89,8 @@ def tables(root: ET.Element) -> list[list[list[str]]]:
 
 
 def active(plan: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [a["detail"] for a in plan["activity"] if a["detail"]["kind"] == kind and not a["detail"].get("doNotPerform")]
+    details = [a["detail"] for a in plan["activity"]]
+    return [d for d in details if d["kind"] == kind and not d.get("doNotPerform")]
 
 
 def events(detail: dict[str, Any]) -> list[date]:
@@ -118,11 +118,11 @@ def test_the_calendar_shows_exactly_the_scheduled_session_days(plans, name):
     visits: dict[tuple[int, int], int] = {}
     for row in calendar[1:]:
         month = datetime.strptime(row[0], "%b %Y")
-        for title, cell in zip(titles, row[1:-1]):
+        for title, cell in zip(titles, row[1:-1], strict=True):
             shown[title][(month.year, month.month)] = [] if cell == "-" else [int(d) for d in cell.split(", ")]
         visits[(month.year, month.month)] = int(row[-1])
     all_days: set[date] = set()
-    for title, detail in zip(titles, procedures):
+    for title, detail in zip(titles, procedures, strict=True):
         expected: dict[tuple[int, int], list[int]] = defaultdict(list)
         for day in events(detail):
             expected[(day.year, day.month)].append(day.day)
@@ -157,7 +157,7 @@ def test_home_care_is_mentioned_only_when_it_is_planned(plans, name):
     assert bool(continues) == bool(home)
     at_home = section(root, "At home:")
     assert len(at_home) == len(home)
-    for line, detail in zip(at_home, home):
+    for line, detail in zip(at_home, home, strict=True):
         bounds = detail["scheduledTiming"]["repeat"]["boundsPeriod"]
         assert f"every day from {bounds['start']} to {bounds['end']}" in line
         assert re.search(r"(once|twice|\d+ times) a day", line), "the dose rhythm"
@@ -197,8 +197,8 @@ def test_title_and_description_use_displays_never_codes(plans, name):
 
 def test_pregnant_and_breastfeeding_keeps_both_reasons(plans):
     plan = plans["pregnant-and-breastfeeding"]
-    retinoid = [a["detail"] for a in plan["activity"]
-                if a["detail"].get("doNotPerform") and "Retinoic" in a["detail"].get("productReference", {}).get("display", "")]
+    retinoid = [d for d in (a["detail"] for a in plan["activity"])
+                if d.get("doNotPerform") and "Retinoic" in d.get("productReference", {}).get("display", "")]
     assert retinoid
     for detail in retinoid:
         codes = {c["code"] for c in detail["statusReason"]["coding"]}

@@ -11,7 +11,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.careplan.conftest import answer, careplan, example  # noqa: F401 - the care-plan app fixture
+from tests.careplan.conftest import (
+    answer,
+    careplan,  # noqa: F401 - the care-plan app fixture
+    example,
+)
 from tests.support.apps import FHIR_JSON
 
 BAD_CHARACTERS = ["\u0000", "\u0001", "\u000b", "\ufffe", "\uffff"]
@@ -27,7 +31,8 @@ def apply_request(parameters: dict) -> dict:
 
 
 @pytest.mark.parametrize("character", BAD_CHARACTERS, ids=lambda c: f"U+{ord(c):04X}")
-def test_a_coded_answer_display_with_a_control_character_is_422_naming_the_item(careplan, character, r4_validator):
+def test_a_coded_answer_display_with_a_control_character_is_422_naming_the_item(careplan,  # noqa: F811
+                                                                               character, r4_validator):
     parameters = example("atrophic-chest-visible-vessels")
     answer(parameters, "body-site")["answer"][0]["valueCoding"]["display"] = f"Chest{character}</td><b>"
     for path, body in (("/fhir/CarePlan/$generate", parameters), ("/fhir/PlanDefinition/$apply",
@@ -39,10 +44,11 @@ def test_a_coded_answer_display_with_a_control_character_is_422_naming_the_item(
         issue = outcome["issue"][0]
         assert issue["expression"][0].endswith(".valueCoding.display")
         assert "'body-site'" in issue["diagnostics"] and f"U+{ord(character):04X}" in issue["diagnostics"]
-    assert not careplan.get("/fhir/CarePlan", params={"subject": "Patient/example-1"}).json().get("entry"), "nothing stored"
+    stored = careplan.get("/fhir/CarePlan", params={"subject": "Patient/example-1"}).json()
+    assert not stored.get("entry"), "nothing stored"
 
 
-def test_the_plan_shows_the_catalog_display_not_the_callers(careplan, r4_validator):
+def test_the_plan_shows_the_catalog_display_not_the_callers(careplan, r4_validator):  # noqa: F811
     parameters = example("atrophic-chest-visible-vessels")
     answer(parameters, "body-site")["answer"][0]["valueCoding"]["display"] = "</div><script>alert(1)</script>"
     answer(parameters, "scar-type")["answer"][0]["valueCoding"].pop("display", None)
