@@ -61,11 +61,11 @@ def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment,
         "goal": list(goal_refs.values()),
         "activity": activities,
     }
-    breaks = clinic_breaks(schedule, draft.course.break_days if draft.course else 0)
+    notes = _notes(draft, schedule, end)
     plan["note"] = [{"text": text} for text in [f"Check the assessment: {w}" for w in warnings]
-                    + _notes(draft, schedule, breaks, end)]
+                    + [text for texts in notes.values() for text in texts]]
     plan["text"] = {"status": "generated", "div": narrative(plan, draft, schedule, start=start, end=end,
-                                                            warnings=warnings, breaks=breaks)}
+                                                            warnings=warnings, notes=notes)}
     return {k: v for k, v in plan.items() if v not in ([], None, "")}
 
 
@@ -178,21 +178,23 @@ def _communication(communication: Communication, start: date) -> dict[str, Any]:
         "description": f"{communication.title}. {communication.text}"})}
 
 
-def _notes(draft: PlanDraft, schedule: Schedule, breaks: list[Any], end: date) -> list[str]:
-    """Course notes from the protocol, then sentences derived from this plan's own schedule and activities."""
-    notes = list(dict.fromkeys(draft.notes))
+def _notes(draft: PlanDraft, schedule: Schedule, end: date) -> dict[str, list[str]]:
+    """The plan's notes by the heading the narrative shows them under: course notes from the protocol, then
+    sentences derived from this plan's own schedule and activities."""
+    breaks = clinic_breaks(schedule, draft.course.break_days if draft.course else 0)
+    course = list(dict.fromkeys(draft.notes))
     if breaks:
-        notes.append(series_sentence(breaks))
-    notes.extend(series_notes(draft, schedule))
-    notes.extend(kept_apart_notes(draft, schedule))
+        course.append(series_sentence(breaks))
     if any(a.is_home_care and a.exclusion is None for a in draft.activities):
-        notes.append(home_care_sentence(end, breaks))
+        course.append(home_care_sentence(end, breaks))
+    alternatives = []
     if draft.alternatives:
-        notes.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
+        alternatives.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
     if draft.alternatives_left_out:
-        notes.append("Not offered as alternatives: " + "; ".join(
+        alternatives.append("Not offered as alternatives: " + "; ".join(
             f"{left.title} ({left.exclusion.text})" for left in draft.alternatives_left_out) + ".")
-    return notes
+    return {"Course": course, "Series and weekly budget": series_notes(draft, schedule),
+            "Kept apart": kept_apart_notes(draft, schedule), "Alternatives": alternatives}
 
 
 def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:

@@ -110,7 +110,8 @@ def calendar_rows(planned: list[PlannedActivity], schedule: Schedule, start: dat
 
 
 def narrative(plan: dict[str, Any], draft: PlanDraft, schedule: Schedule, *, start: date, end: date,
-              warnings: list[str], breaks: list[Break]) -> str:
+              warnings: list[str], notes: dict[str, list[str]]) -> str:
+    """`notes` are the plan's notes by heading ('Series', 'Kept apart', 'Notes', ...), each shown under it."""
     active = [a for a in draft.activities if a.exclusion is None]
     in_clinic = [a for a in active if not a.is_home_care]
     home = [a for a in active if a.is_home_care]
@@ -134,9 +135,9 @@ def narrative(plan: dict[str, Any], draft: PlanDraft, schedule: Schedule, *, sta
     excluded = _excluded(draft)
     if excluded:
         parts.append("<p>Left out:</p><ul>" + "".join(f"<li>{t(line)}</li>" for line in excluded) + "</ul>")
-    notes = [n["text"] for n in plan.get("note", [])][len(warnings):]  # the warnings are shown above
-    if notes:
-        parts.append("<p>Notes:</p><ul>" + "".join(f"<li>{t(n)}</li>" for n in notes) + "</ul>")
+    for heading, texts in notes.items():
+        if texts:
+            parts.append(f"<p>{t(heading)}:</p><ul>" + "".join(f"<li>{t(n)}</li>" for n in texts) + "</ul>")
     parts.append("</div>")
     return "".join(parts)
 

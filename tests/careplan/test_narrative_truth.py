@@ -219,3 +219,17 @@ def test_a_hypotrophic_scar_on_the_shin_is_planned_with_a_warning(plans):
 @pytest.mark.parametrize("name", PLAN_NAMES)
 def test_every_plan_is_valid_r4(plans, name, r4_validator):
     r4_validator.assert_valid(plans[name])
+
+
+@pytest.mark.parametrize("name", PLAN_NAMES)
+def test_kept_apart_sentences_hold_on_the_session_days(plans, name):
+    plan = plans[name]
+    days = {d["description"].split(". ")[0]: events(d) for d in active(plan, "ServiceRequest")}
+    kept = [n["text"] for n in plan.get("note", []) if " kept apart from other procedures (" in n["text"]]
+    assert set(kept) <= set(section(div(plan), "Kept apart:"))
+    for sentence in kept:
+        title, rest = sentence.split(" kept apart from other procedures (", 1)
+        for part in rest.split("). ", 1)[0].split("; "):
+            other, rule = part.rsplit(": ", 1)
+            gap = int(rule.split()[2]) if rule.startswith("at least") else 1
+            assert all(abs((a - b).days) >= gap for a in days[title] for b in days[other]), (title, other, gap)
