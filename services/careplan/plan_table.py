@@ -26,6 +26,9 @@ def _rows(plan: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[tuple[
         if detail.get("doNotPerform"):
             excluded.append((title, detail.get("statusReason", {}).get("text", "")))
             continue
+        if detail.get("kind") == "CommunicationRequest":  # an instruction to the clinician, due before treatment
+            planned.append((title, "once", f"before {detail.get('scheduledPeriod', {}).get('end', 'the first session')}"))
+            continue
         timing = detail.get("scheduledTiming", {})
         repeat = timing.get("repeat", {})
         how = rhythm_text(repeat.get("frequency", 1), repeat.get("period", 1), repeat.get("periodUnit", "d"))

@@ -7,6 +7,7 @@ are the catalog's, never the caller's, so title, description and `text.div` stay
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -61,3 +62,12 @@ def test_the_plan_shows_the_catalog_display_not_the_callers(careplan, r4_validat
     assert plan["title"] == "Atrophic scar treatment plan, anterior surface of the upper chest"
     root = ET.fromstring(plan["text"]["div"])
     assert root.tag == "{http://www.w3.org/1999/xhtml}div"
+
+
+def test_a_lone_surrogate_in_a_display_is_refused(careplan):  # noqa: F811
+    parameters = example("atrophic-chest-visible-vessels")
+    answer(parameters, "body-site")["answer"][0]["valueCoding"]["display"] = "SURROGATE"
+    body = json.dumps(parameters).replace("SURROGATE", "\\ud800").encode()
+    response = careplan.post("/fhir/CarePlan/$generate", content=body, headers=FHIR_JSON)
+    assert response.status_code in (400, 422), response.text[:300]
+    assert response.json()["resourceType"] == "OperationOutcome"
