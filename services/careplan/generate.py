@@ -14,7 +14,7 @@ from __future__ import annotations
 import calendar as month_calendar
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from services.careplan import plausibility
 from services.careplan.careplan_builder import build_careplan, plan_identifier
 from services.careplan.intake import Assessment, GenerateRequest, check_assessment, stored_response_id
 from services.careplan.knowledge import Knowledge, Protocol, versioned
@@ -51,6 +52,8 @@ class PlanResult:
     careplan: dict[str, Any]
     assessment: Assessment
     protocol: Protocol
+    warnings: list[Issue] = field(default_factory=list)
+    """Plausibility warnings about the assessment (also on the plan): $apply answers them in an OperationOutcome."""
 
 
 def add_months(day: date, months: int) -> date:
@@ -74,18 +77,21 @@ class CarePlanner:
                          identifier: str | None = None, created: datetime | None = None) -> PlanResult:
         questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
         assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
+        today = datetime.now(ZoneInfo(self.clinic.timezone)).date()
+        warnings = plausibility.check(questionnaire, assessment.response, request.patient,
+                                      self.knowledge.expressions.run, today)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
         allergies = assessment.allergies(request.allergy_intolerances)
         draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
         refuse_empty_plan(draft)
-        start = request.start or next_working_day(self.clinic, datetime.now(ZoneInfo(self.clinic.timezone)).date())
+        start = request.start or next_working_day(self.clinic, today)
         sessions, end = self._schedule(draft, start)
         careplan = build_careplan(
             draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
             status=status, start=start, end=end, created=created or datetime.now(UTC),
-            assessment_reference=assessment_reference)
-        return PlanResult(careplan, assessment, protocol)
+            assessment_reference=assessment_reference, warnings=[w.diagnostics for w in warnings])
+        return PlanResult(careplan, assessment, protocol, warnings)
 
     async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
         if request.plan_definition:

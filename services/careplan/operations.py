@@ -3,7 +3,10 @@
 `$generate` creates and stores the plan (201 with Location; 200 with the same plan
 when the assessment was already submitted). `$apply` answers the CarePlan the
 protocol would produce and stores nothing, as the Clinical Practice Guidelines
-operation defines.
+operation defines. When the assessment draws plausibility warnings, `$apply`
+answers a Parameters resource with the CarePlan as `return` and the warnings as an
+OperationOutcome in `outcome` (the plan itself carries them too, as notes); without
+warnings the single `return` is the CarePlan itself, as FHIR operations answer.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.careplan_builder import plan_identifier
-from services.careplan.generate import CarePlanner, PlanRepository
+from services.careplan.generate import CarePlanner, PlanRepository, PlanResult
 from services.careplan.intake import assessment_key, parse_apply, parse_generate, stored_response_id
 from services.fhir.jsonio import read_json
-from services.fhir.outcome import NotFound
+from services.fhir.outcome import NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import fhir_base, write_response
 from services.fhir.service import ContextDep, ServiceContext
@@ -55,8 +58,7 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     async def apply(request: Request) -> Response:
         """The CarePlan a protocol would produce for an assessment; stores nothing."""
         parsed = parse_apply(await read_json(request), None)
-        result = await planner.draft_plan(parsed, status="draft")
-        return FhirResponse(result.careplan)
+        return _applied(await planner.draft_plan(parsed, status="draft"))
 
     @router.post("/PlanDefinition/{plan_id}/$apply", name="apply-instance")
     async def apply_instance(plan_id: str, request: Request) -> Response:
@@ -65,10 +67,17 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
         protocol = await planner.knowledge.protocol_by_id(plan_id)
         if protocol is None:
             raise NotFound(f"The catalog has no PlanDefinition/{plan_id}")
-        result = await planner.draft_plan(parsed, status="draft", protocol=protocol)
-        return FhirResponse(result.careplan)
+        return _applied(await planner.draft_plan(parsed, status="draft", protocol=protocol))
 
     return router
+
+
+def _applied(result: PlanResult) -> Response:
+    if not result.warnings:
+        return FhirResponse(result.careplan)
+    return FhirResponse({"resourceType": "Parameters", "parameter": [
+        {"name": "return", "resource": result.careplan},
+        {"name": "outcome", "resource": operation_outcome(result.warnings)}]})
 
 
 def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:

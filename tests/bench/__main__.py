@@ -1,6 +1,6 @@
 """`make bench`: the performance figures of issue 7, measured against their baselines, as one Markdown table.
 
-    python -m tests.bench [--figures 1,2,3,4,5,6,7] [--quick | --full]
+    python -m tests.bench [--figures 1,2,3,4,5,6,7,8] [--quick | --full]
 
 Runs the services as `cicatrix serve` runs them (uvicorn, one process each) on PostgreSQL (a schema of
 its own in BENCH_DATABASE_URL / TEST_DATABASE_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/test,
@@ -55,7 +55,16 @@ def machine() -> dict[str, str]:
             "postgres": postgres,
             "server": f"uvicorn {uvicorn.__version__} ({http}, {loop}), one process per service "
                       "(figure 4 also with two worker processes)",
+            "load": load_generators(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def load_generators() -> str:
+    from tests.bench.measure import wrk
+    program, why = wrk()
+    if program is None:
+        return f"load from the Python generator (tests/bench/load.py; wrk unavailable: {why})"
+    return "GET loads from wrk (one thread), the others from the Python generator (tests/bench/load.py)"
 
 
 def _importable(name: str) -> bool:
@@ -92,7 +101,8 @@ def table(figures: list[Figure], info: dict[str, str], notes: list[str], seconds
         lines.append(f"| {f.number} | {f.name} | {f.cicatrix} | {f.baseline} | {ratio(f)} | {f.target} | {met(f)} |")
     out = ["# Cicatrix benchmark", "",
            f"Machine: {info['cores']} cores, {info['cpu']}; Python {info['python']}; PostgreSQL {info['postgres']}; "
-           f"{info['server']}.", f"Commit {info['commit']}, {info['date']}; the whole run took {seconds / 60:.1f} min.",
+           f"{info['server']}; {info['load']}.",
+           f"Commit {info['commit']}, {info['date']}; the whole run took {seconds / 60:.1f} min.",
            "", *lines, ""]
     if notes:
         out += ["Notes:", "", *[f"- {n}" for n in notes], ""]
@@ -101,7 +111,7 @@ def table(figures: list[Figure], info: dict[str, str], notes: list[str], seconds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--figures", default="1,2,3,4,5,6,7", help="which figures, comma-separated")
+    parser.add_argument("--figures", default="1,2,3,4,5,6,7,8", help="which figures, comma-separated")
     parser.add_argument("--quick", action="store_true", help="short measurements, for trying the harness")
     parser.add_argument("--full", action="store_true", help="the issue's sizes everywhere (about 15 minutes)")
     args = parser.parse_args(argv)

@@ -66,18 +66,20 @@ def test_atrophic_scar_gets_the_optimal_set(generated):
     for detail in details(plan):
         if detail["kind"] == "ServiceRequest" and not detail.get("doNotPerform"):
             assert detail["scheduledTiming"]["event"], detail["description"]
-    assert not any("barely" in note["text"] for note in plan.get("note", [])), "vessels are visible: no warning"
+    assert not any(d["kind"] == "CommunicationRequest" for d in details(plan)), "vessels are visible: no warning"
 
 
 def test_old_scar_without_vessels_gets_the_long_course_and_the_warning(generated):
     _, plan = generated["atrophic-shin-old-no-vessels"]
     start, end = plan["period"]["start"], plan["period"]["end"]
     assert (start, end) == ("2026-03-02", "2027-09-02"), "1 to 1.5 years: the plan spans 18 months"
-    assert any("barely" in note["text"] for note in plan["note"]), "the patient warning must be on the plan"
+    warning = [d for d in details(plan) if d["kind"] == "CommunicationRequest"]
+    assert len(warning) == 1 and "barely" in warning[0]["description"], "telling the patient is on the plan, to do"
+    assert warning[0]["status"] == "not-started"
     goals = {g["description"]["coding"][0]["code"] for g in plan["contained"] if g["resourceType"] == "Goal"}
     assert goals == {"smooth", "thicken"}, "the source asks for thickening on every atrophic scar: they are thin"
     for detail in details(plan):
-        if not detail.get("doNotPerform"):
+        if not detail.get("doNotPerform") and detail["kind"] != "CommunicationRequest":
             assert detail["goal"], f"{detail['description']} serves a goal of the plan"
     vacuum = next(d for d in details(plan) if d["code"]["coding"][0]["code"] == "vacuum-massage")
     events = vacuum["scheduledTiming"]["event"]

@@ -37,11 +37,15 @@ KNOWN_EXTENSIONS = {
     EXT + "minimum-interval": "valueDuration",
     EXT + "course-break": "valueDuration",
     EXT + "goal-condition": "valueExpression",
+    EXT + "clinic-default": "valueString",
     EXT + "not-same-day-gap": "valueDuration",
     EXT + "not-same-day-reason": "valueString",
     EXT + "scheduling-rank": "valuePositiveInt",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-unit": "valueCoding",
+    "http://hl7.org/fhir/StructureDefinition/questionnaire-constraint": "extension",
 }
+CONSTRAINT_PARTS = {"key", "requirements", "severity", "expression", "human", "location"}
+"""The sub-extensions of the R4 core questionnaire-constraint extension."""
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 # The fixed contract of DESIGN.md: linkId -> (type, required, repeats, answer ValueSet id)
@@ -278,6 +282,8 @@ def test_references_and_canonicals_resolve(path: Path) -> None:
         elif key in {"definitionCanonical", "valueCanonical", "answerValueSet", "valueSet"} or (
                 key == "resource" and isinstance(value, str)):
             assert _resolve(value) is not None, f"{where}: {value} does not resolve to a content file"
+        elif key == "url" and isinstance(value, str) and re.search(r"extension\[\d+\]\.extension\[\d+\]\.url$", where):
+            assert value in CONSTRAINT_PARTS, f"{where}: {value} is not a part of a known complex extension"
         elif key == "url" and isinstance(value, str) and re.search(r"(^|\.)extension\[\d+\]\.url$", where):
             assert value in KNOWN_EXTENSIONS, f"{where}: undocumented extension {value}"
             if value.startswith(EXT):
@@ -295,6 +301,12 @@ def test_extensions_have_their_value_type(path: Path) -> None:
     for obj in _objects(_load(path)):
         for extension in obj.get("extension", []) if isinstance(obj.get("extension"), list) else []:
             value_keys = [k for k in extension if k.startswith("value")]
+            if extension["url"] in CONSTRAINT_PARTS:
+                assert len(value_keys) == 1, extension
+                continue
+            if KNOWN_EXTENSIONS[extension["url"]] == "extension":  # complex: parts, no value of its own
+                assert not value_keys and extension["extension"], extension
+                continue
             assert value_keys == [KNOWN_EXTENSIONS[extension["url"]]], extension
             if extension["url"] in (EXT + "minimum-interval", EXT + "course-break", EXT + "not-same-day-gap"):
                 duration = extension["valueDuration"]
@@ -372,6 +384,31 @@ def test_questionnaire_has_exactly_the_contract_link_ids() -> None:
         else:
             assert "answerValueSet" not in item and "answerOption" not in item  # que-5
         assert "item" not in item and "initial" not in item
+
+
+def test_questionnaire_constraints_compile_and_name_a_question() -> None:
+    questionnaire = RESOURCES["Questionnaire/scar-assessment"]
+    link_ids = set(QUESTIONNAIRE_CONTRACT)
+    rules = [e for e in questionnaire["extension"] if e["url"].endswith("/questionnaire-constraint")]
+    assert rules
+    for rule in rules:
+        parts = {p["url"]: next(v for k, v in p.items() if k.startswith("value")) for p in rule["extension"]}
+        assert {"key", "severity", "expression", "human", "location"} <= set(parts), parts
+        assert parts["severity"] in ("error", "warning")
+        fhirpathpy.compile(parts["expression"], model=models["r4"])
+        assert set(re.findall(r"linkId='([^']+)'", parts["expression"] + parts["location"])) <= link_ids
+
+
+def test_the_hypotrophic_site_warning_names_the_typical_atrophic_sites() -> None:
+    """The rule lists the sites in its expression (FHIRPath here has no terminology); they must stay those of the
+    ValueSet that states where scars with a tissue deficit never form."""
+    questionnaire = RESOURCES["Questionnaire/scar-assessment"]
+    rule = next(e for e in questionnaire["extension"]
+                if any(p.get("valueId") == "no-hypotrophic-scar-on-thin-hypodermis" for p in e["extension"]))
+    expression = next(p["valueString"] for p in rule["extension"] if p["url"] == "expression")
+    value_set = RESOURCES["ValueSet/atrophic-scar-typical-sites"]
+    sites = {c["code"] for include in value_set["compose"]["include"] for c in include["concept"]}
+    assert set(re.findall(r"code='([a-z-]+)'", expression)) - {"hypotrophic"} == sites
 
 
 # ------------------------------------------------------------------------------------------ activity definitions
