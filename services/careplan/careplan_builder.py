@@ -196,13 +196,13 @@ def _notes(draft: PlanDraft, schedule: Schedule, end: date) -> dict[str, list[st
 def _choices(draft: PlanDraft) -> dict[str, list[str]]:
     """The alternatives offered and those screening removed: one note each, one list item per option."""
     return {"Alternatives the clinician may choose instead": list(draft.alternatives),
-            "Not offered as alternatives": [f"{left.title} ({left.exclusion.text})"
+            "Not offered as alternatives": [f"{left.title} ({left.exclusion.text.rstrip('.')})"
                                             for left in draft.alternatives_left_out]}
 
 
 def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
     """Per procedure: the series it runs in, the real breaks between them, and the series it waited for."""
-    if len(schedule.series) < 2 and not any(s.deferred for s in schedule.series):
+    if len(schedule.series) < 2 and not any(s.deferred for s in schedule.series) and not schedule.left_over:
         return []
     notes = []
     for activity in draft.planned():
@@ -220,6 +220,8 @@ def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
             text += (f"; deferred in series {_numbers(deferred)} because the weekly budget of "
                      f"{schedule.max_visits_per_week} visits could not also hold it (higher-ranked procedures first, "
                      "deferred ones first in the next series)")
+        if activity.key in schedule.left_over:
+            text += "; the course left no room for a further series that could hold it"
         notes.append(text + ".")
     return notes
 

@@ -142,12 +142,10 @@ def refuse_empty_plan(draft: PlanDraft) -> None:
         if activity.exclusion is not None:
             issues.append(Issue(code="business-rule", severity="information",
                                 diagnostics=f"{activity.title}: {activity.exclusion.text}"))
-        elif any(p.exclusion for p in activity.preparations):
-            for preparation in activity.preparations:
-                if preparation.exclusion is not None:
-                    issues.append(Issue(code="business-rule", severity="information",
-                                        diagnostics=f"{preparation.name} ({activity.title}): "
-                                                    f"{preparation.exclusion.text}"))
+        for preparation in activity.preparations:
+            if preparation.exclusion is not None:
+                issues.append(Issue(code="business-rule", severity="information",
+                                    diagnostics=f"{preparation.name} ({activity.title}): {preparation.exclusion.text}"))
     raise Unprocessable(issues[0].diagnostics, issues=issues)
 
 

@@ -146,6 +146,8 @@ class Schedule:
     sessions: dict[str, list[datetime]] = field(default_factory=dict)
     series: list[Series] = field(default_factory=list)
     max_visits_per_week: int = 0
+    left_over: tuple[str, ...] = ()
+    """Procedures still waiting when the course had no room for a further series that could hold any of them."""
     kept_apart: dict[tuple[str, str], int] = field(default_factory=dict)
     """Least days between two incompatible procedures of this plan, by (key, other key) in plan order."""
 
@@ -182,8 +184,10 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
     book = _Bookings(calendar, {p.key: p for p in procedures})
     result = Schedule(sessions={p.key: [] for p in procedures}, max_visits_per_week=calendar.max_visits_per_week)
     order_of = {p.key: n for n, p in enumerate(procedures)}
-    result.kept_apart = {(key, other): gap for key, gaps in book.gaps.items() for other, gap in gaps.items()
-                         if key in order_of and other in order_of and order_of[key] < order_of[other]}
+    result.kept_apart = {pair: book.gaps[pair[0]][pair[1]] for pair in sorted(
+        ((key, other) for key, gaps in book.gaps.items() for other in gaps
+         if key in order_of and other in order_of and order_of[key] < order_of[other]),
+        key=lambda pair: (order_of[pair[0]], order_of[pair[1]]))}
     ranked = sorted(procedures, key=lambda p: p.rank)  # stable: protocol order within a rank
     lookup = {p.key: p for p in procedures}
     start = calendar.next_open_day(course.start)
@@ -215,13 +219,8 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
                     break
                 book.remove(key, days)
                 later += timedelta(weeks=1)
-        if not placed:
-            if result.series:  # nothing fitted any more: say what waited, in the last series
-                last = result.series[-1]
-                result.series[-1] = Series(last.number, last.start, last.days,
-                                           tuple(dict.fromkeys(last.deferred + tuple(deferred))), last.truncated)
-            else:
-                result.series.append(Series(1, start, {}, tuple(deferred)))
+        if not placed:  # no room for another series: what still waits is said, not dropped
+            result.left_over = tuple(deferred)
             break
         result.series.append(Series(len(result.series) + 1, start, placed, tuple(deferred), tuple(truncated)))
         for key, days in placed.items():
@@ -248,7 +247,7 @@ class _Bookings:
         self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
         """Least days apart for each conflicting pair (a pair keeps the larger of the two procedures' gaps)."""
         for key, procedure in procedures.items():
-            for other in procedure.not_same_day:
+            for other in sorted(procedure.not_same_day):
                 theirs = procedures.get(other)
                 gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
                 self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
