@@ -62,10 +62,12 @@ def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment,
         "activity": activities,
     }
     notes = _notes(draft, schedule, end)
+    choices = _choices(draft)
     plan["note"] = [{"text": text} for text in [f"Check the assessment: {w}" for w in warnings]
-                    + [text for texts in notes.values() for text in texts]]
+                    + [text for texts in notes.values() for text in texts]
+                    + [f"{heading}: {'; '.join(items)}." for heading, items in choices.items() if items]]
     plan["text"] = {"status": "generated", "div": narrative(plan, draft, schedule, start=start, end=end,
-                                                            warnings=warnings, notes=notes)}
+                                                            warnings=warnings, notes=notes | choices)}
     return {k: v for k, v in plan.items() if v not in ([], None, "")}
 
 
@@ -187,14 +189,15 @@ def _notes(draft: PlanDraft, schedule: Schedule, end: date) -> dict[str, list[st
         course.append(series_sentence(breaks))
     if any(a.is_home_care and a.exclusion is None for a in draft.activities):
         course.append(home_care_sentence(end, breaks))
-    alternatives = []
-    if draft.alternatives:
-        alternatives.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
-    if draft.alternatives_left_out:
-        alternatives.append("Not offered as alternatives: " + "; ".join(
-            f"{left.title} ({left.exclusion.text.rstrip('.')})" for left in draft.alternatives_left_out) + ".")
     return {"Course": course, "Series and weekly budget": series_notes(draft, schedule),
-            "Kept apart": kept_apart_notes(draft, schedule), "Alternatives": alternatives}
+            "Kept apart": kept_apart_notes(draft, schedule)}
+
+
+def _choices(draft: PlanDraft) -> dict[str, list[str]]:
+    """The alternatives offered and those screening removed: one note each, one list item per option."""
+    return {"Alternatives the clinician may choose instead": list(draft.alternatives),
+            "Not offered as alternatives": [f"{left.title} ({left.exclusion.text.rstrip('.')})"
+                                            for left in draft.alternatives_left_out]}
 
 
 def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
