@@ -27,7 +27,8 @@ def _rows(plan: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[tuple[
             excluded.append((title, detail.get("statusReason", {}).get("text", "")))
             continue
         if detail.get("kind") == "CommunicationRequest":  # an instruction to the clinician, due before treatment
-            planned.append((title, "once", f"before {detail.get('scheduledPeriod', {}).get('end', 'the first session')}"))
+            due = detail.get("scheduledPeriod", {}).get("end", "the first session")
+            planned.append((title, "once", f"before {due}"))
             continue
         timing = detail.get("scheduledTiming", {})
         repeat = timing.get("repeat", {})
