@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.bench import careplan, catalog, delivery, growth, stack
+from tests.bench import careplan, catalog, cds, delivery, growth, stack
 from tests.bench.measure import Figure
 
 
@@ -65,11 +65,15 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                 name="careplan-workers") as planner:
                 figures.append(careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds,
                                                         workers=2))
-        if wanted & {"4", "7", "8"}:
-            with stack.cicatrix("careplan", careplan_env(url, server)) as planner:
+        if wanted & {"4", "7", "8", "9"}:
+            with cds.trusted_ehr() as (ehr, trust), \
+                    stack.cicatrix("careplan", careplan_env(url, server, **trust)) as planner:
                 if "8" in wanted:
                     figures.append(careplan.figure_reads(planner, server, ids, rounds=sizes.rounds,
                                                          seconds=sizes.seconds))
+                if "9" in wanted:
+                    figures.append(cds.figure_hooks(planner, ehr, rounds=sizes.rounds,
+                                                    calls_per_round=50 if sizes.rounds == 1 else cds.CALLS_PER_ROUND))
                 if "4" in wanted:
                     figure = careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds, workers=1)
                     figure.name, figure.target, figure.met = "context: " + figure.name, "", None
