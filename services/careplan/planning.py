@@ -187,6 +187,8 @@ class Screening:
     no_preparation: Exclusion | None = None
     allergies: list[Allergy] = field(default_factory=list)
     declined_codes: set[tuple[str, str]] = field(default_factory=set)
+    allergens: dict[str, str | None] = field(default_factory=dict)
+    """The allergen found in each preparation (by reference), or None: matched once per plan."""
 
 
 class _Answers(ExpressionCache):
@@ -397,7 +399,9 @@ def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening)
             if key in screening.excluded_classes and screening.excluded_classes[key] not in found:
                 found.append(screening.excluded_classes[key])
         if screening.allergy and screening.allergies:
-            allergen = _allergen(preparation.medication, screening.allergies)
+            if preparation.reference not in screening.allergens:  # a preparation recurs across activities
+                screening.allergens[preparation.reference] = _allergen(preparation.medication, screening.allergies)
+            allergen = screening.allergens[preparation.reference]
             if allergen:
                 found.append(Exclusion(screening.allergy.reason, f"{screening.allergy.text} ({allergen})"))
         preparation.exclusion = combined(found)

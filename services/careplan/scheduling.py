@@ -175,9 +175,6 @@ class Schedule:
         """Numbers of the series this procedure was deferred from."""
         return [s.number for s in self.series if key in s.deferred]
 
-    def never_placed(self, key: str) -> bool:
-        return not self.sessions.get(key)
-
 
 def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: CoursePlan) -> Schedule:
     """Place every procedure's sessions series by series until `course.end` (one series when it is None)."""
