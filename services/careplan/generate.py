@@ -80,13 +80,13 @@ class CarePlanner:
         questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
         assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
         today = datetime.now(ZoneInfo(self.clinic.timezone)).date()
-        warnings = plausibility.check(questionnaire, assessment.response, request.patient,
-                                      self.knowledge.expressions.run, today)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
         start = request.start or next_working_day(self.clinic, today)
 
-        def plan() -> dict[str, Any]:  # FHIRPath, screening and scheduling: CPU work, kept off the event loop
+        def plan() -> tuple[dict[str, Any], list[Issue]]:  # FHIRPath, screening, scheduling: off the event loop
+            warnings = plausibility.check(questionnaire, assessment.response, request.patient,
+                                          self.knowledge.expressions.run, today)
             allergies = assessment.allergies(request.allergy_intolerances)
             draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
             refuse_empty_plan(draft)
@@ -94,9 +94,10 @@ class CarePlanner:
             return build_careplan(
                 draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
                 status=status, start=start, end=end, created=created or datetime.now(UTC),
-                assessment_reference=assessment_reference, warnings=[w.diagnostics for w in warnings])
+                assessment_reference=assessment_reference, warnings=[w.diagnostics for w in warnings]), warnings
 
-        return PlanResult(await run_in_threadpool(plan), assessment, protocol, warnings)
+        careplan, warnings = await run_in_threadpool(plan)
+        return PlanResult(careplan, assessment, protocol, warnings)
 
     async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
         if request.plan_definition:
