@@ -4,20 +4,21 @@ The plan carries what a clinician reading it in the EHR needs: the protocol it
 instantiates, the assessment behind it, goals (contained Goal resources), one
 activity per planned modality or home-care preparation with every session date in
 `scheduledTiming.event`, the excluded activities and preparations with their reasons
-(`doNotPerform` + `statusReason`), notes for the patient conversation, and a
-generated narrative with the schedule as a table.
+(`doNotPerform` + `statusReason`), what the clinician tells the patient before
+treatment (an activity of kind CommunicationRequest), notes, and the generated
+narrative (narrative.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from html import escape
 from typing import Any
 
 from services.careplan.intake import Assessment
 from services.careplan.knowledge import codings, versioned
-from services.careplan.planning import PlanDraft, PlannedActivity, Preparation
+from services.careplan.narrative import clinic_breaks, home_care_sentence, narrative, series_sentence
+from services.careplan.planning import Communication, PlanDraft, PlannedActivity, Preparation
 from services.careplan.scheduling import Schedule
 
 PLAN_IDENTIFIER_SYSTEM = "https://fhir.cicatrix.org/careplan-id"
@@ -33,11 +34,13 @@ def plan_identifier(assessment_key: str, subject: str) -> str:
 
 def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment, *, identifier: str,
                    status: str, start: date, end: date, created: datetime,
-                   assessment_reference: str | None) -> dict[str, Any]:
+                   assessment_reference: str | None, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The CarePlan; `warnings` are the assessment's plausibility warnings, shown first in note and narrative."""
     protocol = draft.protocol
+    warnings = warnings or []
     goals = [_goal(g, assessment.subject) for g in draft.goals]
     goal_refs = {g["id"]: {"reference": f"#{g['id']}"} for g in goals}
-    activities: list[dict[str, Any]] = []
+    activities: list[dict[str, Any]] = [_communication(c, start) for c in draft.communications]
     for activity in draft.activities:
         activities.extend(_activities(activity, schedule, start, end, goal_refs))
     plan: dict[str, Any] = {
@@ -57,23 +60,34 @@ def build_careplan(draft: PlanDraft, schedule: Schedule, assessment: Assessment,
         "supportingInfo": [{"reference": assessment_reference}] if assessment_reference else [],
         "goal": list(goal_refs.values()),
         "activity": activities,
-        "note": [{"text": text} for text in _notes(draft)],
     }
-    plan["text"] = {"status": "generated", "div": narrative(plan, draft, schedule)}
+    notes = _notes(draft, schedule, end)
+    choices = _choices(draft)
+    plan["note"] = [{"text": text} for text in [f"Check the assessment: {w}" for w in warnings]
+                    + [text for texts in notes.values() for text in texts]
+                    + [f"{heading}: {'; '.join(items)}." for heading, items in choices.items() if items]]
+    plan["text"] = {"status": "generated", "div": narrative(plan, draft, schedule, start=start, end=end,
+                                                            warnings=warnings, notes=notes | choices)}
     return {k: v for k, v in plan.items() if v not in ([], None, "")}
 
 
 def _title(assessment: Assessment) -> str:
-    scar = assessment.scar_type or {}
-    return f"{scar.get('display') or scar.get('code', 'Scar')} treatment plan"
+    """'Atrophic scar treatment plan, anterior surface of the shin': the catalog's displays (intake puts them on the
+    answers), so a plan list in the EHR tells one site's plan from another's and never shows a raw code."""
+    return f"{_scar(assessment)} treatment plan, {_site(assessment)}"
 
 
 def _description(assessment: Assessment) -> str:
-    scar = assessment.scar_type or {}
-    site = assessment.body_site or {}
-    where = (site.get("display") or site.get("code", "unspecified site")).lower()
-    return f"{scar.get('display') or scar.get('code', 'Scar')}, {where}, about {assessment.one('scar-age-months')} " \
-           "months old"
+    return f"{_scar(assessment)}, {_site(assessment)}, about {assessment.one('scar-age-months')} months old"
+
+
+def _scar(assessment: Assessment) -> str:
+    return (assessment.scar_type or {}).get("display") or "Scar"
+
+
+def _site(assessment: Assessment) -> str:
+    display = (assessment.body_site or {}).get("display")
+    return display[:1].lower() + display[1:] if display else "site not named"
 
 
 def _goal(goal: dict[str, Any], subject: str) -> dict[str, Any]:
@@ -126,8 +140,10 @@ def _activities(activity: PlannedActivity, schedule: Schedule, start: date, end:
                                            "repeat": repeat}}
         else:  # the clinic calendar left no admissible day within the course: say so, do not hide it
             detail |= {"status": "not-started", "scheduledTiming": {"repeat": repeat},
-                       "statusReason": {"text": "No clinic day was free for this procedure within the course "
-                                                "(working days, closures, daily cap); schedule it by hand"}}
+                       "statusReason": {"text": "Deferred: no series of the course could hold it within "
+                                                f"{schedule.max_visits_per_week} visits a week (clinic days, "
+                                                "holidays, closures, daily cap, days kept free around "
+                                                "incompatible procedures); schedule it by hand"}}
     _product(detail, activity.usable_preparations)
     out.append({"detail": _clean(detail)})
     for preparation in activity.preparations:
@@ -155,69 +171,82 @@ def _clean(detail: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in detail.items() if v not in (None, [], "")}
 
 
-def _notes(draft: PlanDraft) -> list[str]:
-    notes = list(dict.fromkeys(draft.notes))
-    in_clinic = any(a.rhythm and not a.is_home_care and a.exclusion is None for a in draft.activities)
-    if draft.course and draft.course.break_days and in_clinic:
-        notes.append(f"In-clinic procedures are repeated in series with a {draft.course.break_days}-day break "
-                     "between series for the whole course; home care continues every day.")
-    if draft.alternatives:
-        notes.append("Alternatives the clinician may choose instead: " + "; ".join(draft.alternatives) + ".")
+def _communication(communication: Communication, start: date) -> dict[str, Any]:
+    """What the clinician tells the patient, due before the first session: an instruction, not a record of it."""
+    return {"detail": _clean({
+        "kind": "CommunicationRequest", "instantiatesCanonical": [versioned(communication.definition)],
+        "code": communication.definition.get("code"), "status": "not-started",
+        "scheduledPeriod": {"end": start.isoformat()},
+        "description": f"{communication.title}. {communication.text}"})}
+
+
+def _notes(draft: PlanDraft, schedule: Schedule, end: date) -> dict[str, list[str]]:
+    """The plan's notes by the heading the narrative shows them under: course notes from the protocol, then
+    sentences derived from this plan's own schedule and activities."""
+    breaks = clinic_breaks(schedule, draft.course.break_days if draft.course else 0)
+    course = list(dict.fromkeys(draft.notes))
+    if breaks:
+        course.append(series_sentence(breaks))
+    if any(a.is_home_care and a.exclusion is None for a in draft.activities):
+        course.append(home_care_sentence(end, breaks))
+    return {"Course": course, "Series and weekly budget": series_notes(draft, schedule),
+            "Kept apart": kept_apart_notes(draft, schedule)}
+
+
+def _choices(draft: PlanDraft) -> dict[str, list[str]]:
+    """The alternatives offered and those screening removed: one note each, one list item per option."""
+    return {"Alternatives the clinician may choose instead": list(draft.alternatives),
+            "Not offered as alternatives": [f"{left.title} ({left.exclusion.text.rstrip('.')})"
+                                            for left in draft.alternatives_left_out]}
+
+
+def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
+    """Per procedure: the series it runs in, the real breaks between them, and the series it waited for."""
+    if len(schedule.series) < 2 and not any(s.deferred for s in schedule.series) and not schedule.left_over:
+        return []
+    notes = []
+    for activity in draft.planned():
+        if activity.key not in schedule.sessions:
+            continue
+        numbers = [s.number for s in schedule.series if s.days.get(activity.key)]
+        text = f"{activity.title}: series {_numbers(numbers)} of {len(schedule.series)}" if numbers else \
+            f"{activity.title}: in no series"
+        breaks = schedule.breaks(activity.key)
+        if breaks:
+            text += f", {min(breaks)} to {max(breaks)} days between series" if min(breaks) != max(breaks) else \
+                f", {breaks[0]} days between series"
+        deferred = schedule.deferrals(activity.key)
+        if deferred:
+            text += (f"; deferred in series {_numbers(deferred)} because the weekly budget of "
+                     f"{schedule.max_visits_per_week} visits could not also hold it (higher-ranked procedures first, "
+                     "deferred ones first in the next series)")
+        if activity.key in schedule.left_over:
+            text += "; the course left no room for a further series that could hold it"
+        notes.append(text + ".")
     return notes
 
 
-# ------------------------------------------------------------------ narrative
+def kept_apart_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
+    """The incompatibility rules that shaped this schedule, with their reason (clinic defaults say so)."""
+    by_key = {a.key: a for a in draft.planned()}
+    order = {key: i for i, key in enumerate(by_key)}  # protocol order: the same plan always reads the same
+    rules: dict[str, list[tuple[str, int]]] = {}
+    for (key, other), gap in sorted(schedule.kept_apart.items(), key=lambda kept: (order[kept[0][0]],
+                                                                                   order[kept[0][1]])):
+        first, second = by_key[key], by_key[other]
+        governing, partner = (first, second) if first.apart_days >= second.apart_days else (second, first)
+        rules.setdefault(governing.key, []).append((partner.title, gap))
+    notes = []
+    for key, partners in rules.items():
+        activity = by_key[key]
+        names = "; ".join(f"{title}: at least {gap} days apart" if gap > 1 else f"{title}: not on the same day"
+                          for title, gap in partners)
+        notes.append(f"{activity.title} kept apart from other procedures ({names}). {activity.apart_reason}".strip())
+    return notes
 
-UNIT_NAMES = {"d": "day", "wk": "week", "mo": "month", "a": "year", "h": "hour"}
 
-
-def rhythm_text(frequency: int, period: float, unit: str) -> str:
-    """'2 a week', '1 every 2 weeks': how clinicians say it."""
-    name = UNIT_NAMES.get(unit, unit)
-    return f"{frequency} a {name}" if period == 1 else f"{frequency} every {period:g} {name}s"
-
-
-
-def narrative(plan: dict[str, Any], draft: PlanDraft, schedule: Schedule) -> str:
-    """The plan as XHTML a clinician can read in the EHR: what, how often, which dates, what was left out."""
-    rows = []
-    for activity in draft.activities:
-        if activity.exclusion is not None:
-            continue
-        if activity.is_home_care:
-            dosage = (activity.definition.get("dosage") or [{}])[0].get("text", "daily")
-            when, dates = escape(dosage), "every day for the whole course"
-        else:
-            sessions = schedule.sessions.get(activity.key, [])
-            rhythm = activity.rhythm
-            when = escape(f"{rhythm_text(rhythm.frequency, rhythm.period, rhythm.period_unit)}, "
-                          f"{len(sessions)} sessions" if rhythm else f"{len(sessions)} sessions")
-            dates = escape(", ".join(m.strftime("%Y-%m-%d") for m in sessions)) or "none"
-        preparations = escape(", ".join(p.name for p in activity.usable_preparations)) or "-"
-        rows.append(f"<tr><td>{escape(activity.title)}</td><td>{when}</td><td>{dates}</td>"
-                    f"<td>{preparations}</td></tr>")
-    excluded = []
-    for activity in draft.activities:
-        if activity.exclusion is not None:
-            excluded.append(f"<li>{escape(activity.title)}: {escape(activity.exclusion.text)}</li>")
-        for preparation in activity.preparations:
-            if preparation.exclusion is not None and activity.exclusion is None:
-                excluded.append(f"<li>{escape(preparation.name)} ({escape(activity.title)}): "
-                                f"{escape(preparation.exclusion.text)}</li>")
-    goals = "".join(f"<li>{escape(g['description'].get('text', ''))}</li>" for g in draft.goals)
-    notes = "".join(f"<li>{escape(n['text'])}</li>" for n in plan.get("note", []))
-    parts = [
-        '<div xmlns="http://www.w3.org/1999/xhtml">',
-        f"<p><b>{escape(plan['title'])}</b>, "
-        f"{escape(plan['period']['start'])} to {escape(plan['period']['end'])}. {escape(plan['description'])}.</p>",
-        f"<p>Goals:</p><ul>{goals}</ul>" if goals else "",
-        "<table><thead><tr><th>What</th><th>How often</th><th>Dates</th><th>Preparations</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>",
-        f"<p>Left out:</p><ul>{''.join(excluded)}</ul>" if excluded else "",
-        f"<p>Notes:</p><ul>{notes}</ul>" if notes else "",
-        "</div>",
-    ]
-    return "".join(parts)
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in numbers[:-1]) + (" and " if len(numbers) > 1 else "") + str(numbers[-1])
 
 
 def scar_codings(assessment: Assessment) -> list[dict[str, Any]]:

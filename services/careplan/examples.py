@@ -25,8 +25,10 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "contracts" / "fhir" / "exa
 CREATED = datetime(2026, 2, 26, 12, 0, tzinfo=UTC)
 """Fixed `CarePlan.created` so regenerated examples compare byte for byte."""
 
-EXAMPLE_SETTINGS = CareplanSettings(CLINIC_DAYS="mon,tue,wed,thu,fri", CLOSED_DATES="2026-04-03,2026-04-06",
-                                    MAX_PROCEDURES_PER_DAY=2, CLINIC_TIMEZONE="Europe/Berlin")
+EXAMPLE_SETTINGS = CareplanSettings(CLINIC_DAYS="mon,tue,wed,thu,fri", CLOSED_DATES="2026-12-24,2026-12-31",
+                                    MAX_PROCEDURES_PER_DAY=2, MAX_VISITS_PER_WEEK=3, CLINIC_TIMEZONE="Europe/Berlin",
+                                    CLINIC_COUNTRY="DE", CLINIC_SUBDIVISION="BE")
+"""A Berlin clinic: German and Berlin public holidays, closed on Christmas Eve and New Year's Eve."""
 
 
 async def plan_example(planner: CarePlanner, parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:

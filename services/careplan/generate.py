@@ -15,7 +15,7 @@ import calendar as month_calendar
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +24,7 @@ from sqlalchemy import false, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from services.careplan import plausibility
 from services.careplan.assessment_limits import DEFAULT_LIMITS, AssessmentLimits
 from services.careplan.careplan_builder import build_careplan, plan_identifier
 from services.careplan.intake import Assessment, GenerateRequest, check_assessment, stored_response_id
@@ -39,7 +40,7 @@ from services.careplan.scheduling import (
     symmetric_conflicts,
 )
 from services.careplan.tables import AssessmentPlan
-from services.fhir.outcome import Conflict, PreconditionFailed, ServiceUnavailable, Unprocessable
+from services.fhir.outcome import Conflict, Issue, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource
 
 log = logging.getLogger("cicatrix.careplan.generate")
@@ -53,6 +54,8 @@ class PlanResult:
     careplan: dict[str, Any]
     assessment: Assessment
     protocol: Protocol
+    warnings: list[Issue] = field(default_factory=list)
+    """Plausibility warnings about the assessment (also on the plan): $apply answers them in an OperationOutcome."""
 
 
 def add_months(day: date, months: int) -> date:
@@ -95,21 +98,25 @@ class CarePlanner:
         assessment = await self.run(check_assessment, request, questionnaire, value_sets)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
-        return await self.run(self._plan, request, assessment, protocol, today, status, assessment_reference,
-                              identifier, created)  # type: ignore[no-any-return]
+        return await self.run(self._plan, request, questionnaire, assessment, protocol, today, status,
+                              assessment_reference, identifier, created)  # type: ignore[no-any-return]
 
-    def _plan(self, request: GenerateRequest, assessment: Assessment, protocol: Protocol, today: date, status: str,
-              assessment_reference: str | None, identifier: str | None, created: datetime | None) -> PlanResult:
+    def _plan(self, request: GenerateRequest, questionnaire: dict[str, Any], assessment: Assessment,
+              protocol: Protocol, today: date, status: str, assessment_reference: str | None,
+              identifier: str | None, created: datetime | None) -> PlanResult:
+        warnings = plausibility.check(questionnaire, assessment.response, request.patient,
+                                      self.knowledge.expressions.run, today)
         allergies = assessment.allergies(request.allergy_intolerances)
         self.limits.check_allergies(allergies)
         draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
+        refuse_empty_plan(draft)
         start = request.start or next_working_day(self.clinic, today)
         sessions, end = self._schedule(draft, start)
         careplan = build_careplan(
             draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
             status=status, start=start, end=end, created=created or datetime.now(UTC),
-            assessment_reference=assessment_reference)
-        return PlanResult(careplan, assessment, protocol)
+            assessment_reference=assessment_reference, warnings=[w.diagnostics for w in warnings])
+        return PlanResult(careplan, assessment, protocol, warnings)
 
     async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
         if request.plan_definition:
@@ -135,7 +142,8 @@ class CarePlanner:
                 keys_by_canonical.setdefault(name, []).append(activity.key)
         procedures = symmetric_conflicts([
             Procedure(key=a.key, rhythm=a.rhythm, min_interval_days=a.min_interval_days,  # type: ignore[arg-type]
-                      not_same_day=frozenset(k for c in a.not_same_day for k in keys_by_canonical.get(c, [])))
+                      not_same_day=frozenset(k for c in a.not_same_day for k in keys_by_canonical.get(c, [])),
+                      apart_days=a.apart_days, rank=a.rank)
             for a in planned])
         course = draft.course
         end = add_months(start, course.months_high) if course and course.months_high else None
@@ -147,6 +155,23 @@ class CarePlanner:
         if end is None:
             end = max(result.last_day() or start, add_months(start, 1))
         return result, end
+
+
+def refuse_empty_plan(draft: PlanDraft) -> None:
+    """A plan with nothing left to do after screening is no plan: refuse it, naming every exclusion."""
+    if draft.planned():
+        return
+    issues = [Issue(code="business-rule", diagnostics="Screening left no in-clinic procedure and no home care "
+                                                      "to plan for this assessment; nothing was stored")]
+    for activity in draft.activities:
+        if activity.exclusion is not None:
+            issues.append(Issue(code="business-rule", severity="information",
+                                diagnostics=f"{activity.title}: {activity.exclusion.text}"))
+        for preparation in activity.preparations:
+            if preparation.exclusion is not None:
+                issues.append(Issue(code="business-rule", severity="information",
+                                    diagnostics=f"{preparation.name} ({activity.title}): {preparation.exclusion.text}"))
+    raise Unprocessable(issues[0].diagnostics, issues=issues)
 
 
 # ------------------------------------------------------------------- storage

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from services.fhir.characters import unsafe_strings
 from services.fhir.outcome import BadRequest, Issue, Unprocessable
 from services.fhir.searchparams import normalise
 from services.fhir.validation import r4_issues
@@ -54,6 +55,8 @@ class GenerateRequest:
     plan_definition: str | None = None
     status: str = "draft"
     practitioner: str | None = None
+    patient: dict[str, Any] | None = None
+    """The subject's Patient resource when the caller sends it: its birth date bounds the scar's age."""
 
 
 @dataclass
@@ -126,7 +129,29 @@ def _parameters(body: Any) -> list[dict[str, Any]]:
     issues = r4_issues(body)
     if issues:
         raise BadRequest(issues[0].diagnostics, issues=issues)
+    unsafe = [_unsafe_issue(body, path, character) for path, character in unsafe_strings(body, "Parameters")]
+    if unsafe:
+        raise Unprocessable(f"{len(unsafe)} text value(s) hold characters a FHIR string cannot carry", issues=unsafe)
     return list(body.get("parameter", []))
+
+
+def _unsafe_issue(body: dict[str, Any], path: str, character: str) -> Issue:
+    """Name the questionnaire item (its linkId) when the string is part of an assessment answer."""
+    link_id = _link_id_on_path(body, path)
+    where = f" (the answer to '{link_id}')" if link_id else ""
+    return _issue(path, f"{path}{where} holds the character {character}, which FHIR strings and XHTML narratives "
+                        "cannot carry; remove it", "value")
+
+
+def _link_id_on_path(body: Any, path: str) -> str | None:
+    link_id, node = None, body
+    for name, index in re.findall(r"\.(\w+)(?:\[(\d+)\])?", path):
+        node = node.get(name) if isinstance(node, dict) else None
+        if index and isinstance(node, list):
+            node = node[int(index)]
+            if name == "item" and isinstance(node, dict) and isinstance(node.get("linkId"), str):
+                link_id = node["linkId"]
+    return link_id
 
 
 def _reference(parameter: dict[str, Any], where: str) -> str:
@@ -161,6 +186,8 @@ def parse_generate(body: Any) -> GenerateRequest:
             found["status"] = value
         elif name == "practitioner":
             found["practitioner"] = _reference(parameter, where)
+        elif name == "patient":
+            found["patient"] = _resource(parameter, where, "Patient")
         else:
             raise BadRequest(f"{where}: unknown parameter '{name}'", expression=f"{where}.name")
     for required in ("subject", "assessment"):
@@ -170,13 +197,14 @@ def parse_generate(body: Any) -> GenerateRequest:
     return GenerateRequest(subject=found["subject"], assessment=found["assessment"],
                            allergy_intolerances=found["allergyIntolerance"], conditions=found["condition"],
                            start=found.get("start"), plan_definition=found.get("planDefinition"),
-                           status=found.get("status", "draft"), practitioner=found.get("practitioner"))
+                           status=found.get("status", "draft"), practitioner=found.get("practitioner"),
+                           patient=found.get("patient"))
 
 
 def parse_apply(body: Any, plan_definition: str | None = None) -> GenerateRequest:
     """PlanDefinition/$apply Parameters: subject (1..*; one supported) and a `data` Bundle with the assessment."""
     parameters = _parameters(body)
-    subject, assessment, allergies, conditions, start, practitioner = None, None, [], [], None, None
+    subject, assessment, allergies, conditions, start, practitioner, patient = None, None, [], [], None, None, None
     for i, parameter in enumerate(parameters):
         name, where = parameter.get("name"), f"Parameters.parameter[{i}]"
         if name == "subject":
@@ -197,6 +225,8 @@ def parse_apply(body: Any, plan_definition: str | None = None) -> GenerateReques
                     allergies.append(resource)
                 elif kind == "Condition":
                     conditions.append(resource)
+                elif kind == "Patient":
+                    patient = resource
         elif name == "planDefinition":
             plan_definition = plan_definition or _canonical(parameter, where)
         elif name in ("start", "periodStart"):
@@ -215,7 +245,7 @@ def parse_apply(body: Any, plan_definition: str | None = None) -> GenerateReques
                          expression="Parameters.parameter", code="required")
     return GenerateRequest(subject=subject, assessment=assessment, allergy_intolerances=allergies,
                            conditions=conditions, start=start, plan_definition=plan_definition,
-                           practitioner=practitioner)
+                           practitioner=practitioner, patient=patient)
 
 
 def _resource(parameter: dict[str, Any], where: str, kind: str) -> dict[str, Any]:
@@ -242,9 +272,9 @@ def _canonical(parameter: dict[str, Any], where: str) -> str:
 
 # -------------------------------------------------------------- Questionnaire
 
-ValueSetCodes = Mapping[str, set[tuple[str, str]]]
-"""(system, code) pairs of each answer value set the Questionnaire names, by canonical (fetched beforehand:
-checking runs in a worker thread, away from the event loop and its HTTP client)."""
+ValueSetCodes = Mapping[str, Mapping[tuple[str, str], str]]
+"""(system, code) pairs of each answer value set the Questionnaire names, by canonical, each with the catalog's
+display (fetched beforehand: checking runs in a worker thread, away from the event loop and its HTTP client)."""
 
 
 def check_assessment(request: GenerateRequest, questionnaire: dict[str, Any],
@@ -268,6 +298,10 @@ def check_assessment(request: GenerateRequest, questionnaire: dict[str, Any],
         issues.append(_issue("QuestionnaireResponse.subject",
                              f"The assessment is about {subject} but the subject parameter is {request.subject}",
                              "business-rule"))
+    patient_id = (request.patient or {}).get("id")
+    if patient_id and f"Patient/{patient_id}" != request.subject:
+        issues.append(_issue("Patient.id", f"The Patient resource sent is Patient/{patient_id} but the subject "
+                             f"parameter is {request.subject}", "business-rule"))
     if not response.get("id") and not (response.get("identifier") or {}).get("value"):
         issues.append(_issue("QuestionnaireResponse", "The assessment needs an id or an identifier so that "
                              "resubmitting it cannot create a second plan", "required"))
@@ -315,10 +349,13 @@ def _answers(item: dict[str, Any], question: dict[str, Any], where: str, value_s
         value = answer[kinds[0]]
         if kinds[0] == "valueCoding" and question.get("answerValueSet"):
             codes = value_set_codes[question["answerValueSet"]]
-            if (value.get("system", ""), value.get("code", "")) not in codes:
+            key = (value.get("system", ""), value.get("code", ""))
+            if key not in codes:
                 issues.append(_issue(here, f"{value.get('system')}|{value.get('code')} is not in "
                                      f"{question['answerValueSet']}", "code-invalid"))
                 continue
+            # Plans show the catalog's display for a code, never the one the caller sent with it
+            value = {**value, "display": codes[key]} if codes[key] else value
         if kinds[0] == "valueInteger" and value < 0:
             issues.append(_issue(here, f"'{item['linkId']}' cannot be negative", "value"))
             continue

@@ -26,8 +26,10 @@ NOT_SAME_DAY_AS = EXT + "not-same-day-as"
 MINIMUM_INTERVAL = EXT + "minimum-interval"
 NOT_SAME_DAY_GAP = EXT + "not-same-day-gap"
 NOT_SAME_DAY_REASON = EXT + "not-same-day-reason"
+SCHEDULING_RANK = EXT + "scheduling-rank"
 COURSE_BREAK = EXT + "course-break"
 GOAL_CONDITION = EXT + "goal-condition"
+CLINIC_DEFAULT = EXT + "clinic-default"
 PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
 
 Expression = Callable[[Any, dict[str, Any]], list[Any]]
@@ -93,6 +95,10 @@ class ExpressionCache:
         result = self.evaluate(expression, resource, variables)
         return result == [True]
 
+    def run(self, expression: str, resource: Any, variables: dict[str, Any]) -> list[Any]:
+        """Evaluate without remembering the result (variables beyond the assessment change the answer)."""
+        return self._compiled(expression)(resource, variables)
+
 
 @dataclass
 class Protocol:
@@ -139,17 +145,18 @@ class Knowledge:
             raise Unprocessable(f"The catalog has no active Questionnaire {canonical}", code="not-found")
         return max(found, key=lambda q: q.get("version", ""))
 
-    async def answer_value_sets(self, questionnaire: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
+    async def answer_value_sets(self, questionnaire: dict[str, Any]) -> dict[str, dict[tuple[str, str], str]]:
         """The codes of every answer value set the Questionnaire's items name, by canonical."""
         canonicals = {item["answerValueSet"] for item in questionnaire.get("item", []) if item.get("answerValueSet")}
         return {canonical: await self.value_set_codes(canonical) for canonical in sorted(canonicals)}
 
-    async def value_set_codes(self, canonical: str) -> set[tuple[str, str]]:
-        """(system, code) pairs of a ValueSet's expansion."""
+    async def value_set_codes(self, canonical: str) -> dict[tuple[str, str], str]:
+        """(system, code) pairs of a ValueSet's expansion, each with its display ('' when it has none)."""
         url, _, version = canonical.partition("|")
         params = [("url", url), ("count", "1000")] + ([("valueSetVersion", version)] if version else [])
         expansion = await self.catalog.get("/ValueSet/$expand", params)
-        return {(c.get("system", ""), c.get("code", "")) for c in _contains(expansion.get("expansion", {}))}
+        return {(c.get("system", ""), c.get("code", "")): c.get("display", "")
+                for c in _contains(expansion.get("expansion", {}))}
 
     async def protocol_for(self, scar_type: dict[str, Any]) -> Protocol | None:
         """The active clinical protocol whose use context is this scar type, with all it references."""

@@ -8,6 +8,10 @@ with the plan's Location and ETag and an OperationOutcome instead, as if it had
 sent `Prefer: return=OperationOutcome`, so its retry still succeeds without
 reading what it was not granted. `$apply` answers the CarePlan the protocol would
 produce and stores nothing, as the Clinical Practice Guidelines operation defines.
+When the assessment draws plausibility warnings, `$apply` answers a Parameters
+resource with the CarePlan as `return` and the warnings as an OperationOutcome in
+`outcome` (the plan itself carries them too, as notes); without warnings the single
+`return` is the CarePlan itself, as FHIR operations answer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.careplan_builder import plan_identifier
-from services.careplan.generate import CarePlanner, PlanRepository
+from services.careplan.generate import CarePlanner, PlanRepository, PlanResult
 from services.careplan.intake import (
     GenerateRequest,
     assessment_key,
@@ -72,8 +76,7 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     async def apply(request: Request) -> Response:
         """The CarePlan a protocol would produce for an assessment; stores nothing."""
         parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
-        result = await planner.draft_plan(parsed, status="draft")
-        return FhirResponse(result.careplan)
+        return _applied(await planner.draft_plan(parsed, status="draft"))
 
     @router.post("/PlanDefinition/{plan_id}/$apply", name="apply-instance")
     async def apply_instance(plan_id: str, request: Request) -> Response:
@@ -82,8 +85,7 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
         protocol = await planner.knowledge.protocol_by_id(plan_id)
         if protocol is None:
             raise NotFound(f"The catalog has no PlanDefinition/{plan_id}")
-        result = await planner.draft_plan(parsed, status="draft", protocol=protocol)
-        return FhirResponse(result.careplan)
+        return _applied(await planner.draft_plan(parsed, status="draft", protocol=protocol))
 
     return router
 
@@ -92,6 +94,15 @@ def _checked(planner: CarePlanner, parse: Callable[[Any], GenerateRequest], body
     """The request's limits first (counting costs little), then its R4 validation and parsing."""
     planner.limits.check_request(body)
     return parse(body)
+
+
+def _applied(result: PlanResult) -> Response:
+    """The plan alone, or with the plausibility warnings about its assessment in an OperationOutcome."""
+    if not result.warnings:
+        return FhirResponse(result.careplan)
+    return FhirResponse({"resourceType": "Parameters", "parameter": [
+        {"name": "return", "resource": result.careplan},
+        {"name": "outcome", "resource": operation_outcome(result.warnings)}]})
 
 
 async def _check(planner: CarePlanner, parsed: GenerateRequest) -> None:

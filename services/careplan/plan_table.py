@@ -6,7 +6,7 @@ import textwrap
 from datetime import datetime
 from typing import Any
 
-from services.careplan.careplan_builder import rhythm_text
+from services.careplan.narrative import rhythm_text
 
 
 def _dates(events: list[str]) -> str:
@@ -25,6 +25,10 @@ def _rows(plan: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[tuple[
         title = (detail.get("description") or "").split(". ")[0]
         if detail.get("doNotPerform"):
             excluded.append((title, detail.get("statusReason", {}).get("text", "")))
+            continue
+        if detail.get("kind") == "CommunicationRequest":  # an instruction to the clinician, due before treatment
+            due = detail.get("scheduledPeriod", {}).get("end", "the first session")
+            planned.append((title, "once", f"before {due}"))
             continue
         timing = detail.get("scheduledTiming", {})
         repeat = timing.get("repeat", {})

@@ -6,14 +6,21 @@ class facts of each preparation. This module only evaluates them:
 
 - an action applies when all its applicability conditions are true;
 - a group with `requiredBehavior = could` lists alternatives the clinician may pick
-  (named on the plan, not scheduled); other groups are planned, `exactly-one` and
+  (named on the plan, not scheduled); they pass the same screening as planned
+  activities, and one that screening leaves out is not offered but listed with its
+  reason; other groups are planned, `exactly-one` and
   `at-most-one` taking their first child that survives screening, `all-or-none`
   dropping every child when one is excluded;
 - an ActivityDefinition of kind CarePlan sets the course (timingRange, course-break),
-  one of kind CommunicationRequest becomes a note for the patient conversation;
+  one of kind CommunicationRequest becomes an instruction to the clinician (what to
+  tell the patient before treatment);
 - screening excludes preparations (by class, by allergy on ingredient code or
   name) and modalities (declined); a drug-delivery procedure whose preparations
-  are all excluded is excluded too. Exclusions stay on the plan with their reason.
+  are all excluded is excluded too. Exclusions stay on the plan with every reason that
+  applies (a retinoid for a patient both pregnant and breastfeeding carries both).
+
+Names shown for an activity are derived after screening (its title, which names no
+preparation, and the preparations left to it), so they never name what was left out.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ from typing import Any
 from services.careplan.allergens import Allergen, allergens, first_allergen
 from services.careplan.intake import Allergy, Assessment
 from services.careplan.knowledge import (
+    CLINIC_DEFAULT,
     COURSE_BREAK,
     DELIVERED_PREPARATION,
     GOAL_CONDITION,
     MINIMUM_INTERVAL,
     NOT_SAME_DAY_AS,
+    NOT_SAME_DAY_GAP,
+    NOT_SAME_DAY_REASON,
+    SCHEDULING_RANK,
     ExpressionCache,
     Protocol,
     codings,
@@ -36,7 +47,7 @@ from services.careplan.knowledge import (
     extensions,
     versioned,
 )
-from services.careplan.scheduling import Rhythm
+from services.careplan.scheduling import UNRANKED, Rhythm
 
 MEDICATION_CLASS_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/medication-class"
 SCAR_CARE_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/scar-care"
@@ -54,6 +65,23 @@ class Exclusion:
 
     def concept(self) -> dict[str, Any]:
         return {"coding": codings(self.reason), "text": self.text}
+
+    def __add__(self, other: Exclusion) -> Exclusion:
+        """Both reasons: the codings of each, their texts one after the other (a reason is never dropped)."""
+        if other.text in self.text and all(c in codings(self.reason) for c in codings(other.reason)):
+            return self
+        coding = codings(self.reason) + [c for c in codings(other.reason) if c not in codings(self.reason)]
+        texts = [t for t in (self.reason.get("text"), other.reason.get("text")) if t]
+        return Exclusion({"coding": coding, "text": "; ".join(dict.fromkeys(texts))} if texts else {"coding": coding},
+                         f"{self.text} {other.text}")
+
+
+def combined(exclusions: list[Exclusion]) -> Exclusion | None:
+    """One exclusion carrying every reason in `exclusions` (None when there is none)."""
+    result: Exclusion | None = None
+    for exclusion in exclusions:
+        result = exclusion if result is None else result + exclusion
+    return result
 
 
 @dataclass
@@ -80,6 +108,14 @@ class PlannedActivity:
     min_interval_days: int = 1
     not_same_day: list[str] = field(default_factory=list)
     """Canonicals of ActivityDefinitions that must not share a day with this one."""
+    clinic_default: str | None = None
+    """What of the rhythm (or home-care timing) the clinic chose where the clinical source is silent."""
+    apart_days: int = 1
+    """Least days between this procedure and one in `not_same_day` (the definition's not-same-day-gap)."""
+    apart_reason: str = ""
+    """Why it is kept apart from them (the definition's not-same-day-reason; says when it is a clinic default)."""
+    rank: int = UNRANKED
+    """Scheduling rank from the protocol (1 first) when the weekly visit budget cannot hold every procedure."""
 
     @property
     def is_home_care(self) -> bool:
@@ -88,6 +124,20 @@ class PlannedActivity:
     @property
     def usable_preparations(self) -> list[Preparation]:
         return [p for p in self.preparations if p.exclusion is None]
+
+    @property
+    def name(self) -> str:
+        """The title with the preparations screening left to it: what a clinician may actually use."""
+        usable = self.usable_preparations
+        return f"{self.title}: {', '.join(p.name for p in usable)}" if usable else self.title
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An alternative screening removed: not offered, but said why."""
+
+    title: str
+    exclusion: Exclusion
 
 
 @dataclass
@@ -99,14 +149,33 @@ class Course:
 
 
 @dataclass
+class Communication:
+    """Something the clinician tells the patient before treatment (an ActivityDefinition of kind
+    CommunicationRequest): an instruction, never a claim that it has been done."""
+
+    key: str
+    title: str
+    text: str
+    definition: dict[str, Any]
+
+
+@dataclass
 class PlanDraft:
     protocol: Protocol
     goals: list[dict[str, Any]]
     activities: list[PlannedActivity]
     alternatives: list[str]
+    """Names of the options the clinician may choose instead, each screened like a planned activity."""
     notes: list[str]
     course: Course | None
     screening_notes: list[str] = field(default_factory=list)
+    communications: list[Communication] = field(default_factory=list)
+    alternatives_left_out: list[LeftOut] = field(default_factory=list)
+    """Alternatives screening removed, with the reason; never offered."""
+
+    def planned(self) -> list[PlannedActivity]:
+        """Activities that survived screening (in-clinic and home care)."""
+        return [a for a in self.activities if a.exclusion is None]
 
 
 @dataclass
@@ -171,10 +240,12 @@ def _apply_action(action: dict[str, Any], protocol: Protocol, screening: Screeni
             draft.notes.append(action["textEquivalent"])
         return
     if definition is not None and definition.get("kind") == "CommunicationRequest":
-        draft.notes.append(action.get("textEquivalent") or definition.get("description") or action.get("title", ""))
+        draft.communications.append(Communication(
+            key=action.get("id") or definition.get("id", ""), title=action.get("title") or definition.get("title", ""),
+            text=action.get("textEquivalent") or definition.get("description") or "", definition=definition))
         return
     if action.get("requiredBehavior") == "could":
-        draft.alternatives.extend(_titles(action, children, protocol))
+        _alternatives(children, protocol, screening, applies, goal_ids, draft)
         return
     if definition is not None:
         draft.activities.append(_activity(action, definition, protocol, screening, goal_ids))
@@ -229,12 +300,23 @@ def _usable(activities: list[PlannedActivity]) -> bool:
     return bool(activities) and all(a.exclusion is None for a in activities)
 
 
-def _titles(action: dict[str, Any], children: list[dict[str, Any]], protocol: Protocol) -> list[str]:
-    titles = []
+def _alternatives(children: list[dict[str, Any]], protocol: Protocol, screening: Screening, applies: Any,
+                  goal_ids: list[str], draft: PlanDraft) -> None:
+    """Options for the clinician, screened exactly like planned activities: offered by their screened name, or
+    listed as left out with the reason."""
     for child in children:
-        definition = protocol.activity(child.get("definitionCanonical", "")) or {}
-        titles.append(child.get("title") or definition.get("title") or "")
-    return [t for t in titles if t]
+        if child.get("definitionCanonical"):
+            definition = protocol.activity(child["definitionCanonical"]) or {}
+            options = [_activity(child, definition, protocol, screening, goal_ids)]
+        else:
+            options, nested = _group(child, protocol, screening, applies, goal_ids)
+            draft.alternatives.extend(nested)
+        title = child.get("title") or (options[0].title if len(options) == 1 else "")
+        excluded = next((a for a in options if a.exclusion is not None), None)
+        if excluded is not None and excluded.exclusion is not None:
+            draft.alternatives_left_out.append(LeftOut(title, excluded.exclusion))
+        elif options and title:
+            draft.alternatives.append(options[0].name if len(options) == 1 else title)
 
 
 def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Protocol, screening: Screening,
@@ -260,6 +342,11 @@ def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Prot
         rhythm=rhythm,
         min_interval_days=duration_days(intervals[0]) if intervals else 1,
         not_same_day=[v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)],
+        clinic_default=next(iter(extensions(timing, CLINIC_DEFAULT) + extensions(
+            ((definition.get("dosage") or [{}])[0].get("timing") or {}), CLINIC_DEFAULT)), None),
+        apart_days=max([duration_days(v) for v in extensions(definition, NOT_SAME_DAY_GAP)] or [1]),
+        apart_reason=next((v for v in extensions(definition, NOT_SAME_DAY_REASON) if isinstance(v, str)), ""),
+        rank=next((int(v) for v in extensions(action, SCHEDULING_RANK) if isinstance(v, int)), UNRANKED),
     )
     _screen(activity, protocol, screening)
     return activity
@@ -279,12 +366,16 @@ def _screening(protocol: Protocol, assessment: Assessment, allergies: list[Aller
             if not all(expressions.is_true(c, assessment.response, variables) for c in conditions):
                 continue
             reason = (rule.get("reason") or [{}])[0]
-            exclusion = Exclusion(reason, rule.get("textEquivalent") or rule.get("title", ""))
+            text = rule.get("textEquivalent") or rule.get("title", "")
+            if extensions(rule, CLINIC_DEFAULT):  # say so: the clinical source does not state this rule
+                text = f"{text.rstrip('.')} (clinic rule)."
+            exclusion = Exclusion(reason, text)
             for concept in rule.get("code", []):
                 for coding in codings(concept):
                     key = (coding.get("system", ""), coding.get("code", ""))
                     if key[0] == MEDICATION_CLASS_SYSTEM:
-                        screening.excluded_classes[key] = exclusion
+                        earlier = screening.excluded_classes.get(key)
+                        screening.excluded_classes[key] = earlier + exclusion if earlier else exclusion
                     elif key == RULE_ALLERGY:
                         screening.allergy = exclusion
                     elif key == RULE_DECLINED:
@@ -300,16 +391,16 @@ def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening)
         activity.exclusion = screening.declined
         return
     for preparation in activity.preparations:
+        found: list[Exclusion] = []  # every reason that applies is kept, not only the first
         for coding in protocol.classes.get(preparation.reference, []):
             key = (coding.get("system", ""), coding.get("code", ""))
-            if key in screening.excluded_classes:
-                preparation.exclusion = screening.excluded_classes[key]
-                break
-        if preparation.exclusion is None and screening.allergy and screening.allergies:
+            if key in screening.excluded_classes and screening.excluded_classes[key] not in found:
+                found.append(screening.excluded_classes[key])
+        if screening.allergy and screening.allergies:
             allergen = first_allergen(preparation.medication, screening.allergies)
             if allergen:
-                preparation.exclusion = Exclusion(screening.allergy.reason,
-                                                  f"{screening.allergy.text} ({allergen})")
+                found.append(Exclusion(screening.allergy.reason, f"{screening.allergy.text} ({allergen})"))
+        preparation.exclusion = combined(found)
     if activity.preparations and not activity.usable_preparations:
         own = activity.preparations[0].exclusion
         rule = screening.no_preparation

@@ -2,29 +2,39 @@
 
 The catalog says *how often* (Timing.repeat: frequency per period, count to
 countMax sessions), *how far apart at least* (minimum interval), *what must not
-share a day* (not-same-day) and, for long courses, the break between repeated
-courses. The clinic says *when it is open* (working weekdays, closed dates), how
-many procedures a patient may have in one day, and its time zone.
+share a day and how many days apart it stays* (not-same-day, with its gap), *what
+comes first* when not everything fits (rank) and, for long courses, the break
+between series. The clinic says *when it is open* (working weekdays, public
+holidays, closed dates), how many procedures a patient may have in one visit, how
+many visits a week a patient is asked to make, and its time zone.
 
-The scheduler is deterministic: procedures are placed in protocol order, each
-session on the first admissible day at or after its ideal date, so the same input
-and configuration always give the same plan. It never places a session on a closed
-day, never exceeds the daily cap, never puts two conflicting procedures on one day,
-and always respects the minimum interval.
+The scheduler is deterministic. Series follow each other (the next starts a break
+after the last session of the previous one). Within a series procedures are placed
+by rank; each session goes on an admissible day within a tolerance window after its
+ideal date, preferring a day the patient already comes in. A procedure whose rhythm
+cannot be kept within the series (the weekly visit budget, the daily cap and the
+days kept free around incompatible procedures leave no room) is deferred whole to
+the next series, where deferred procedures go first: the plan rotates instead of
+dropping anything, and every deferral is recorded with its series. It never places
+a session on a closed day or a holiday, never exceeds the daily cap or the weekly
+visit budget, never puts two incompatible procedures closer than their gap, and
+always respects the minimum interval.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 PERIOD_DAYS = {"d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25}
 MAX_HORIZON_DAYS = 5 * 366
 """No plan reaches further than this; a calendar that cannot fit the sessions within it is refused."""
+UNRANKED = 1_000_000
+"""Rank of a procedure the content gives no rank: after every ranked one, in protocol order."""
 
 
 class SchedulingError(ValueError):
@@ -47,12 +57,25 @@ class Rhythm:
         return PERIOD_DAYS[self.period_unit] * self.period / max(self.frequency, 1)
 
 
+    def tolerance_open_days(self, first: bool) -> int:
+        """How many open clinic days a session may slip past its ideal date before the series is deferred.
+
+        Half an interval for a session within the series (a twice-weekly session a day or two late); the first
+        session of a series may take a whole interval to find its place among the others."""
+        interval = math.ceil(self.interval_days)
+        return max(2, interval if first else math.ceil(self.interval_days / 2) + 1)
+
+
 @dataclass(frozen=True)
 class Procedure:
     key: str
     rhythm: Rhythm
     min_interval_days: int = 1
     not_same_day: frozenset[str] = frozenset()
+    apart_days: int = 1
+    """Least days between this procedure and one in `not_same_day` (a pair keeps the larger of the two)."""
+    rank: int = UNRANKED
+    """Lower ranks are placed first when the visit budget cannot hold every procedure of a series."""
 
 
 @dataclass(frozen=True)
@@ -60,19 +83,26 @@ class ClinicCalendar:
     working_days: frozenset[int] = frozenset({0, 1, 2, 3, 4})
     """Weekday numbers, Monday = 0."""
     closed: frozenset[date] = frozenset()
+    """Clinic-specific closures."""
     max_per_day: int = 2
     timezone: str = "UTC"
     first_session: time = time(9, 0)
     slot_minutes: int = 45
+    max_visits_per_week: int = 3
+    """Patient-burden budget: days a patient is asked to come in per ISO week."""
+    holidays: Container[date] = field(default=frozenset(), compare=False, hash=False)
+    """Public holidays of the clinic's country (a `holidays` calendar, or any container of dates)."""
 
     def __post_init__(self) -> None:
         if not self.working_days:
             raise SchedulingError("The clinic calendar has no working day")
         if self.max_per_day < 1:
             raise SchedulingError("At least one procedure a day must be allowed")
+        if self.max_visits_per_week < 1:
+            raise SchedulingError("At least one visit a week must be allowed")
 
     def is_open(self, day: date) -> bool:
-        return day.weekday() in self.working_days and day not in self.closed
+        return day.weekday() in self.working_days and day not in self.closed and day not in self.holidays
 
     def next_open_day(self, day: date) -> date:
         for offset in range(MAX_HORIZON_DAYS):
@@ -93,10 +123,37 @@ class CoursePlan:
     """Pause between the end of one in-clinic course and the start of the next."""
 
 
+@dataclass(frozen=True)
+class Series:
+    """One series of in-clinic procedures: what was placed in it and what had to wait."""
+
+    number: int
+    start: date
+    days: dict[str, tuple[date, ...]]
+    """Session days of each procedure placed in this series."""
+    deferred: tuple[str, ...] = ()
+    """Procedures whose rhythm this series could not hold, in rank order."""
+    truncated: tuple[str, ...] = ()
+    """Procedures cut short because the course ends."""
+
+    @property
+    def end(self) -> date | None:
+        return max((d[-1] for d in self.days.values() if d), default=None)
+
+
 @dataclass
 class Schedule:
     sessions: dict[str, list[datetime]] = field(default_factory=dict)
-    courses: int = 0
+    series: list[Series] = field(default_factory=list)
+    max_visits_per_week: int = 0
+    left_over: tuple[str, ...] = ()
+    """Procedures still waiting when the course had no room for a further series that could hold any of them."""
+    kept_apart: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Least days between two incompatible procedures of this plan, by (key, other key) in plan order."""
+
+    @property
+    def courses(self) -> int:
+        return len(self.series)
 
     def days(self) -> dict[date, list[str]]:
         by_day: dict[date, list[str]] = defaultdict(list)
@@ -109,66 +166,185 @@ class Schedule:
         moments = [m for ms in self.sessions.values() for m in ms]
         return max(moments).date() if moments else None
 
+    def breaks(self, key: str) -> list[int]:
+        """Days without this procedure between two of its series (from last session to next first session)."""
+        runs = [s.days[key] for s in self.series if s.days.get(key)]
+        return [(later[0] - earlier[-1]).days for earlier, later in zip(runs, runs[1:], strict=False)]
+
+    def deferrals(self, key: str) -> list[int]:
+        """Numbers of the series this procedure was deferred from."""
+        return [s.number for s in self.series if key in s.deferred]
+
 
 def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: CoursePlan) -> Schedule:
-    """Place every procedure's sessions; repeat courses (after breaks) until `course.end` when it is set."""
-    booked: dict[date, list[str]] = defaultdict(list)
-    result = Schedule(sessions={p.key: [] for p in procedures})
-    course_start = calendar.next_open_day(course.start)
-    horizon = course.start + timedelta(days=MAX_HORIZON_DAYS)
-    while True:
-        course_days: list[date] = []
-        for procedure in procedures:
-            previous = result.sessions[procedure.key][-1].date() if result.sessions[procedure.key] else None
-            days = _place(procedure, course_start, calendar, booked, course.end or horizon, previous)
-            for day in days:
-                booked[day].append(procedure.key)
-            course_days.extend(days)
-            result.sessions[procedure.key].extend(_moments(days, procedure.key, booked, calendar))
-        if not course_days:
+    """Place every procedure's sessions series by series until `course.end` (one series when it is None)."""
+    book = _Bookings(calendar, {p.key: p for p in procedures})
+    result = Schedule(sessions={p.key: [] for p in procedures}, max_visits_per_week=calendar.max_visits_per_week)
+    order_of = {p.key: n for n, p in enumerate(procedures)}
+    result.kept_apart = {pair: book.gaps[pair[0]][pair[1]] for pair in sorted(
+        ((key, other) for key, gaps in book.gaps.items() for other in gaps
+         if key in order_of and other in order_of and order_of[key] < order_of[other]),
+        key=lambda pair: (order_of[pair[0]], order_of[pair[1]]))}
+    ranked = sorted(procedures, key=lambda p: p.rank)  # stable: protocol order within a rank
+    lookup = {p.key: p for p in procedures}
+    start = calendar.next_open_day(course.start)
+    last_allowed = course.end or course.start + timedelta(days=MAX_HORIZON_DAYS)
+    waiting: list[str] = []
+    while ranked:
+        order = [p for p in ranked if p.key in waiting] + [p for p in ranked if p.key not in waiting]
+        placed: dict[str, tuple[date, ...]] = {}
+        deferred: list[str] = []
+        truncated: list[str] = []
+        for procedure in order:
+            days, cut = _place(procedure, start, book, last_allowed, _last(result, procedure.key))
+            if not days:
+                deferred.append(procedure.key)
+                continue
+            placed[procedure.key] = tuple(days)
+            if cut:
+                truncated.append(procedure.key)
+        # Rotation within the series: what waited may still fit after the others' sessions, before the series ends.
+        series_end = max((d[-1] for d in placed.values()), default=start)
+        for key in list(deferred):
+            procedure = lookup[key]
+            later = start + timedelta(weeks=1)
+            while later < series_end:
+                days, cut = _place(procedure, later, book, min(series_end, last_allowed), _last(result, key))
+                if days and not cut:
+                    placed[key] = tuple(days)
+                    deferred.remove(key)
+                    break
+                book.remove(key, days)
+                later += timedelta(weeks=1)
+        if not placed:  # no room for another series: what still waits is said, not dropped
+            result.left_over = tuple(deferred)
             break
-        result.courses += 1
-        if course.end is None:
+        result.series.append(Series(len(result.series) + 1, start, placed, tuple(deferred), tuple(truncated)))
+        for key, days in placed.items():
+            result.sessions[key].extend(_moments(days, key, book.booked, calendar))
+        waiting = deferred
+        end = max(d[-1] for d in placed.values())
+        next_start = end + timedelta(days=course.break_days + 1)
+        if course.end is None or next_start > course.end:
             break
-        next_start = max(course_days) + timedelta(days=course.break_days + 1)
-        if next_start > course.end or not procedures:
-            break
-        course_start = next_start
+        start = next_start
     for key in result.sessions:
         result.sessions[key].sort()
     return result
 
 
-def _place(procedure: Procedure, start: date, calendar: ClinicCalendar, booked: dict[date, list[str]],
-           last_allowed: date, previous: date | None) -> list[date]:
-    """Days for one course of one procedure: ideal dates from the rhythm, nudged forward to admissible days.
+class _Bookings:
+    """What is booked so far: procedures per day and visits per ISO week, with the admissibility rules."""
 
-    `previous` is the procedure's last session of an earlier course: the minimum interval holds across courses."""
+    def __init__(self, calendar: ClinicCalendar, procedures: dict[str, Procedure]) -> None:
+        self.calendar = calendar
+        self.booked: dict[date, list[str]] = defaultdict(list)
+        self.visits: Counter[tuple[int, int]] = Counter()
+        self.open: dict[date, bool] = {}
+        self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
+        """Least days apart for each conflicting pair (a pair keeps the larger of the two procedures' gaps)."""
+        for key, procedure in procedures.items():
+            for other in sorted(procedure.not_same_day):
+                theirs = procedures.get(other)
+                gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
+                self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
+                self.gaps.setdefault(other, {})[key] = self.gaps[key][other]
+
+    def is_open(self, day: date) -> bool:
+        known = self.open.get(day)
+        if known is None:
+            known = self.open[day] = self.calendar.is_open(day)
+        return known
+
+    def open_day_after(self, day: date, count: int) -> date:
+        """The `count`-th open day at or after `day`."""
+        for offset in range(MAX_HORIZON_DAYS):
+            candidate = day + timedelta(days=offset)
+            if self.is_open(candidate):
+                count -= 1
+                if count <= 0:
+                    return candidate
+        raise SchedulingError("The clinic is closed for the whole planning horizon")
+
+    def admissible(self, procedure: Procedure, day: date) -> bool:
+        taken = self.booked.get(day, ())
+        if not self.is_open(day) or len(taken) >= self.calendar.max_per_day:
+            return False
+        if not taken and self.visits[_week(day)] >= self.calendar.max_visits_per_week:
+            return False
+        gaps = self.gaps.get(procedure.key)
+        if gaps:
+            reach = max(gaps.values())
+            for offset in range(1 - reach, reach):
+                for other in self.booked.get(day + timedelta(days=offset), ()):
+                    if abs(offset) < gaps.get(other, 0):
+                        return False
+        return True
+
+    def is_visit(self, day: date) -> bool:
+        return bool(self.booked.get(day))
+
+    def add(self, key: str, day: date) -> None:
+        if not self.booked[day]:
+            self.visits[_week(day)] += 1
+        self.booked[day].append(key)
+
+    def remove(self, key: str, days: Iterable[date]) -> None:
+        for day in days:
+            self.booked[day].remove(key)
+            if not self.booked[day]:
+                self.visits[_week(day)] -= 1
+
+
+def _last(result: Schedule, key: str) -> date | None:
+    return result.sessions[key][-1].date() if result.sessions[key] else None
+
+
+def _week(day: date) -> tuple[int, int]:
+    year, week, _ = day.isocalendar()
+    return year, week
+
+
+def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: date,
+           previous: date | None) -> tuple[list[date], bool]:
+    """Days for one series of one procedure, and whether the course end cut it short.
+
+    Each session has an ideal date from the rhythm; it goes on the first admissible day the patient already comes
+    in, else the first admissible day, within the rhythm's tolerance. A session with no such day defers the whole
+    series (empty list, nothing booked). `previous` is the procedure's last session of an earlier series: the
+    minimum interval holds across series. The days returned are booked."""
     days: list[date] = []
     gap = max(procedure.min_interval_days, 1)
     for n in range(procedure.rhythm.count):
         ideal = start + timedelta(days=math.floor(n * procedure.rhythm.interval_days))
         last = days[-1] if days else previous
         earliest = max(ideal, last + timedelta(days=gap)) if last else ideal
-        day = _first_admissible(procedure, earliest, calendar, booked, last_allowed)
+        if earliest > last_allowed:
+            return days, bool(days)
+        tolerance = book.open_day_after(earliest, procedure.rhythm.tolerance_open_days(first=n == 0))
+        latest = min(tolerance, last_allowed)
+        day = _choose(procedure, earliest, latest, book)
         if day is None:
-            if n == 0:
-                return []
-            break
+            if tolerance > last_allowed:  # the course ends before the rhythm's window does: keep what fits
+                return days, True
+            book.remove(procedure.key, days)
+            return [], False
+        book.add(procedure.key, day)
         days.append(day)
-    return days
+    return days, False
 
 
-def _first_admissible(procedure: Procedure, earliest: date, calendar: ClinicCalendar,
-                      booked: dict[date, list[str]], last_allowed: date) -> date | None:
+def _choose(procedure: Procedure, earliest: date, latest: date, book: _Bookings) -> date | None:
+    """The first admissible day in the window the patient already comes in, else the first admissible day."""
+    first = None
     day = earliest
-    while day <= last_allowed:
-        taken = booked.get(day, [])
-        if (calendar.is_open(day) and len(taken) < calendar.max_per_day
-                and not any(other in procedure.not_same_day for other in taken)):
-            return day
+    while day <= latest:
+        if (first is None or book.is_visit(day)) and book.admissible(procedure, day):
+            if book.is_visit(day):
+                return day
+            first = first or day
         day += timedelta(days=1)
-    return None
+    return first
 
 
 def _moments(days: Iterable[date], key: str, booked: dict[date, list[str]], calendar: ClinicCalendar) -> list[datetime]:
@@ -188,4 +364,4 @@ def symmetric_conflicts(procedures: Sequence[Procedure]) -> list[Procedure]:
     for p in procedures:
         for other in p.not_same_day:
             conflicts.setdefault(other, set()).add(p.key)
-    return [Procedure(p.key, p.rhythm, p.min_interval_days, frozenset(conflicts[p.key])) for p in procedures]
+    return [replace(p, not_same_day=frozenset(conflicts[p.key])) for p in procedures]

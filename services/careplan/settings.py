@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import date, time, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import field_validator, model_validator
+import holidays
+from pydantic import ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.careplan.scheduling import ClinicCalendar
@@ -125,8 +128,17 @@ class CareplanSettings(ServiceSettings):
     CLINIC_DAYS: str = "mon,tue,wed,thu,fri"
     """Weekdays the clinic treats patients, comma-separated (mon..sun)."""
     CLOSED_DATES: str = ""
-    """Dates the clinic is closed (holidays), comma-separated ISO dates."""
+    """Clinic-specific closures on top of public holidays, comma-separated ISO dates."""
+    CLINIC_COUNTRY: str = "DE"
+    """ISO 3166-1 alpha-2 country whose public holidays close the clinic (the `holidays` package); empty = none.
+    DE by default, the country of the default time zone (Europe/Berlin)."""
+    CLINIC_SUBDIVISION: str = ""
+    """ISO 3166-2 subdivision code without the country (e.g. BE for Berlin) for regional holidays; empty = only
+    the country's nationwide holidays."""
     MAX_PROCEDURES_PER_DAY: int = 2
+    MAX_VISITS_PER_WEEK: int = 3
+    """Patient-burden budget: clinic visits per ISO week; procedures that may share a day are grouped into one visit,
+    and what does not fit waits for the next series by the protocol's scheduling rank."""
     CLINIC_TIMEZONE: str = "Europe/Berlin"
     FIRST_SESSION_TIME: str = "09:00"
     SESSION_MINUTES: int = 45
@@ -210,6 +222,26 @@ class CareplanSettings(ServiceSettings):
             date.fromisoformat(part)
         return value
 
+    @field_validator("MAX_PROCEDURES_PER_DAY", "MAX_VISITS_PER_WEEK")
+    @classmethod
+    def _at_least_one_a_period(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("CLINIC_SUBDIVISION")
+    @classmethod
+    def _holiday_calendar(cls, value: str, info: ValidationInfo) -> str:
+        country = (info.data.get("CLINIC_COUNTRY") or "").strip().upper()
+        supported = holidays.list_supported_countries()
+        if country and country not in supported:
+            raise ValueError(f"CLINIC_COUNTRY {country!r} is not an ISO 3166 country the holidays package knows")
+        value = value.strip().upper()
+        if value and (not country or value not in {s.upper() for s in supported[country]}):
+            raise ValueError(f"{value!r} is not a subdivision of {country or 'an unset CLINIC_COUNTRY'} "
+                             f"(known: {', '.join(supported.get(country, [])) or 'none'})")
+        return value
+
     @field_validator("CLINIC_TIMEZONE")
     @classmethod
     def _zone(cls, value: str) -> str:
@@ -224,4 +256,17 @@ class CareplanSettings(ServiceSettings):
             closed=frozenset(date.fromisoformat(p.strip()) for p in self.CLOSED_DATES.split(",") if p.strip()),
             max_per_day=self.MAX_PROCEDURES_PER_DAY, timezone=self.CLINIC_TIMEZONE,
             first_session=time(hour, minute), slot_minutes=self.SESSION_MINUTES,
+            max_visits_per_week=self.MAX_VISITS_PER_WEEK,
+            holidays=public_holidays(self.CLINIC_COUNTRY.strip().upper(), self.CLINIC_SUBDIVISION),
         )
+
+
+@lru_cache(maxsize=8)
+def public_holidays(country: str, subdivision: str) -> Container[date]:
+    """The country's (and subdivision's) public holidays; years are computed on first use and kept.
+
+    Shared by every plan of the process, so the current and the coming years are computed here, once."""
+    if not country:
+        return frozenset()
+    this_year = date.today().year
+    return holidays.country_holidays(country, subdiv=subdivision or None, years=range(this_year - 1, this_year + 7))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Iterator
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.careplan.examples import EXAMPLES_DIR
+from services.careplan.examples import EXAMPLE_SETTINGS, EXAMPLES_DIR, plan_example
+from services.careplan.local import local_planner
+from services.careplan.scheduling import ClinicCalendar
 from tests.support.apps import careplan_app, catalog_app, running
 from tests.support.servers import serve
 
@@ -41,3 +44,28 @@ def assessment_of(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def answer(parameters: dict[str, Any], link_id: str) -> dict[str, Any]:
     return next(i for i in assessment_of(parameters)["item"] if i["linkId"] == link_id)
+
+
+class PlannerRunner:
+    """The real planner with an in-process catalog, called directly: one event loop for a whole test module, and
+    each plan on the clinic calendar it is given."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.context = local_planner(EXAMPLE_SETTINGS)
+        self.planner = self.loop.run_until_complete(self.context.__aenter__())
+
+    def plan(self, parameters: dict[str, Any], calendar: ClinicCalendar) -> tuple[str, dict[str, Any]]:
+        self.planner.clinic = calendar
+        return self.loop.run_until_complete(plan_example(self.planner, parameters))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.context.__aexit__(None, None, None))
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[PlannerRunner]:
+    instance = PlannerRunner()
+    yield instance
+    instance.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
 import pytest
@@ -64,16 +66,21 @@ def test_atrophic_scar_gets_the_optimal_set(generated):
     for detail in details(plan):
         if detail["kind"] == "ServiceRequest" and not detail.get("doNotPerform"):
             assert detail["scheduledTiming"]["event"], detail["description"]
-    assert not any("barely" in note["text"] for note in plan.get("note", [])), "vessels are visible: no warning"
+    assert not any(d["kind"] == "CommunicationRequest" for d in details(plan)), "vessels are visible: no warning"
 
 
 def test_old_scar_without_vessels_gets_the_long_course_and_the_warning(generated):
     _, plan = generated["atrophic-shin-old-no-vessels"]
     start, end = plan["period"]["start"], plan["period"]["end"]
     assert (start, end) == ("2026-03-02", "2027-09-02"), "1 to 1.5 years: the plan spans 18 months"
-    assert any("barely" in note["text"] for note in plan["note"]), "the patient warning must be on the plan"
+    warning = [d for d in details(plan) if d["kind"] == "CommunicationRequest"]
+    assert len(warning) == 1 and "barely" in warning[0]["description"], "telling the patient is on the plan, to do"
+    assert warning[0]["status"] == "not-started"
     goals = {g["description"]["coding"][0]["code"] for g in plan["contained"] if g["resourceType"] == "Goal"}
-    assert "thicken" not in goals, "no visible vessels: nothing to hide by thickening"
+    assert goals == {"smooth", "thicken"}, "the source asks for thickening on every atrophic scar: they are thin"
+    for detail in details(plan):
+        if not detail.get("doNotPerform") and detail["kind"] != "CommunicationRequest":
+            assert detail["goal"], f"{detail['description']} serves a goal of the plan"
     vacuum = next(d for d in details(plan) if d["code"]["coding"][0]["code"] == "vacuum-massage")
     events = vacuum["scheduledTiming"]["event"]
     assert events[0].startswith("2026-03") and events[-1].startswith("2027-"), "courses repeat over the year"
@@ -127,3 +134,29 @@ def test_narrative_is_a_readable_schedule(generated):
     assert plan["text"]["status"] == "generated"
     assert div.startswith('<div xmlns="http://www.w3.org/1999/xhtml">')
     assert "<table>" in div and "Left out" in div and "2026-03-02" in div
+
+
+def alternatives_note(plan: dict) -> str:
+    return next(n["text"] for n in plan["note"] if n["text"].startswith("Alternatives"))
+
+
+@pytest.mark.parametrize("name,never_offered", [
+    ("atrophic-declined-injections", ["Mesotherapy"]),
+    ("atrophic-pregnant", ["Retinoic acid"]),
+    ("atrophic-allergy-camphor", ["Kapilar"]),
+    ("atrophic-allergy-onion-extract", ["Mederma"]),
+])
+def test_alternatives_pass_the_same_screening(generated, name, never_offered):
+    _, plan = generated[name]
+    offered = [alternatives_note(plan)] + [d["description"] for d in details(plan) if not d.get("doNotPerform")]
+    for word in never_offered:
+        assert not any(word in text for text in offered), f"{word} is excluded for this patient"
+
+
+def test_the_long_course_books_no_public_holiday_and_at_most_three_visits_a_week(generated):
+    _, plan = generated["atrophic-shin-old-no-vessels"]
+    days = [e[:10] for d in details(plan) for e in d.get("scheduledTiming", {}).get("event", [])]
+    assert not {"2026-04-03", "2026-04-06", "2026-05-14", "2027-01-01", "2027-05-06"} & set(days)
+    weeks = Counter(date.fromisoformat(day).isocalendar()[:2] for day in set(days))
+    assert max(weeks.values()) <= 3
+    assert any("deferred in series" in n["text"] for n in plan["note"]), "what waited for a later series is said"

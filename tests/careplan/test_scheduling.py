@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from datetime import date, timedelta
 
+import holidays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +20,7 @@ from services.careplan.scheduling import (
 )
 
 KEYS = ["aha", "vacuum", "meso", "phono", "derm"]
+GERMAN_HOLIDAYS = holidays.country_holidays("DE", subdiv="BE", years=range(2026, 2029))
 
 
 @st.composite
@@ -27,7 +31,8 @@ def procedures(draw: st.DrawFn) -> list[Procedure]:
         rhythm = Rhythm(frequency=draw(st.integers(1, 3)), period=draw(st.sampled_from([1, 2])),
                         period_unit=draw(st.sampled_from(["wk", "d", "mo"])), count=draw(st.integers(1, 15)))
         conflicts = frozenset(draw(st.lists(st.sampled_from([k for k in keys if k != key] or [key]), max_size=2)))
-        result.append(Procedure(key, rhythm, draw(st.integers(1, 10)), conflicts - {key}))
+        result.append(Procedure(key, rhythm, draw(st.integers(1, 10)), conflicts - {key},
+                                apart_days=draw(st.integers(1, 4)), rank=draw(st.integers(1, 3))))
     return symmetric_conflicts(result)
 
 
@@ -37,7 +42,9 @@ def calendars(draw: st.DrawFn) -> ClinicCalendar:
     start = date(2026, 1, 1)
     closed = frozenset(start + timedelta(days=d) for d in draw(st.lists(st.integers(0, 400), max_size=30)))
     return ClinicCalendar(working_days=days, closed=closed, max_per_day=draw(st.integers(1, 3)),
-                          timezone=draw(st.sampled_from(["Europe/Berlin", "UTC", "America/New_York"])))
+                          max_visits_per_week=draw(st.integers(1, 5)),
+                          timezone=draw(st.sampled_from(["Europe/Berlin", "UTC", "America/New_York"])),
+                          holidays=draw(st.sampled_from([frozenset(), GERMAN_HOLIDAYS])))
 
 
 starts = st.dates(min_value=date(2026, 1, 1), max_value=date(2026, 12, 31))
@@ -72,6 +79,19 @@ def test_schedule_invariants(procs, calendar, start, length, break_days):
         assert len(keys) == len(set(keys)), "one session of a procedure per day"
         for key in keys:
             assert not (lookup[key].not_same_day & set(keys)), "no conflicting procedures on one day"
+    weeks = Counter(day.isocalendar()[:2] for day in by_day)
+    assert max(weeks.values(), default=0) <= calendar.max_visits_per_week, "weekly visit budget"
+    for procedure in procs:
+        for other in procedure.not_same_day:
+            gap = max(procedure.apart_days, lookup[other].apart_days)
+            for a in result.sessions[procedure.key]:
+                for b in result.sessions[other]:
+                    assert abs((a.date() - b.date()).days) >= gap, "incompatible procedures kept apart"
+        placed_in = [s.number for s in result.series if s.days.get(procedure.key)]
+        assert placed_in or result.deferrals(procedure.key) or procedure.key in result.left_over, \
+            "nothing is dropped silently"
+        for number in result.deferrals(procedure.key):
+            assert procedure.key not in result.series[number - 1].days
 
 
 @settings(max_examples=50, deadline=None)
@@ -85,6 +105,7 @@ def test_schedule_is_deterministic(procs, calendar, start):
 @given(calendars(), starts)
 def test_one_course_places_every_session_when_the_clinic_is_open(calendar, start):
     dermabrasion = Procedure("derm", Rhythm(frequency=2, period=1, period_unit="wk", count=10, count_max=15), 2)
+    calendar = replace(calendar, max_visits_per_week=max(calendar.max_visits_per_week, 2))  # room for 2 a week
     result = schedule([dermabrasion], calendar, CoursePlan(start=start))
     assert len(result.sessions["derm"]) == 10, "one course of therapeutic dermabrasion is 10 sessions"
 
@@ -110,3 +131,31 @@ def test_long_courses_repeat_after_the_break():
     days = [m.date() for m in result.sessions["aha"]]
     gaps = [(b - a).days for a, b in zip(days, days[1:], strict=False)]
     assert result.courses > 5 and max(gaps) >= 30
+
+
+def test_a_full_week_defers_the_lower_ranked_procedure_to_the_next_series_where_it_goes_first():
+    monday = date(2026, 3, 2)
+    twice = Rhythm(2, 1, "wk", 4)
+    procs = symmetric_conflicts([Procedure("peel", twice, 2, frozenset({"meso"}), apart_days=2, rank=1),
+                                 Procedure("meso", twice, 2, frozenset(), rank=2)])
+    calendar = ClinicCalendar(max_per_day=2, max_visits_per_week=2)
+    result = schedule(procs, calendar, CoursePlan(start=monday, end=monday + timedelta(days=120), break_days=14))
+    assert result.series[0].days.keys() == {"peel"} and result.series[0].deferred == ("meso",)
+    assert "meso" in result.series[1].days and result.deferrals("meso")[0] == 1
+    assert result.series[1].deferred == ("peel",), "the deferred procedure goes first; the other waits in turn"
+
+
+def test_compatible_procedures_share_a_visit():
+    monday = date(2026, 3, 2)
+    procs = [Procedure("vacuum", Rhythm(2, 1, "wk", 6), 2, rank=1), Procedure("phono", Rhythm(2, 1, "wk", 6), 2)]
+    result = schedule(procs, ClinicCalendar(max_per_day=2, max_visits_per_week=2), CoursePlan(start=monday))
+    assert [m.date() for m in result.sessions["vacuum"]] == [m.date() for m in result.sessions["phono"]]
+    assert result.deferrals("phono") == []
+
+
+def test_no_session_on_a_public_holiday():
+    ascension = date(2027, 5, 6)
+    calendar = ClinicCalendar(max_visits_per_week=5, holidays=holidays.country_holidays("DE", years=[2027]))
+    result = schedule([Procedure("vacuum", Rhythm(1, 1, "d", 5), 1)], calendar, CoursePlan(start=date(2027, 5, 3)))
+    days = [m.date() for m in result.sessions["vacuum"]]
+    assert ascension not in days and date(2027, 5, 7) in days

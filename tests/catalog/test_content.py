@@ -37,8 +37,15 @@ KNOWN_EXTENSIONS = {
     EXT + "minimum-interval": "valueDuration",
     EXT + "course-break": "valueDuration",
     EXT + "goal-condition": "valueExpression",
+    EXT + "clinic-default": "valueString",
+    EXT + "not-same-day-gap": "valueDuration",
+    EXT + "not-same-day-reason": "valueString",
+    EXT + "scheduling-rank": "valuePositiveInt",
     "http://hl7.org/fhir/StructureDefinition/questionnaire-unit": "valueCoding",
+    "http://hl7.org/fhir/StructureDefinition/questionnaire-constraint": "extension",
 }
+CONSTRAINT_PARTS = {"key", "requirements", "severity", "expression", "human", "location"}
+"""The sub-extensions of the R4 core questionnaire-constraint extension."""
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 # The fixed contract of DESIGN.md: linkId -> (type, required, repeats, answer ValueSet id)
@@ -242,8 +249,8 @@ def test_extension_definitions(url: str, value_type: str) -> None:
     assert elements["Extension.url"]["fixedUri"] == url
     assert elements["Extension.extension"]["max"] == "0"
     type_code = value_type.removeprefix("value")
-    if type_code == "Canonical":  # primitive types are lower-case
-        type_code = "canonical"
+    if type_code in ("Canonical", "String", "PositiveInt"):  # primitive types are lower-case
+        type_code = type_code[0].lower() + type_code[1:]
     assert [t["code"] for t in elements["Extension.value[x]"]["type"]] == [type_code]
     used_on = {c["expression"] for c in sd["context"]}
     for key, resource in RESOURCES.items():
@@ -275,6 +282,8 @@ def test_references_and_canonicals_resolve(path: Path) -> None:
         elif key in {"definitionCanonical", "valueCanonical", "answerValueSet", "valueSet"} or (
                 key == "resource" and isinstance(value, str)):
             assert _resolve(value) is not None, f"{where}: {value} does not resolve to a content file"
+        elif key == "url" and isinstance(value, str) and re.search(r"extension\[\d+\]\.extension\[\d+\]\.url$", where):
+            assert value in CONSTRAINT_PARTS, f"{where}: {value} is not a part of a known complex extension"
         elif key == "url" and isinstance(value, str) and re.search(r"(^|\.)extension\[\d+\]\.url$", where):
             assert value in KNOWN_EXTENSIONS, f"{where}: undocumented extension {value}"
             if value.startswith(EXT):
@@ -292,8 +301,14 @@ def test_extensions_have_their_value_type(path: Path) -> None:
     for obj in _objects(_load(path)):
         for extension in obj.get("extension", []) if isinstance(obj.get("extension"), list) else []:
             value_keys = [k for k in extension if k.startswith("value")]
+            if extension["url"] in CONSTRAINT_PARTS:
+                assert len(value_keys) == 1, extension
+                continue
+            if KNOWN_EXTENSIONS[extension["url"]] == "extension":  # complex: parts, no value of its own
+                assert not value_keys and extension["extension"], extension
+                continue
             assert value_keys == [KNOWN_EXTENSIONS[extension["url"]]], extension
-            if extension["url"] in (EXT + "minimum-interval", EXT + "course-break"):
+            if extension["url"] in (EXT + "minimum-interval", EXT + "course-break", EXT + "not-same-day-gap"):
                 duration = extension["valueDuration"]
                 assert duration["system"] == "http://unitsofmeasure.org" and duration["code"] == "d"
                 assert duration["value"] > 0
@@ -371,6 +386,31 @@ def test_questionnaire_has_exactly_the_contract_link_ids() -> None:
         assert "item" not in item and "initial" not in item
 
 
+def test_questionnaire_constraints_compile_and_name_a_question() -> None:
+    questionnaire = RESOURCES["Questionnaire/scar-assessment"]
+    link_ids = set(QUESTIONNAIRE_CONTRACT)
+    rules = [e for e in questionnaire["extension"] if e["url"].endswith("/questionnaire-constraint")]
+    assert rules
+    for rule in rules:
+        parts = {p["url"]: next(v for k, v in p.items() if k.startswith("value")) for p in rule["extension"]}
+        assert {"key", "severity", "expression", "human", "location"} <= set(parts), parts
+        assert parts["severity"] in ("error", "warning")
+        fhirpathpy.compile(parts["expression"], model=models["r4"])
+        assert set(re.findall(r"linkId='([^']+)'", parts["expression"] + parts["location"])) <= link_ids
+
+
+def test_the_hypotrophic_site_warning_names_the_typical_atrophic_sites() -> None:
+    """The rule lists the sites in its expression (FHIRPath here has no terminology); they must stay those of the
+    ValueSet that states where scars with a tissue deficit never form."""
+    questionnaire = RESOURCES["Questionnaire/scar-assessment"]
+    rule = next(e for e in questionnaire["extension"]
+                if any(p.get("valueId") == "no-hypotrophic-scar-on-thin-hypodermis" for p in e["extension"]))
+    expression = next(p["valueString"] for p in rule["extension"] if p["url"] == "expression")
+    value_set = RESOURCES["ValueSet/atrophic-scar-typical-sites"]
+    sites = {c["code"] for include in value_set["compose"]["include"] for c in include["concept"]}
+    assert set(re.findall(r"code='([a-z-]+)'", expression)) - {"hypotrophic"} == sites
+
+
 # ------------------------------------------------------------------------------------------ activity definitions
 
 
@@ -414,6 +454,42 @@ def test_not_same_day_is_symmetric() -> None:
                 assert other is not None and other["id"] != ad["id"]
                 pairs.add((ad["id"], other["id"]))
     assert pairs and all((b, a) in pairs for a, b in pairs)
+
+
+def _not_same_day(ad: dict) -> set[str]:
+    return {_resolve(e["valueCanonical"])["id"] for e in ad.get("extension", []) if e["url"] == EXT + "not-same-day-as"}
+
+
+PHORESIS = ("electrophoresis", "laserphoresis", "microcurrent-phoresis", "phonophoresis")
+
+
+@pytest.mark.parametrize("first,others", [
+    ("aha-peel", PHORESIS + ("mesotherapy", "therapeutic-dermabrasion", "erbium-laser-dermabrasion", "laser-therapy")),
+    ("mesotherapy", PHORESIS),
+])
+def test_peels_and_mesotherapy_are_kept_apart_from_what_would_harm_fresh_skin(first: str, others: tuple) -> None:
+    ad = RESOURCES[f"ActivityDefinition/{first}"]
+    assert set(others) <= _not_same_day(ad)
+    gaps = [e["valueDuration"]["value"] for e in ad["extension"] if e["url"] == EXT + "not-same-day-gap"]
+    reasons = [e["valueString"] for e in ad["extension"] if e["url"] == EXT + "not-same-day-reason"]
+    assert gaps and gaps[0] >= 2, "a rule keeps the procedures days apart, not only off one day"
+    assert reasons and "clinic default" in reasons[0]
+
+
+def test_every_kept_apart_rule_says_why() -> None:
+    for ad in _of_type("ActivityDefinition"):
+        urls = [e["url"] for e in ad.get("extension", [])]
+        if EXT + "not-same-day-gap" in urls:
+            assert EXT + "not-same-day-reason" in urls, ad["id"]
+
+
+def test_optimal_atrophic_procedures_are_ranked_peels_first() -> None:
+    plan = RESOURCES["PlanDefinition/atrophic-scar-protocol"]
+    optimal = next(a for a in plan["action"] if a["id"] == "optimal-set")
+    ranks = {a["id"]: e["valuePositiveInt"] for a in optimal["action"] for e in a.get("extension", [])
+             if e["url"] == EXT + "scheduling-rank"}
+    assert min(ranks, key=ranks.get) == "aha-peel"
+    assert sorted(ranks.values()) == list(range(1, len(ranks) + 1))
 
 
 # ------------------------------------------------------------------------------------------ medications
