@@ -73,6 +73,16 @@ def test_mederma_for_an_onion_allergy_gets_a_warning(ehr):
     assert card["overrideReasons"]
 
 
+def test_more_allergies_than_the_limit_are_refused_not_screened_in_part(ehr):
+    """A card left out because only some allergies were screened would read as 'no allergy found'."""
+    allergies = searchset(*(allergy(f"Substance {n}") for n in range(101)))  # CAREPLAN_MAX_ALLERGIES: 100
+    body = hook_body("order-sign", complete_prefetch(assessment=searchset(assessment()), allergies=allergies),
+                     draftOrders=draft_orders(medication_request("Mederma gel 20 g")))
+    response = ehr.call("scar-order-safety", body)
+    assert response.status_code == 422
+    assert "CAREPLAN_MAX_ALLERGIES" in response.json()["issue"][0]["diagnostics"]
+
+
 def test_mederma_without_an_allergy_gets_no_card(ehr):
     assert sign(ehr, medication_request("Mederma gel 20 g"), allergies=searchset(allergy("Penicillin"))) == []
 

@@ -24,6 +24,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.careplan.assessment_limits import AssessmentLimits
 from services.careplan.cds.cards import SEVERITY_INDICATOR, Indicator, card, delete_action, suggestion, unchecked_card
 from services.careplan.cds.discovery import PREFETCH_NAMES
 from services.careplan.cds.hooks import HookCall
@@ -51,13 +52,17 @@ PROCEDURE_KEYS = ("assessment", "carePlans")
 
 
 def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, expressions: ExpressionCache,
-                       questionnaire: str, timezone: str) -> list[dict[str, Any]]:
-    """The cards for the draft orders of one call (CPU work: run it in a worker thread)."""
+                       questionnaire: str, timezone: str, limits: AssessmentLimits) -> list[dict[str, Any]]:
+    """The cards for the draft orders of one call (CPU work: run it in the work pool).
+
+    The EHR's allergies are capped like an assessment's (CAREPLAN_MAX_ALLERGIES): a longer list is refused
+    rather than screened in part, since a card that stayed silent would read as 'no allergy found'."""
     status = Status(status_answer(data.of("pregnancy"), "pregnant"),
                     status_answer(data.of("breastfeeding"), "breastfeeding"))
     assessment = screening_assessment(latest_assessment(data.of("assessment"), questionnaire), status,
                                       call.patient_reference)
     allergies = assessment.allergies([a for a in data.of("allergies") if a.get("resourceType") == "AllergyIntolerance"])
+    limits.check_allergies(allergies)
     sessions = [s for s in scheduled_sessions(data.of("carePlans")) if s.canonical]
     cards: list[dict[str, Any]] = []
     needed: set[str] = set()

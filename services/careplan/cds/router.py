@@ -91,8 +91,10 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
     async def order_safety(call: HookCall, data: Prefetched) -> list[dict[str, Any]]:
         knowledge = hooks.planner.knowledge
         formulary = await knowledge.formulary()
-        return await run_in_threadpool(order_safety_cards, call, data, formulary, knowledge.expressions,
-                                       hooks.settings.QUESTIONNAIRE_URL, hooks.settings.CLINIC_TIMEZONE)
+        cards: list[dict[str, Any]] = await hooks.planner.run(
+            order_safety_cards, call, data, formulary, knowledge.expressions, hooks.settings.QUESTIONNAIRE_URL,
+            hooks.settings.CLINIC_TIMEZONE, hooks.planner.limits)
+        return cards
 
     answers: dict[str, Callable[[HookCall, Prefetched], Awaitable[list[dict[str, Any]]]]] = {
         SCAR_PLAN.id: scar_plan, ORDER_SAFETY.id: order_safety, ORDER_SAFETY_SELECT.id: order_safety}
@@ -110,7 +112,7 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
         body = await read_json(request)  # first: an oversized body is a 413 whatever the URL
         service = _service(service_id)
         call = read_call(body, service.hook)
-        await run_in_threadpool(check_fhir_content, call)
+        await hooks.planner.run(check_fhir_content, call)
         data = await hooks.resolver.resolve(call, {k: hooks.templates[k] for k in service.prefetch_keys})
         cards = await answers[service.id](call, data)
         log.info("cds hook answered", extra={"service": service.id, "cards": len(cards),
