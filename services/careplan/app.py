@@ -15,6 +15,7 @@ from services.careplan.cds.discovery import SERVICES as CDS_SERVICES
 from services.careplan.cds.router import PREFIX as CDS_PREFIX
 from services.careplan.cds.router import CdsCors, CdsHooks, cds_router
 from services.careplan.delivery.embedded import EmbeddedDelivery
+from services.careplan.ehr_capabilities import EHR_CAPABILITIES_DEFINITION, ehr_capabilities_router
 from services.careplan.generate import CarePlanner, PlanHook, PlanRepository
 from services.careplan.knowledge import Knowledge
 from services.careplan.operations import APPLY_DEFINITION, GENERATE_DEFINITION, operations_router
@@ -77,6 +78,9 @@ def capability() -> CapabilityBuilder:
                        SearchParam("status", "token", "requested | in-progress | completed | failed | cancelled"),
                        SearchParam("_id", "token", "Logical id of the Task")),
         operations=(Operation("retry", RETRY_DEFINITION, "Re-queue a failed delivery"),)))
+    builder.system_operations = (Operation(
+        "ehr-capabilities", EHR_CAPABILITIES_DEFINITION,
+        "What the EHR declares and the requests the dispatcher sends it (its request plan)"),)
     return builder
 
 
@@ -101,13 +105,14 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
                     capability=capability(), startup=[cds.start, delivery.start],
                     shutdown=[delivery.stop, close_catalog, cds.stop], access=access_policy(compartment), audit=trail,
-                    own_auth_prefixes=(CDS_PREFIX,))
+                    own_auth_prefixes=(CDS_PREFIX,), readiness=[delivery.not_ready])
     if settings.cds_cors_origins:
         app.add_middleware(CdsCors, origins=settings.cds_cors_origins)
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
                              "delivery": delivery}
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
+    app.include_router(ehr_capabilities_router(delivery))
     app.include_router(plan_updates_router(store, repository.hooks))
     # --- end delivery
     app.include_router(operations_router(planner, repository))

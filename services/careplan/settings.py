@@ -36,7 +36,10 @@ class CareplanSettings(ServiceSettings):
     DISPATCHER: Literal["embedded", "off"] = "embedded"
     """Run the delivery dispatcher inside this process (`off` when `cicatrix dispatch` workers do it)."""
     EHR_DELIVERY: Literal["auto", "transaction", "individual", "document"] = "auto"
-    """Delivery shape; `auto` chooses from the EHR's CapabilityStatement."""
+    """Delivery shape; `auto` chooses from the EHR's CapabilityStatement, any other value restricts the
+    request plan to that shape (still only with what the EHR declares)."""
+    EHR_SEARCH_MAX_PAGES: int = 10
+    """Pages followed by a search-before-resend that matches our identifier here (search by patient)."""
     DELIVERY_MAX_ATTEMPTS: int = 12
     """Attempts before a delivery is marked failed (the Task shows why; `$retry` starts again)."""
     DELIVERY_MAX_AGE: timedelta = timedelta(hours=24)
@@ -73,7 +76,7 @@ class CareplanSettings(ServiceSettings):
     """Signing algorithm; derived from the key type when unset."""
     EHR_SMART_TOKEN_URL: str | None = None
     """Token endpoint; discovered from [EHR base]/.well-known/smart-configuration when unset."""
-    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crs"
+    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crus"
 
     QUESTIONNAIRE_URL: str = "https://fhir.cicatrix.org/Questionnaire/scar-assessment"
     """Canonical of the scar assessment Questionnaire every assessment must answer."""
@@ -134,7 +137,7 @@ class CareplanSettings(ServiceSettings):
             return timedelta(seconds=float(value))
         return value
 
-    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE")
+    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE", "EHR_SEARCH_MAX_PAGES")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         if value < 1:

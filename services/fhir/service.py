@@ -89,9 +89,11 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
               capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
               shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
-              audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = ()) -> FastAPI:
+              audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = (),
+              readiness: list[Callable[[], str | None]] | None = None) -> FastAPI:
     """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data,
-    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves."""
+    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves;
+    `readiness`: checks /readyz adds to the database's, each returning why the service is not ready, or None."""
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
@@ -128,7 +130,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
                            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match",
                                           "If-None-Exist", "Prefer", "X-Request-Id"],
                            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-Id", "WWW-Authenticate"])
-    _add_operational_routes(app, ctx)
+    _add_operational_routes(app, ctx, readiness or [])
     return app
 
 
@@ -149,7 +151,7 @@ def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPo
         }
 
 
-def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
+def _add_operational_routes(app: FastAPI, ctx: ServiceContext, readiness: list[Callable[[], str | None]]) -> None:
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
         """Process is alive (no dependencies checked: restarting would not fix them)."""
@@ -166,6 +168,10 @@ def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
             raise ServiceUnavailable("The database is not reachable") from None
         if not current:
             raise ServiceUnavailable("Database migrations are not applied; run `cicatrix migrate`")
+        for check in readiness:
+            reason = check()
+            if reason:
+                raise ServiceUnavailable(reason)
         return JSONResponse({"status": "ready", "service": ctx.name})
 
     @app.get("/metrics", include_in_schema=False)
