@@ -158,7 +158,7 @@ def gap_ehr(ehr_issuer, shapes, tmp_path_factory):
     for name in ("aha-peel", "mesotherapy"):
         path = content / "ActivityDefinition" / f"{name}.json"
         definition = json.loads(path.read_text())
-        definition["extension"] += [
+        definition["extension"] = [e for e in definition["extension"] if e["url"] not in (GAP, GAP_REASON)] + [
             {"url": GAP, "valueDuration": {"value": 2, "unit": "days", "system": "http://unitsofmeasure.org",
                                            "code": "d"}},
             {"url": GAP_REASON, "valueString": f"{name} needs two days before the next procedure on the site"}]
