@@ -10,6 +10,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.careplan.allergens import INGREDIENTS
+from services.careplan.assessment_limits import AssessmentLimits
 from services.careplan.catalog_client import CatalogClient
 from services.careplan.cds.discovery import SERVICES as CDS_SERVICES
 from services.careplan.cds.router import PREFIX as CDS_PREFIX
@@ -25,6 +27,7 @@ from services.careplan.security import access_policy, audit_trail, patient_compa
 from services.careplan.settings import CareplanSettings
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.careplan.tasks import RETRY_DEFINITION, tasks_router
+from services.fhir.bytecache import CacheMetrics
 from services.fhir.capability import (
     CapabilityBuilder,
     Operation,
@@ -37,6 +40,7 @@ from services.fhir.fastread import install_read_route
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.service import ServiceContext, build_app
 from services.fhir.store import ResourceStore
+from services.fhir.workpool import WorkPool
 
 VERSION = "0.1.0"
 CDS_SERVICE_LIST = ", ".join(f"{s.id} ({s.hook})" for s in CDS_SERVICES.values())
@@ -88,9 +92,12 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     settings = settings or CareplanSettings()
     store = make_store()
     catalog = CatalogClient(settings.CATALOG_URL, fresh_seconds=settings.CATALOG_CACHE_SECONDS,
-                            timeout=settings.CATALOG_TIMEOUT_SECONDS)
+                            timeout=settings.CATALOG_TIMEOUT_SECONDS, max_bytes=settings.CATALOG_CACHE_BYTES)
     hooks: list[PlanHook] = list(plan_hooks or [])
-    planner = CarePlanner(Knowledge(catalog), settings.calendar(), settings.QUESTIONNAIRE_URL)
+    work = WorkPool.of(settings)
+    knowledge = Knowledge(catalog, condition_cache_bytes=settings.CONDITION_CACHE_BYTES)
+    planner = CarePlanner(knowledge, settings.calendar(), settings.QUESTIONNAIRE_URL,
+                          limits=AssessmentLimits.of(settings), run=work.run)
     # --- delivery (issue 5): the outbox hook queues every CarePlan version in its own transaction
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
@@ -105,7 +112,9 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
                     capability=capability(), startup=[cds.start, delivery.start],
                     shutdown=[delivery.stop, close_catalog, cds.stop], access=access_policy(compartment), audit=trail,
-                    own_auth_prefixes=(CDS_PREFIX,), readiness=[delivery.not_ready])
+                    own_auth_prefixes=(CDS_PREFIX,), readiness=[delivery.not_ready], work=work)
+    CacheMetrics([catalog.cache, knowledge.expressions.results.cache, INGREDIENTS.cache]).register(
+        app.state.ctx.metrics.registry)
     if settings.cds_cors_origins:
         app.add_middleware(CdsCors, origins=settings.cds_cors_origins)
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
