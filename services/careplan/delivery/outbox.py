@@ -29,12 +29,14 @@ import orjson
 from sqlalchemy import DateTime, Index, Text, UniqueConstraint, event, text
 from sqlmodel import Field, Session, SQLModel
 
+from services.careplan.leases import OPEN_STATES, PENDING, SENDING
 from services.fhir.store import StoredResource, utcnow
 
 NOTIFY_CHANNEL = "careplan_delivery"
 
-PENDING, SENDING, COMPLETED, FAILED, CANCELLED = "pending", "sending", "completed", "failed", "cancelled"
-OPEN_STATES = (PENDING, SENDING)
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+__all__ = ["OPEN_STATES", "PENDING", "SENDING", "COMPLETED", "FAILED", "CANCELLED", "Delivery", "new_delivery",
+           "make_enqueue_hook", "NOTIFY_CHANNEL"]
 
 
 class Delivery(SQLModel, table=True):
