@@ -19,6 +19,9 @@ from services.careplan.plan_updates import plan_updates_router
 from services.careplan.searchparams import SEARCH_PARAMS, SORTABLE
 from services.careplan.security import access_policy, audit_trail, patient_compartment
 from services.careplan.settings import CareplanSettings
+from services.careplan.subscriptions.embedded import EmbeddedSubscriptions
+from services.careplan.subscriptions.routes import subscriptions_router
+from services.careplan.subscriptions.topics import TOPICS
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.careplan.tasks import RETRY_DEFINITION, tasks_router
 from services.fhir.capability import (
@@ -35,6 +38,10 @@ from services.fhir.service import ServiceContext, build_app
 from services.fhir.store import ResourceStore
 
 VERSION = "0.1.0"
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
+TOPIC_CANONICAL_EXTENSION = BACKPORT + "StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+STATUS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-status"
+EVENTS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-events"
 MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "careplan_alembic_version")
 SERVED_TYPES = ("CarePlan", "QuestionnaireResponse", "AuditEvent")
 
@@ -72,6 +79,24 @@ def capability() -> CapabilityBuilder:
                        SearchParam("status", "token", "requested | in-progress | completed | failed | cancelled"),
                        SearchParam("_id", "token", "Logical id of the Task")),
         operations=(Operation("retry", RETRY_DEFINITION, "Re-queue a failed delivery"),)))
+    # --- subscriptions: topic-based (Subscriptions R5 Backport IG), see services/careplan/subscriptions
+    builder.add(ResourceCapability(
+        type="Basic", interactions=("read", "search-type"), versioning="no-version", read_history=False,
+        conditional_read="not-supported",
+        documentation="The SubscriptionTopics this service publishes, as the backport IG represents them in R4",
+        search_params=(SearchParam("_id", "token", "Logical id of the topic"),)))
+    builder.add(ResourceCapability(
+        type="Subscription", interactions=("create", "read", "search-type", "delete"), versioning="versioned",
+        read_history=False, conditional_read="not-supported",
+        profile="http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription",
+        documentation="Topic-based subscriptions (rest-hook; payload empty, id-only or full-resource)",
+        extensions=tuple({"url": TOPIC_CANONICAL_EXTENSION, "valueCanonical": topic.url} for topic in TOPICS),
+        search_params=(SearchParam("_id", "token", "Logical id of the Subscription"),
+                       SearchParam("status", "token", "requested | active | error | off"),
+                       SearchParam("url", "uri", "The channel endpoint"),
+                       SearchParam("criteria", "string", "The topic canonical (exact)")),
+        operations=(Operation("status", STATUS_DEFINITION, "The subscription's status, event count and error"),
+                    Operation("events", EVENTS_DEFINITION, "Past events by event number"))))
     return builder
 
 
@@ -85,6 +110,9 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     # --- delivery (issue 5): the outbox hook queues every CarePlan version in its own transaction
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
+    subscriptions = EmbeddedSubscriptions(settings)  # events in the transaction of the change that causes them
+    hooks.append(subscriptions.plan_hook)
+    delivery.finish_hooks.append(subscriptions.delivery_hook)
     repository = PlanRepository(store, hooks)
 
     async def close_catalog(_: ServiceContext) -> None:
@@ -92,13 +120,15 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
 
     compartment = patient_compartment()  # security (issue 6): patient/ scopes, audit trail
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), startup=[delivery.start], shutdown=[delivery.stop, close_catalog],
+                    capability=capability(), startup=[delivery.start, subscriptions.start],
+                    shutdown=[delivery.stop, subscriptions.stop, close_catalog],
                     access=access_policy(compartment), audit=audit_trail(store, compartment))
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
-                             "delivery": delivery}
+                             "delivery": delivery, "subscriptions": subscriptions}
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
     app.include_router(plan_updates_router(store, hooks))
+    app.include_router(subscriptions_router(store, poke=subscriptions.poke))
     # --- end delivery
     app.include_router(operations_router(planner, repository))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,

@@ -7,6 +7,11 @@ audited, and nothing is cached downstream. The operations need:
     CarePlan/$generate          CarePlan.c    (stores a plan)
     PlanDefinition/$apply       CarePlan.r    (computes a plan, stores nothing)
     Task/{id}/$retry            Task.u        (re-queues a delivery)
+    Subscription/{id}/$status   Subscription.r
+    Subscription/{id}/$events   Subscription.r  (full-resource content: read access to what it carries)
+
+Subscriptions count as patient data: a `patient/` scope may create, read, search and
+delete them, and they stay limited to the token's patient (see subscriptions/resource.py).
     {type}/$validate            {type}.c
 """
 
@@ -18,12 +23,16 @@ from services.fhir.audit import AuditTrail
 from services.fhir.compartment import PatientCompartment
 from services.fhir.store import ResourceStore
 
-PATIENT_DATA = frozenset({"CarePlan", "QuestionnaireResponse", "Task", "AuditEvent"})
+PATIENT_DATA = frozenset({"CarePlan", "QuestionnaireResponse", "Task", "AuditEvent", "Subscription"})
+PATIENT_MANAGED = frozenset({"Subscription"})
+"""A patient/ scope may also create, delete and run operations on these; their handlers keep them to its patient."""
 OPERATIONS = {
     ("CarePlan", "generate"): ("*", "c"),
     ("PlanDefinition", "apply"): ("CarePlan", "r"),
     ("Task", "retry"): ("*", "u"),
     ("*", "validate"): ("*", "c"),
+    ("Subscription", "status"): ("Subscription", "r"),
+    ("Subscription", "events"): ("Subscription", "r"),
 }
 
 
@@ -32,7 +41,8 @@ def patient_compartment() -> PatientCompartment:
 
 
 def access_policy(compartment: PatientCompartment) -> AccessPolicy:
-    return AccessPolicy(operations=OPERATIONS, patient_data=PATIENT_DATA, patient_searchable=compartment.searchable)
+    return AccessPolicy(operations=OPERATIONS, patient_data=PATIENT_DATA,
+                        patient_searchable=compartment.searchable | PATIENT_MANAGED, patient_managed=PATIENT_MANAGED)
 
 
 def audit_trail(store: ResourceStore, compartment: PatientCompartment) -> AuditTrail:

@@ -325,13 +325,13 @@ def _references(resource: Any, resource_types: tuple[str, ...]) -> dict[str, lis
     return found
 
 
-async def run_until_idle(dispatcher: Dispatcher, timeout: float) -> None:
-    """Tests and `cicatrix dispatch --drain`: work until nothing is pending, within `timeout` seconds."""
+async def run_until_idle(dispatcher: Relay, timeout: float) -> None:
+    """Tests: work until nothing is pending, within `timeout` seconds (any relay: dispatcher or notifier)."""
     started = time.monotonic()
     try:
         await asyncio.wait_for(dispatcher.run(until_idle=True), timeout=timeout)
     except TimeoutError:
-        raise TimeoutError(f"deliveries still open after {time.monotonic() - started:.1f} s") from None
+        raise TimeoutError(f"{dispatcher.name}: work still open after {time.monotonic() - started:.1f} s") from None
 
 
 def outcome_json(text: str | None) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
-from services.careplan.delivery.dispatcher import Dispatcher
+from services.careplan.delivery.dispatcher import Dispatcher, FinishHook
 from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.delivery.outbox import make_enqueue_hook
 from services.fhir.service import ServiceContext
@@ -29,6 +29,8 @@ class EmbeddedDelivery:
         self.metrics: DeliveryMetrics | None = None
         self._task: asyncio.Task[None] | None = None
         self.enqueue = make_enqueue_hook(self.poke)
+        self.finish_hooks: list[FinishHook] = []
+        """Run in the transaction that records a delivery's final state (e.g. subscription events)."""
 
     def poke(self) -> None:
         """Wake the in-process dispatcher (thread-safe; a no-op when it is off)."""
@@ -42,7 +44,7 @@ class EmbeddedDelivery:
         if self.settings.DISPATCHER != "embedded":
             log.info("embedded dispatcher off (CAREPLAN_DISPATCHER=off): run `cicatrix dispatch`")
             return
-        self.dispatcher = Dispatcher(self.settings, ctx.engine, metrics=self.metrics)
+        self.dispatcher = Dispatcher(self.settings, ctx.engine, metrics=self.metrics, finish_hooks=self.finish_hooks)
         self._task = asyncio.create_task(self.dispatcher.run(), name="careplan-dispatcher")
 
     async def stop(self, ctx: ServiceContext) -> None:
