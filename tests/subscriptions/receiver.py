@@ -65,6 +65,7 @@ class Receiver:
     attempts: int = 0
     _script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     _lost: set[int] = field(default_factory=set)
+    _failing: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -78,6 +79,11 @@ class Receiver:
     def answer(self, status: int, *, times: int = 1, headers: dict[str, str] | None = None) -> None:
         with self._lock:
             self._script += [(status, headers or {})] * times
+
+    def fail(self, path: str, status: int = 500) -> None:
+        """Answer every request to /<path> with `status` from now on (an endpoint down for good)."""
+        with self._lock:
+            self._failing["/" + path] = status
 
     def lose(self, number: int) -> None:
         with self._lock:
@@ -110,6 +116,7 @@ class Receiver:
                 with receiver._lock:
                     receiver.attempts += 1
                     status, extra = receiver._script.pop(0) if receiver._script else (200, {})
+                    status = receiver._failing.get(self.path, status)
                     if status == 200:
                         got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(body))
                         if not set(got.event_numbers) & receiver._lost:
