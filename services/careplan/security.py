@@ -18,6 +18,7 @@ delete them, and they stay limited to the token's patient (see subscriptions/res
 from __future__ import annotations
 
 from services.careplan.searchparams import SEARCH_PARAMS
+from services.careplan.subscriptions.resource import subscription_patients
 from services.fhir.access import AccessPolicy
 from services.fhir.audit import AuditTrail
 from services.fhir.compartment import PatientCompartment
@@ -37,7 +38,7 @@ OPERATIONS = {
 
 
 def patient_compartment() -> PatientCompartment:
-    return PatientCompartment(PATIENT_DATA, SEARCH_PARAMS)
+    return PatientCompartment(PATIENT_DATA, SEARCH_PARAMS, patients_of={"Subscription": subscription_patients})
 
 
 def access_policy(compartment: PatientCompartment) -> AccessPolicy:

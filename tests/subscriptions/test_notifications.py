@@ -172,7 +172,8 @@ def test_an_endpoint_down_for_good_moves_only_its_subscription_to_error(api, eng
     r4_validator.assert_valid(status)
     parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
     assert parameters["status"]["valueCode"] == "error"
-    assert "gave up after 3 attempt(s): the endpoint answered 500" in parameters["error"]["valueCodeableConcept"]["text"]
+    error = parameters["error"]["valueCodeableConcept"]["text"]
+    assert "gave up after 3 attempt(s): the endpoint answered 500" in error
     assert api.get(f"/fhir/Subscription/{failing}").json()["error"].startswith("notification 1")
     tasks = api.get("/fhir/Task", params={"focus": f"CarePlan/{stored.id}"}).json()
     assert tasks["entry"][0]["resource"]["status"] == "completed"  # plan delivery went on regardless

@@ -182,7 +182,34 @@ def parse_subscription(resource: dict[str, Any], settings: Any, access: Access |
     if end is not None and end.tzinfo is None:
         raise Unprocessable("end needs a time zone", expression="Subscription.end")
     return Requested(topic, endpoint, headers, content, heartbeat, float(timeout) if timeout else None, max_count,
-                     filters, end, resource)
+                     filters, end, _with_filters(resource, topic, filters))
+
+
+def _with_filters(resource: dict[str, Any], topic: Topic, filters: dict[str, str]) -> dict[str, Any]:
+    """The resource as stored: its filters as one backport-filter-criteria, as applied (a patient/ scope's included)."""
+    out = {k: v for k, v in resource.items() if k != "_criteria"}
+    others = [e for e in (resource.get("_criteria") or {}).get("extension") or [] if e.get("url") != FILTER_CRITERIA]
+    if filters:
+        query = "&".join(f"{name}={value}" for name, value in filters.items())
+        others.append({"url": FILTER_CRITERIA, "valueString": f"{topic.resource}?{query}"})
+    if others:
+        out["_criteria"] = {**{k: v for k, v in (resource.get("_criteria") or {}).items() if k != "extension"},
+                            "extension": others}
+    return out
+
+
+def subscription_patients(resource: Any) -> set[str]:
+    """The patients a Subscription is limited to (its `patient` filter): its place in the patient compartment."""
+    found = set()
+    for extension in _extension(resource.get("_criteria"), FILTER_CRITERIA):
+        topic = BY_URL.get(resource.get("criteria", ""))
+        try:
+            patient = parse_filter(topic, str(extension.get("valueString") or "")).get("patient") if topic else None
+        except FilterError:
+            patient = None
+        if patient:
+            found.add(patient)
+    return found
 
 
 def _limit_to_patient(filters: dict[str, str], access: Access | None) -> dict[str, str]:
