@@ -89,7 +89,7 @@ class CareplanSettings(ServiceSettings):
     SUBSCRIPTION_BACKOFF_MAX_SECONDS: float = 300.0
     SUBSCRIPTION_LEASE_SECONDS: float = 60.0
     """How long a claimed notification stays with its worker (must exceed SUBSCRIPTION_TIMEOUT_MAX_SECONDS)."""
-    SUBSCRIPTION_BATCH_SIZE: int = 32
+    SUBSCRIPTION_BATCH_SIZE: int = 8
     """Notifications one worker sends at once."""
     SUBSCRIPTION_POLL_SECONDS: float = 5.0
     SUBSCRIPTION_TIMEOUT_SECONDS: float = 10.0

@@ -14,6 +14,7 @@ import argparse
 import json
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -66,6 +67,8 @@ class Receiver:
     _script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     _lost: set[int] = field(default_factory=set)
     _failing: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    """Notifications received, by type (cheap to poll while thousands arrive)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -109,6 +112,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real endpoint
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if receiver.delay:
@@ -121,6 +126,7 @@ class Receiver:
                         got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(body))
                         if not set(got.event_numbers) & receiver._lost:
                             receiver.received.append(got)
+                            receiver.counts[got.kind] += 1
                         receiver._lost -= set(got.event_numbers)
                 self.send_response(status)
                 for name, value in extra.items():
@@ -131,7 +137,10 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # a notifier opens its connections at once; the default 5 drops SYNs
+
+        self._server = Server((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
