@@ -69,6 +69,16 @@ def test_new_subscription_is_requested_then_active_after_the_handshake(api, engi
     assert parameters["topic"]["valueCanonical"] == TOPIC + "careplan-created"
 
 
+def test_a_subscription_that_is_not_r4_is_400(api, receiver, r4_validator):
+    resource = subscription("careplan-created", receiver.url())
+    resource["channel"]["header"] = "Authorization: Bearer x"  # a string where R4 has a list
+    response = api.post("/fhir/Subscription", headers=JSON, json=resource)
+    assert response.status_code == 400
+    r4_validator.assert_valid(response.json())
+    ends_vaguely = subscription("careplan-created", receiver.url()) | {"end": "2027"}  # R4: an instant
+    assert api.post("/fhir/Subscription", headers=JSON, json=ends_vaguely).status_code == 400
+
+
 def test_search_and_delete(api, engine, receiver, r4_validator):
     first = subscribe(api, subscription("careplan-created", receiver.url()))
     second = subscribe(api, subscription("careplan-delivery-failed", receiver.url("other")))
@@ -119,6 +129,7 @@ def test_an_allow_listed_prefix_does_not_admit_a_longer_host_or_a_sibling_path(d
     (lambda s: s["channel"].update(header=["Host: evil.test"]), "header"),
     (lambda s: s["channel"]["extension"].append({"url": IG + "backport-heartbeat-period", "valueUnsignedInt": 0}),
      "channel"),
+    (lambda s: s["channel"].update(endpoint="http://127.0.0.1:99999/hook"), "endpoint"),
 ])
 def test_subscriptions_the_service_cannot_honour_are_422(api, receiver, change, where, r4_validator):
     resource = subscription("careplan-created", receiver.url(), filters="CarePlan?patient=Patient/p1")

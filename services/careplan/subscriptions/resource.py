@@ -30,7 +30,7 @@ from services.careplan.subscriptions.tables import Subscription
 from services.careplan.subscriptions.topics import BY_URL, FilterError, Topic, parse_filter
 from services.fhir.access import Access
 from services.fhir.auth import is_loopback
-from services.fhir.outcome import Forbidden, Issue, Unprocessable
+from services.fhir.outcome import BadRequest, Forbidden, Issue, Unprocessable
 from services.fhir.store import instant
 from services.fhir.validation import r4_issues
 
@@ -82,7 +82,11 @@ def check_endpoint(endpoint: Any, *, prefixes: list[str], loopback_http: bool) -
     where = "Subscription.channel.endpoint"
     if not isinstance(endpoint, str) or not endpoint:
         raise Unprocessable("a rest-hook subscription needs channel.endpoint", expression=where, code="required")
-    parts = urlsplit(endpoint)
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise Unprocessable("the endpoint is not a valid URL", expression=where) from None
     if parts.username or parts.password or "@" in parts.netloc:
         raise Unprocessable("the endpoint must not carry credentials; use channel.header", expression=where)
     if parts.fragment or not parts.hostname:
@@ -109,6 +113,10 @@ def _is_loopback_address(host: str) -> bool:
 def _under(parts: Any, prefix: str) -> bool:
     """Same scheme, host and port, and the path at or below the prefix's path (by whole segments)."""
     allowed = urlsplit(prefix)
+    try:
+        allowed.port  # noqa: B018
+    except ValueError:
+        return False
     if (parts.scheme, parts.hostname, parts.port) != (allowed.scheme, allowed.hostname, allowed.port):
         return False
     base = allowed.path or "/"
@@ -133,11 +141,12 @@ def _headers(channel: dict[str, Any], limit: int) -> list[str]:
 
 
 def parse_subscription(resource: dict[str, Any], settings: Any, access: Access | None) -> Requested:
-    """Check a submitted Subscription (R4, backport profile, our rules, the caller's access); 400/403/422."""
+    """Check a submitted Subscription: 400 when it is not valid R4, 422 when we cannot honour it, 403 for access."""
     issues = r4_issues(resource)
     if issues:
-        raise Unprocessable(issues[0].diagnostics, issues=issues)
-    topic = BY_URL.get(resource.get("criteria", ""))
+        raise BadRequest(issues[0].diagnostics, issues=issues)
+    criteria = resource.get("criteria")
+    topic = BY_URL.get(criteria) if isinstance(criteria, str) else None
     if topic is None:
         raise Unprocessable("criteria must be the canonical URL of one of this service's topics "
                             f"({', '.join(sorted(BY_URL))})", expression="Subscription.criteria", code="not-supported")
@@ -178,9 +187,7 @@ def parse_subscription(resource: dict[str, Any], settings: Any, access: Access |
     filters = _limit_to_patient(filters, access)
     if content == "full-resource":
         check_can_read(access, topic.resource)
-    end = datetime.fromisoformat(resource["end"].replace("Z", "+00:00")) if resource.get("end") else None
-    if end is not None and end.tzinfo is None:
-        raise Unprocessable("end needs a time zone", expression="Subscription.end")
+    end = _end(resource.get("end"))
     return Requested(topic, endpoint, headers, content, heartbeat, float(timeout) if timeout else None, max_count,
                      filters, end, _with_filters(resource, topic, filters))
 
@@ -202,7 +209,8 @@ def subscription_patients(resource: Any) -> set[str]:
     """The patients a Subscription is limited to (its `patient` filter): its place in the patient compartment."""
     found = set()
     for extension in _extension(resource.get("_criteria"), FILTER_CRITERIA):
-        topic = BY_URL.get(resource.get("criteria", ""))
+        criteria = resource.get("criteria")
+        topic = BY_URL.get(criteria) if isinstance(criteria, str) else None
         try:
             patient = parse_filter(topic, str(extension.get("valueString") or "")).get("patient") if topic else None
         except FilterError:
@@ -210,6 +218,19 @@ def subscription_patients(resource: Any) -> set[str]:
         if patient:
             found.add(patient)
     return found
+
+
+def _end(value: Any) -> datetime | None:
+    """Subscription.end as a moment (an instant: R4 allows partial dates there, which cannot end anything precisely)."""
+    if value is None:
+        return None
+    try:
+        end = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        end = None
+    if end is None or end.tzinfo is None:
+        raise Unprocessable("end is a full date-time with a time zone", expression="Subscription.end")
+    return end
 
 
 def _limit_to_patient(filters: dict[str, str], access: Access | None) -> dict[str, str]:

@@ -198,14 +198,16 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
         session.commit()
         return Response(status_code=204)
 
-    @router.api_route("/Subscription/{subscription_id}/$status", methods=["GET", "POST"], name="subscription-status")
+    @router.post("/Subscription/{subscription_id}/$status", name="subscription-status-post")
+    @router.get("/Subscription/{subscription_id}/$status", name="subscription-status")
     def subscription_status(subscription_id: str, request: Request, session: SessionDep,
                             ctx: ContextDep) -> Response:
         """The subscription's status, event count and error (backport $status)."""
         row = visible(session, request, subscription_id)
         return FhirResponse(status_bundle(row, base=fhir_base(request, ctx.settings.BASE_URL)))
 
-    @router.api_route("/Subscription/{subscription_id}/$events", methods=["GET", "POST"], name="subscription-events")
+    @router.post("/Subscription/{subscription_id}/$events", name="subscription-events-post")
+    @router.get("/Subscription/{subscription_id}/$events", name="subscription-events")
     async def subscription_events(subscription_id: str, request: Request, session: SessionDep,
                                   ctx: ContextDep) -> Response:
         """Past events by number, to fill a gap a receiver noticed (backport $events)."""
