@@ -200,10 +200,11 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
 
     @router.post("/Subscription/{subscription_id}/$status", name="subscription-status-post")
     @router.get("/Subscription/{subscription_id}/$status", name="subscription-status")
-    def subscription_status(subscription_id: str, request: Request, session: SessionDep,
-                            ctx: ContextDep) -> Response:
+    async def subscription_status(subscription_id: str, request: Request, session: SessionDep,
+                                  ctx: ContextDep) -> Response:
         """The subscription's status, event count and error (backport $status)."""
-        row = visible(session, request, subscription_id)
+        await operation_parameters(request)  # none are defined, but a POST body is still checked as Parameters
+        row = await run_in_threadpool(visible, session, request, subscription_id)
         return FhirResponse(status_bundle(row, base=fhir_base(request, ctx.settings.BASE_URL)))
 
     @router.post("/Subscription/{subscription_id}/$events", name="subscription-events-post")
@@ -211,9 +212,7 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
     async def subscription_events(subscription_id: str, request: Request, session: SessionDep,
                                   ctx: ContextDep) -> Response:
         """Past events by number, to fill a gap a receiver noticed (backport $events)."""
-        params = dict(parse_qsl(request.url.query))
-        if request.method == "POST" and request.headers.get("content-length", "0") != "0":
-            params |= _parameters(await read_json(request))
+        params = await operation_parameters(request)
 
         def answer() -> dict[str, Any]:
             row = visible(session, request, subscription_id)
@@ -241,6 +240,14 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
         return FhirResponse(await run_in_threadpool(answer))
 
     return router
+
+
+async def operation_parameters(request: Request) -> dict[str, str]:
+    """An operation's parameters: the query's, plus a POSTed Parameters body's (string and code values)."""
+    params = dict(parse_qsl(request.url.query))
+    if request.method == "POST" and request.headers.get("content-length") != "0":
+        params |= _parameters(await read_json(request))
+    return params
 
 
 def _parameters(body: Any) -> dict[str, str]:
