@@ -56,7 +56,7 @@ def serve(service: str) -> int:
         _prepare_once(service, settings)
     uvicorn.run(f"services.{service}.app:app", host=settings.HOST, port=settings.PORT,
                 log_level=settings.LOG_LEVEL.lower(), access_log=False, proxy_headers=True,
-                workers=settings.WORKERS)
+                workers=settings.WORKERS, http=settings.HTTP, loop=settings.LOOP)
     return 0
 
 

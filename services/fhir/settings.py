@@ -33,6 +33,11 @@ class ServiceSettings(BaseSettings):
     """Server processes for `cicatrix serve` (uvicorn workers, one event loop each). More than one needs
     PostgreSQL: SQLite allows one writer at a time. Start-up work (migrations, catalog content) runs once,
     before the workers start; each worker keeps its own caches and its own /metrics."""
+    HTTP: Literal["httptools", "h11"] = "httptools"
+    """HTTP/1.1 parser of `cicatrix serve`: httptools (C, the default) or h11 (pure Python, for platforms
+    without a httptools wheel or to rule the parser out when debugging)."""
+    LOOP: Literal["uvloop", "asyncio"] = "uvloop"
+    """Event loop of `cicatrix serve`: uvloop (libuv, the default) or the standard library's asyncio loop."""
 
     # --- inbound security (README.md#security) ------------------------------------------------------------
     AUTH_MODE: Literal["off", "jwt"] = "off"

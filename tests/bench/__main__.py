@@ -55,7 +55,16 @@ def machine() -> dict[str, str]:
             "postgres": postgres,
             "server": f"uvicorn {uvicorn.__version__} ({http}, {loop}), one process per service "
                       "(figure 4 also with two worker processes)",
+            "load": load_generators(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def load_generators() -> str:
+    from tests.bench.measure import wrk
+    program, why = wrk()
+    if program is None:
+        return f"load from the Python generator (tests/bench/load.py; wrk unavailable: {why})"
+    return "GET loads from wrk (one thread), the others from the Python generator (tests/bench/load.py)"
 
 
 def _importable(name: str) -> bool:
@@ -92,7 +101,8 @@ def table(figures: list[Figure], info: dict[str, str], notes: list[str], seconds
         lines.append(f"| {f.number} | {f.name} | {f.cicatrix} | {f.baseline} | {ratio(f)} | {f.target} | {met(f)} |")
     out = ["# Cicatrix benchmark", "",
            f"Machine: {info['cores']} cores, {info['cpu']}; Python {info['python']}; PostgreSQL {info['postgres']}; "
-           f"{info['server']}.", f"Commit {info['commit']}, {info['date']}; the whole run took {seconds / 60:.1f} min.",
+           f"{info['server']}; {info['load']}.",
+           f"Commit {info['commit']}, {info['date']}; the whole run took {seconds / 60:.1f} min.",
            "", *lines, ""]
     if notes:
         out += ["Notes:", "", *[f"- {n}" for n in notes], ""]

@@ -14,6 +14,7 @@ The last two are context for the peer comparison; the targets are ratios to `bar
 """
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -85,8 +86,10 @@ KINDS = {"bare": bare_app, "fastapi-bytes": fastapi_bytes_app, "fastapi-model": 
 def main() -> int:
     kind, port, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     app = KINDS[kind](_bodies(data))
-    # The settings `cicatrix serve` uses (services/cli.py), so only the application differs.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=True)
+    # The settings `cicatrix serve` uses (services/cli.py), on the same server stack as the catalog it is measured
+    # against, so only the application differs.
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=True,
+                http=os.environ.get("CATALOG_HTTP", "httptools"), loop=os.environ.get("CATALOG_LOOP", "uvloop"))
     return 0
 
 

@@ -8,12 +8,13 @@ that above 1 is always better).
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.bench import stack
+from tests.bench import native, stack
 
 Load = Callable[[], dict[str, Any]]
 
@@ -65,8 +66,20 @@ def alternate(loads: dict[str, Load], rounds: int) -> dict[str, dict[str, Any]]:
     return result
 
 
+@functools.cache
+def wrk() -> tuple[str | None, str]:
+    """wrk's path (installed on first use), or (None, why): plain GET loads then use the Python generator."""
+    return native.ensure("wrk")
+
+
 def http_load(server: stack.Server, requests: list[dict[str, Any]], *, connections: int, seconds: float,
               warmup: float = 1.0) -> Load:
+    """A timed load: wrk for plain GETs where it can be had, the Python generator for everything else."""
+    program, _ = wrk()
+    if program and all(r.get("method", "GET") == "GET" and not r.get("body") and not r.get("headers")
+                       for r in requests):
+        return lambda: native.load(program, server.port, requests, connections=connections, seconds=seconds,
+                                   warmup=warmup, pid=server.process.pid)
     return lambda: stack.load(server.port, requests, connections=connections, seconds=seconds, warmup=warmup,
                               pid=server.process.pid)
 

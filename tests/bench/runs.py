@@ -66,8 +66,11 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                 name="careplan-workers") as planner:
                 figures.append(careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds,
                                                         workers=2))
-        if wanted & {"4", "7"}:
+        if wanted & {"4", "7", "8"}:
             with stack.cicatrix("careplan", careplan_env(url, server)) as planner:
+                if "8" in wanted:
+                    figures.append(careplan.figure_reads(planner, server, ids, rounds=sizes.rounds,
+                                                         seconds=sizes.seconds))
                 if "4" in wanted:
                     figure = careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds, workers=1)
                     figure.name, figure.target, figure.met = "context: " + figure.name, "", None

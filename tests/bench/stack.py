@@ -56,10 +56,12 @@ def postgres_schema(label: str) -> Iterator[str]:
 
 
 class Server:
-    """A server process on a loopback port, its stderr in bench-results/logs/NAME.log."""
+    """A server process on a loopback port, its stderr in bench-results/logs/NAME.log.
+
+    `command` is run by `program` (this Python by default; Node for the EHR sandbox, nginx for its baseline)."""
 
     def __init__(self, name: str, command: Sequence[str], *, port: int, env: dict[str, str] | None = None,
-                 ready_path: str = "/", python: str | None = None) -> None:
+                 ready_path: str = "/", program: str | None = None) -> None:
         self.name = name
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
@@ -67,7 +69,7 @@ class Server:
         self.log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONPATH", str(ROOT))
-        self.process = subprocess.Popen([python or sys.executable, *command], cwd=ROOT, env=full_env,
+        self.process = subprocess.Popen([program or sys.executable, *command], cwd=ROOT, env=full_env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self._wait(ready_path)
 

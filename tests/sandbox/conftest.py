@@ -120,3 +120,34 @@ def issue_text(outcome: dict[str, Any]) -> str:
         parts += [issue.get("diagnostics", ""), issue.get("details", {}).get("text", "")]
         parts += issue.get("expression", [])
     return " ".join(parts)
+
+
+def valid_statement(fhir: Fhir, assert_r4: Any) -> dict[str, Any]:
+    """The CapabilityStatement the sandbox publishes now, after the independent R4 validator accepted it."""
+    statement = fhir.get("/metadata").json()
+    assert_r4(statement)
+    return statement
+
+
+def declared_resources(fhir: Fhir) -> dict[str, dict[str, Any]]:
+    """CapabilityStatement.rest[0].resource by type, as the sandbox declares it now."""
+    return {resource["type"]: resource for resource in fhir.get("/metadata").json()["rest"][0]["resource"]}
+
+
+def codes(items: list[dict[str, Any]]) -> set[str]:
+    """The `code` of each interaction (or `name` of each searchParam) of a CapabilityStatement list."""
+    return {item.get("code", item.get("name")) for item in items}
+
+
+def refusal_kinds(sandbox: EhrSandbox) -> list[str]:
+    """The kind of each refusal in the request log, oldest first."""
+    return [entry["refusal"]["kind"] for entry in sandbox.refusals()]
+
+
+def assert_refused(sandbox: EhrSandbox, response: httpx.Response, status: int, kind: str) -> None:
+    """The request was answered `status` with an OperationOutcome, logged as the only refusal, of `kind`, and
+    stored nothing."""
+    assert response.status_code == status, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert refusal_kinds(sandbox) == [kind]
+    assert sandbox.store() == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.sandbox.conftest import valid_statement
+
 pytestmark = pytest.mark.sandbox
 
 
@@ -57,3 +59,14 @@ def test_metadata_is_readable_without_a_token_when_auth_is_on(ehr_sandbox, fhir)
 
     assert response.status_code == 200
     assert "Bearer" in response.json()["rest"][0]["security"]["description"]
+
+
+@pytest.mark.parametrize(
+    "profile", ["hapi", "oracle-millennium", "us-core-notes", "minimal", "no-transaction", "no-careplan-write"]
+)
+def test_every_profile_publishes_a_valid_r4_capability_statement_naming_it(ehr_sandbox, fhir, assert_r4, profile):
+    ehr_sandbox.configure(profile=profile)
+
+    statement = valid_statement(fhir, assert_r4)
+
+    assert f'"{profile}"' in statement["implementation"]["description"]

@@ -84,8 +84,14 @@ class EhrSandbox:
         _check(self._http.delete("/faults"))
 
     def requests(self) -> list[dict[str, Any]]:
-        """The request log, oldest first: method, path, query, headers, body, status, dropped, fault, time."""
+        """The request log, oldest first: method, path, query, headers, body, status, dropped, fault, refusal,
+        time."""
         return self._get("/requests")["requests"]
+
+    def refusals(self) -> list[dict[str, Any]]:
+        """The logged requests the sandbox refused for using a capability its CapabilityStatement does not
+        declare, or for breaking a vendor rule: each has ``refusal == {"kind": ..., "detail": ...}``."""
+        return [entry for entry in self.requests() if entry["refusal"] is not None]
 
     def clear_requests(self) -> None:
         _check(self._http.delete("/requests"))
@@ -99,7 +105,8 @@ class EhrSandbox:
         _check(self._http.post("/reset"))
 
     def configure(self, **config: Any) -> dict[str, Any]:
-        """Sets runtime config: ``token`` (str or None), ``latency_ms`` / ``latencyMs`` (int)."""
+        """Sets runtime config: ``token`` (str or None), ``latency_ms`` / ``latencyMs`` (int), ``profile`` (a
+        capability profile name, see tools/ehr-sandbox/README.md), ``smart`` (dict or None)."""
         response = self._http.post("/config", json=_camel(config))
         _check(response)
         return response.json()

@@ -9,7 +9,7 @@
  *   EHR_SANDBOX_HOST   interface to listen on (default 127.0.0.1)
  *   EHR_SANDBOX_PORT   port (default 8090; 0 picks a free port)
  *   EHR_SANDBOX_TOKEN  when set, FHIR requests need "Authorization: Bearer <token>"
- *   EHR_SANDBOX_PROFILE  capability profile: full (default) | no-transaction | no-careplan-write
+ *   EHR_SANDBOX_PROFILE  capability profile (lib/profiles.js): hapi (default; alias full), minimal, ...
  *   EHR_SANDBOX_SMART_CLIENT_ID, EHR_SANDBOX_SMART_JWKS (a JWK Set, inline JSON or a file path),
  *   EHR_SANDBOX_SMART_TOKEN_SECONDS   enable the SMART Backend Services token endpoint for that client
  *
@@ -31,7 +31,7 @@ function main() {
   try {
     app = createApp({
       token: process.env.EHR_SANDBOX_TOKEN || null,
-      profile: process.env.EHR_SANDBOX_PROFILE || 'full',
+      profile: process.env.EHR_SANDBOX_PROFILE || 'hapi',
       smart: smartConfigFromEnv(process.env, (file) => fs.readFileSync(file, 'utf8')),
     });
   } catch (err) {

@@ -11,7 +11,7 @@
  * find it applied to the next test's fresh store.
  */
 const { SandboxRepository } = require('./repository');
-const { FULL_PROFILE, PROFILES, profileNamed, createCapabilities, checkStatement } = require('./capabilities');
+const { HAPI_PROFILE, PROFILES, profileNamed, createCapabilities, checkStatement } = require('./capabilities');
 const { createFhirEndpoint } = require('./fhir');
 const { createControl } = require('./control');
 const { FaultQueue } = require('./faults');
@@ -22,12 +22,12 @@ const { operationOutcome, outcomeAnswer, parseJson, readBody, sleep, writeAnswer
 
 /**
  * @param options - { token, latencyMs, profile, smart } startup config; `profile` is a capability profile name
- *   (see capabilities.PROFILES) or a profile object (capabilities.FULL_PROFILE by default); `smart` enables the
+ *   or alias (see profiles.js) or a profile object (the `hapi` profile by default); `smart` enables the
  *   SMART Backend Services token endpoint (see smart.js)
  * @returns (req, res) => void, with `.state` for tests and the server
  */
 function createApp(options = {}) {
-  const startProfile = options.profile ?? FULL_PROFILE;
+  const startProfile = options.profile ?? HAPI_PROFILE;
   const startupConfig = {
     token: options.token || null,
     latencyMs: options.latencyMs ?? 0,
@@ -77,7 +77,7 @@ function createApp(options = {}) {
         throw new Error('latencyMs must be a non-negative number');
       }
       if ('profile' in update) {
-        capabilitiesFor(next.profile); // throws for an unknown name
+        next.profile = profileNamed(next.profile).name; // throws for an unknown name; an alias becomes the name
       }
       if ('smart' in update) {
         next.smart = normaliseSmartConfig(update.smart);
@@ -86,20 +86,21 @@ function createApp(options = {}) {
     },
     /**
      * The config as the control API shows it: `token` and `latencyMs` always; `profile` and `smart` only when
-     * they differ from a plain server ("full", null), so existing clients of the control API see what they did.
+     * they differ from a plain server ("hapi", null), so existing clients of the control API see what they did.
      */
     publicConfig() {
       const { profile, smart, ...shown } = state.config;
-      return { ...shown, ...(profile !== 'full' ? { profile } : {}), ...(smart ? { smart } : {}) };
+      return { ...shown, ...(profile !== HAPI_PROFILE.name ? { profile } : {}), ...(smart ? { smart } : {}) };
     },
   };
 
   /** The capabilities of the profile in force now (the profile can change at run time). */
-  const capabilities = {
-    allows: (...args) => capabilitiesFor(state.config.profile).allows(...args),
-    supportsType: (...args) => capabilitiesFor(state.config.profile).supportsType(...args),
-    statement: (...args) => capabilitiesFor(state.config.profile).statement(...args),
-  };
+  const capabilities = Object.fromEntries(
+    ['refuseRequest', 'refuseSearch', 'refuseContent', 'statement'].map((name) => [
+      name,
+      (...args) => capabilitiesFor(state.config.profile)[name](...args),
+    ])
+  );
 
   const control = createControl(state);
   const fhir = createFhirEndpoint({
@@ -201,6 +202,7 @@ function createApp(options = {}) {
       console.error(err);
       answer = outcomeAnswer(500, `Internal error: ${err.message}`);
     }
+    logged.refused(answer.refusal);
 
     if (fault?.action === 'apply-then-fail') {
       if (fault.drop) {

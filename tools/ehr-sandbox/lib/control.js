@@ -12,9 +12,9 @@
  *   GET    /_control/store[?type=T]     {"total": n, "resources": [...]} current versions, flat, in creation order
  *   POST   /_control/reset              empties store, faults and log; restores the startup config
  *   GET    /_control/config             {"token": ..., "latencyMs": ...} plus "profile" and "smart" when not
- *                                       the defaults ("full", null)
+ *                                       the defaults ("hapi", null)
  *   POST   /_control/config             sets any of {"token": "..." | null, "latencyMs": n,
- *                                       "profile": "full" | "no-transaction" | "no-careplan-write",
+ *                                       "profile": a name from profiles.js (e.g. "hapi", "minimal"),
  *                                       "smart": {"clientId": "...", "jwks": {...}, "accessTokenSeconds": n} | null}
  *   GET    /_control/tokens             {"issued": n} SMART access tokens currently valid
  *   DELETE /_control/tokens             revokes them all (clients holding one now get 401 invalid_token)

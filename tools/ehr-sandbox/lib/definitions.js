@@ -24,6 +24,8 @@ const MATCHABLE_TYPES = new Set(['token', 'reference', 'string', 'uri', 'date'])
 const NON_R4_PARAMETERS = new Set(['_compartment']);
 
 let loaded = false;
+/** The codes of R4's ResourceType code system: medplum's bundle also defines types R4 does not have. */
+let r4ResourceTypes = new Set();
 const supportedByType = new Map();
 
 function readJson(file) {
@@ -38,20 +40,28 @@ function loadDefinitions() {
   core.indexStructureDefinitionBundle(readJson('profiles-types.json'));
   core.indexStructureDefinitionBundle(readJson('profiles-resources.json'));
   core.indexSearchParameterBundle(readJson('search-parameters.json'));
+  const resourceTypeCodes = readJson('valuesets.json').entry.find(
+    ({ resource }) => resource.resourceType === 'CodeSystem' && resource.url === 'http://hl7.org/fhir/resource-types'
+  ).resource.concept;
+  r4ResourceTypes = new Set(resourceTypeCodes.map(({ code }) => code));
   loaded = true;
 }
 
 /** Every concrete R4 resource type, sorted. */
 function resourceTypes() {
   loadDefinitions();
-  return Object.keys(core.globalSchema.types)
-    .filter((type) => core.isResourceType(type))
-    .sort();
+  return Object.keys(core.globalSchema.types).filter(isResourceType).sort();
 }
 
+/** True for a concrete resource type of R4 4.0.1 (not R4B's SubscriptionStatus, which medplum also defines). */
 function isResourceType(type) {
   loadDefinitions();
-  return typeof type === 'string' && core.isResourceType(type) && Boolean(core.globalSchema.types[type]);
+  return (
+    typeof type === 'string' &&
+    r4ResourceTypes.has(type) &&
+    core.isResourceType(type) &&
+    Boolean(core.globalSchema.types[type])
+  );
 }
 
 /** The search parameters of a resource type that the sandbox really evaluates: `{code: SearchParameter}`. */

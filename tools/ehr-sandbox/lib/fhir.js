@@ -26,7 +26,7 @@ const {
   validateResource,
 } = require('@medplum/core');
 const { FhirRouter, processBatch } = require('@medplum/fhir-router');
-const { outcomeAnswer, statusLine } = require('./http');
+const { operationOutcome, outcomeAnswer, statusLine } = require('./http');
 
 const JSON_BODY_TYPES = new Set(['application/fhir+json', 'application/json', 'application/json+fhir']);
 const ACCEPTABLE = new Set(['*/*', 'application/*', ...JSON_BODY_TYPES]);
@@ -65,14 +65,16 @@ function createFhirEndpoint({ repo, capabilities, security }) {
     if (!route) {
       return outcomeAnswer(404, `No FHIR interaction matches ${method} [base]/${path}`);
     }
-    const { resourceType } = route.params;
     const interaction = route.data.interaction;
-    if (resourceType !== undefined && !capabilities.supportsType(resourceType)) {
-      return outcomeAnswer(404, `Unknown resource type "${resourceType}"`);
-    }
+    const op = describe(route, {
+      query: [...url.searchParams],
+      ifNoneExist: headerValue(headers['if-none-exist']),
+      ifMatch: headerValue(headers['if-match']),
+    });
     // POST [base] is checked once the Bundle type (batch or transaction) is known.
-    if (interaction !== 'batch' && !capabilities.allows(interaction, resourceType)) {
-      return outcomeAnswer(405, `"${interaction}" is not supported on ${resourceType ?? 'the system'}`);
+    const refused = interaction === 'batch' ? undefined : capabilities.refuseRequest(op);
+    if (refused) {
+      return refusalAnswer(refused);
     }
 
     const body = parseBody(method, path, headers, request.rawBody);
@@ -81,6 +83,12 @@ function createFhirEndpoint({ repo, capabilities, security }) {
     }
     if (interaction === 'batch') {
       return bundle(body.value, headers, ctx);
+    }
+    const refusedContent = path.endsWith('/_search')
+      ? capabilities.refuseSearch(op.resourceType, formPairs(body.value))
+      : capabilities.refuseContent(op, body.value);
+    if (refusedContent) {
+      return refusalAnswer(refusedContent);
     }
 
     const routed = fhirRequest(method, path + url.search, headers, body.value);
@@ -96,8 +104,9 @@ function createFhirEndpoint({ repo, capabilities, security }) {
     if (input.type !== 'batch' && input.type !== 'transaction') {
       return outcomeAnswer(400, `POST [base] expects a Bundle of type batch or transaction, not "${input.type}"`);
     }
-    if (!capabilities.allows(input.type)) {
-      return outcomeAnswer(405, `Bundles of type ${input.type} are not supported by this server`);
+    const refusedType = capabilities.refuseRequest({ interaction: input.type });
+    if (refusedType) {
+      return refusalAnswer(refusedType);
     }
     const refused = checkEnvelope(input);
     if (refused) {
@@ -118,7 +127,11 @@ function createFhirEndpoint({ repo, capabilities, security }) {
     }
   }
 
-  /** The Bundle itself must be valid R4 (entry resources are validated when written) and every entry allowed. */
+  /**
+   * The Bundle itself must be valid R4 (entry resources are validated when written), and every entry must pass
+   * the capability gate as a single request would: the first refused entry refuses the whole Bundle, and its
+   * refusal (naming `Bundle.entry[i]`) is the Bundle's.
+   */
   function checkEnvelope(input) {
     const envelope = { ...input, entry: input.entry?.map(({ resource: _validatedOnWrite, ...entry }) => entry) };
     try {
@@ -127,24 +140,59 @@ function createFhirEndpoint({ repo, capabilities, security }) {
       return { status: 400, headers: {}, body: normalizeOperationOutcome(err) };
     }
     for (const [index, entry] of (input.entry ?? []).entries()) {
-      const route = entry.request ? router.find(entry.request.method, entry.request.url ?? '') : undefined;
+      const url = entry.request?.url ?? '';
+      const route = entry.request ? router.find(entry.request.method, url) : undefined;
       if (!route) {
         continue; // medplum answers these with its own error
       }
-      const { resourceType } = route.params;
-      if (resourceType !== undefined && !capabilities.supportsType(resourceType)) {
-        return outcomeAnswer(404, `Bundle.entry[${index}]: unknown resource type "${resourceType}"`);
-      }
-      const interaction = route.data.interaction;
-      if (!capabilities.allows(interaction, resourceType)) {
-        const where = resourceType ?? 'the system';
-        return outcomeAnswer(405, `Bundle.entry[${index}]: "${interaction}" is not supported on ${where}`);
+      const query = url.includes('?') ? [...new URLSearchParams(url.slice(url.indexOf('?') + 1))] : [];
+      const op = describe(route, { query, ifNoneExist: entry.request.ifNoneExist, ifMatch: entry.request.ifMatch });
+      const refused = capabilities.refuseRequest(op) ?? capabilities.refuseContent(op, entry.resource);
+      if (refused) {
+        return refusalAnswer(refused, `Bundle.entry[${index}]: `);
       }
     }
     return undefined;
   }
 
+  /** A routed request (or Bundle entry) as the capability gate reads it. */
+  function describe(route, { query, ifNoneExist, ifMatch }) {
+    const { resourceType, id } = route.params;
+    return {
+      interaction: route.data.interaction,
+      resourceType,
+      id,
+      query,
+      ifNoneExist,
+      ifMatch,
+      exists: () => repo.has(resourceType, id),
+    };
+  }
+
   return { handle, router };
+}
+
+/** The answer to a request the capability gate refused; `refusal` goes to the request log. */
+function refusalAnswer(refusal, where = '') {
+  const detail = `${where}${refusal.detail}`;
+  return {
+    status: refusal.status,
+    headers: {},
+    body: operationOutcome(refusal.status, detail, refusal.code),
+    refusal: { kind: refusal.kind, detail },
+  };
+}
+
+/** A header's value; a repeated header counts as its first value. */
+function headerValue(value) {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The parsed form body of POST [type]/_search as [[name, value]...]. */
+function formPairs(form) {
+  return Object.entries(form ?? {}).flatMap(([name, value]) =>
+    (Array.isArray(value) ? value : [value]).map((one) => [name, one])
+  );
 }
 
 /** medplum's FhirRequest; the router fills in pathname, params and query from `url`. */

@@ -130,6 +130,11 @@ class SandboxRepository extends MemoryRepository {
     }
   }
 
+  /** True when `resourceType/id` is stored (and not deleted). */
+  has(resourceType, id) {
+    return Boolean(id) && Boolean(this.resources.get(resourceType)?.has(id));
+  }
+
   /** Current versions, optionally of one type, in creation order. */
   list(resourceType) {
     const maps = resourceType ? [this.resources.get(resourceType) ?? new Map()] : [...this.resources.values()];

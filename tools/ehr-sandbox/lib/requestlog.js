@@ -5,7 +5,9 @@
  *
  * Entries are recorded when a request arrives and completed when it is answered, so a request held by a delay
  * fault is visible with `status: null`. Authorization values are cut to their scheme: the log is served without
- * authentication. The log keeps the most recent MAX_ENTRIES entries so long benchmark runs stay bounded.
+ * authentication. `refusal` is null, or `{kind, detail}` when the sandbox refused the request (or an entry of its
+ * Bundle) for using something its CapabilityStatement does not declare, or for breaking a vendor rule (see
+ * capabilities.js). The log keeps the most recent MAX_ENTRIES entries so long benchmark runs stay bounded.
  */
 const MAX_ENTRIES = 10000;
 
@@ -26,6 +28,7 @@ class RequestLog {
       status: null,
       dropped: false,
       fault: null,
+      refusal: null,
       durationMs: null,
     };
     const started = process.hrtime.bigint();
@@ -48,6 +51,12 @@ class RequestLog {
       },
       fault(action) {
         entry.fault = action;
+      },
+      /** Records why the request was refused: `{kind, detail}`; undefined (not refused) changes nothing. */
+      refused(refusal) {
+        if (refusal) {
+          entry.refusal = { kind: refusal.kind, detail: refusal.detail };
+        }
       },
     };
   }
