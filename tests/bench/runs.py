@@ -85,7 +85,7 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                              total=sizes.memory_requests, connections=64))
         if "5" in wanted:
             figures.append(delivery.figure_delivery(server, plans=sizes.delivery_plans, env=careplan_env))
-        if "8" in wanted:
+        if "9" in wanted:
             figures.append(subscriptions.figure_fan_out(server, subscriptions=sizes.subscriptions, env=careplan_env))
         if "6" in wanted:
             growth_rounds = 1 if sizes.rounds < 5 else 3
