@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.careplan.scheduling import ClinicCalendar
@@ -176,6 +176,13 @@ class CareplanSettings(ServiceSettings):
             if not prefix.startswith(("https://", "http://")) or "@" in prefix:
                 raise ValueError(f"each prefix is an http(s) URL without credentials (got {prefix!r})")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_request(self) -> CareplanSettings:
+        """A notification's claim outlasts its request: else a second worker sends it while the first still is."""
+        if self.SUBSCRIPTION_LEASE_SECONDS <= self.SUBSCRIPTION_TIMEOUT_MAX_SECONDS:
+            raise ValueError("SUBSCRIPTION_LEASE_SECONDS must exceed SUBSCRIPTION_TIMEOUT_MAX_SECONDS")
+        return self
 
     def subscription_endpoints(self) -> list[str]:
         return [p.strip() for p in self.SUBSCRIPTION_ENDPOINTS.split(",") if p.strip()]

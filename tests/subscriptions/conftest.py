@@ -26,6 +26,7 @@ TOPIC = "https://fhir.cicatrix.org/SubscriptionTopic/"
 JSON = {"content-type": "application/fhir+json"}
 QUICK = FAST | {"SUBSCRIPTION_BACKOFF_SECONDS": 0.05, "SUBSCRIPTION_BACKOFF_MAX_SECONDS": 0.2,
                 "SUBSCRIPTION_POLL_SECONDS": 0.5, "SUBSCRIPTION_LEASE_SECONDS": 10.0,
+                "SUBSCRIPTION_TIMEOUT_MAX_SECONDS": 5.0,
                 "SUBSCRIPTION_TIMEOUT_SECONDS": 2.0, "SUBSCRIPTION_HEARTBEAT_MIN_SECONDS": 1}
 
 

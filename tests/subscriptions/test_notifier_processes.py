@@ -24,9 +24,12 @@ PLANS = 8
 
 
 def worker_settings(receiver) -> dict[str, str]:
+    """Short leases (a killed worker's notifications and deliveries come back quickly), each above its timeout."""
     return {"SUBSCRIPTION_ENDPOINTS": receiver.base, "SUBSCRIPTION_BACKOFF_SECONDS": "0.05",
             "SUBSCRIPTION_BACKOFF_MAX_SECONDS": "0.2", "SUBSCRIPTION_POLL_SECONDS": "0.5",
-            "SUBSCRIPTION_LEASE_SECONDS": "1.5", "SUBSCRIPTION_BATCH_SIZE": "4"}
+            "SUBSCRIPTION_TIMEOUT_SECONDS": "2", "SUBSCRIPTION_TIMEOUT_MAX_SECONDS": "2",
+            "SUBSCRIPTION_LEASE_SECONDS": "3", "SUBSCRIPTION_BATCH_SIZE": "4",
+            "DELIVERY_LEASE_SECONDS": "3", "EHR_TIMEOUT_SECONDS": "2"}
 
 
 def first_seen_order(receiver, subscription_id: str) -> tuple[list[int], Counter[int]]:
@@ -70,8 +73,10 @@ def test_sigkill_mid_notification_loses_nothing_and_repeats_only_what_was_in_fli
     assert held, "the kill should leave claimed notifications behind"
 
     receiver.delay = 0
-    restarted = dispatch(database_url, ehr_sandbox.base_url, drain=True, **worker_settings(receiver))
-    assert restarted.wait(timeout=60) == 0
+    # a longer lease now: on a loaded machine a slow attempt must not be taken over by this very worker
+    restarted = dispatch(database_url, ehr_sandbox.base_url, drain=True,
+                         **worker_settings(receiver) | {"SUBSCRIPTION_LEASE_SECONDS": "10"})
+    assert restarted.wait(timeout=120) == 0
 
     for subscription_id in ids:
         order, counts = first_seen_order(receiver, subscription_id)
@@ -94,7 +99,7 @@ def test_several_workers_share_the_notifications_on_postgresql(pg_engine, ehr_sa
     workers = [dispatch(database_url, ehr_sandbox.base_url, drain=True, **worker_settings(receiver))
                for _ in range(3)]
     for worker in workers:
-        assert worker.wait(timeout=60) == 0
+        assert worker.wait(timeout=120) == 0
 
     for subscription_id in ids:
         order, counts = first_seen_order(receiver, subscription_id)
