@@ -19,8 +19,7 @@ A claim sets `claimed_until`. A worker killed mid-send leaves its rows `sending`
 the lease runs out they are due again and claimed as *ambiguous* (the remote end may
 have received the earlier attempt).
 
-Columns a queue table needs: id, state, next_attempt_at, claimed_by, claimed_until,
-lease, ambiguous, first_attempt_at, updated, row_version, plus its group and order.
+A queue table is a `LeaseColumns` model with an `id` and its group and order columns.
 """
 
 from __future__ import annotations
@@ -30,15 +29,43 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import DateTime, Text, and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
-from sqlmodel import Session
+from sqlmodel import Field, Session, SQLModel
 
 from services.fhir.store import as_utc, utcnow
 
 PENDING, SENDING = "pending", "sending"
 OPEN_STATES = (PENDING, SENDING)
+
+def _when(**kwargs: Any) -> Any:
+    return Field(sa_type=DateTime(timezone=True), **kwargs)
+
+
+class LeaseColumns(SQLModel):
+    """The state every leased-queue row carries: where it is, its attempts, its lease and its last error."""
+
+    state: str = Field(default=PENDING, max_length=16)
+    attempts: int = 0
+    created: datetime = _when(nullable=False)
+    updated: datetime = _when(nullable=False)
+    window_start: datetime = _when(nullable=False)
+    """Start of the retry window (the max-age bound): when the row was queued, or queued again."""
+    next_attempt_at: datetime = _when(nullable=False)
+    first_attempt_at: datetime | None = _when(default=None)
+    finished_at: datetime | None = _when(default=None)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: datetime | None = _when(default=None)
+    lease: int = 0
+    """Fencing token: bumped by every claim; a worker writes its result only while the lease is still its own."""
+    ambiguous: bool = False
+    """The remote end may have received an earlier attempt (its worker died or lost its lease mid-send)."""
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    row_version: int = 1
+    """Bumped on every change of the row (a delivery Task's meta.versionId)."""
+
 
 AfterFinish = Callable[[Connection], None]
 """Runs in the transaction that records a result (only when the lease was still ours)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
@@ -37,9 +37,10 @@ from services.careplan.subscriptions.resource import (
 )
 from services.careplan.subscriptions.tables import DROPPED, EVENT, HANDSHAKE, OFF, Notification, Subscription
 from services.careplan.subscriptions.topics import BY_ID, TOPICS, topic_resource
+from services.fhir.bundles import ignored_parameter, rendered_searchset
 from services.fhir.compartment import current_access
 from services.fhir.jsonio import read_json, read_resource
-from services.fhir.outcome import BadRequest, Forbidden, Gone, Issue, NotFound, Unprocessable, operation_outcome
+from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unprocessable
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
 from services.fhir.service import ContextDep, SessionDep
@@ -158,21 +159,12 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
                     raise BadRequest("_count must be a non-negative integer", expression="_count")
                 count = min(int(value), MAX_COUNT)
             elif name != "_format":
-                warnings.append(Issue(code="not-supported", severity="warning",
-                                      diagnostics=f"Unknown search parameter ignored: {name}", expression=(name,)))
+                warnings.append(ignored_parameter(name))
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
         rows = session.scalars(stmt.order_by(Subscription.created, Subscription.id).limit(count)).all()
-        base = fhir_base(request, ctx.settings.BASE_URL)
-        kept = [(k, v) for k, v in pairs if k in SEARCH_PARAMS]
-        entries: list[dict[str, Any]] = [{"fullUrl": f"{base}/Subscription/{row.id}", "resource": render(row),
-                                          "search": {"mode": "match"}} for row in rows]
-        if warnings:
-            entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
-                                  "link": [{"relation": "self", "url": f"{base}/Subscription"
-                                            + (f"?{urlencode(kept)}" if kept else "")}]}
-        if entries:
-            bundle["entry"] = entries
+        bundle = rendered_searchset(fhir_base(request, ctx.settings.BASE_URL), "Subscription",
+                                    [render(row) for row in rows], total=total,
+                                    params=[(k, v) for k, v in pairs if k in SEARCH_PARAMS], warnings=warnings)
         return FhirResponse(bundle)
 
     @router.get("/Subscription/{subscription_id}", name="read-subscription")

@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy import DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from services.careplan.leases import PENDING
+from services.careplan.leases import LeaseColumns
 
 REQUESTED, ACTIVE, ERROR, OFF = "requested", "active", "error", "off"
 HANDSHAKE, EVENT = "handshake", "event-notification"
@@ -63,7 +63,7 @@ class Subscription(SQLModel, table=True):
         return list(orjson.loads(self.headers))
 
 
-class Notification(SQLModel, table=True):
+class Notification(LeaseColumns, table=True):
     __tablename__ = "careplan_subscription_notification"
     __table_args__ = (
         UniqueConstraint("subscription_id", "seq", name="uq_careplan_notification_seq"),
@@ -82,19 +82,3 @@ class Notification(SQLModel, table=True):
     interaction: str | None = Field(default=None, max_length=8)
     """create | update: how the focus came to be (the notification Bundle's entry.request)."""
     occurred: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    state: str = Field(default=PENDING, max_length=16)
-    attempts: int = 0
-    window_start: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    next_attempt_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    first_attempt_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    claimed_by: str | None = Field(default=None, max_length=128)
-    claimed_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    lease: int = 0
-    ambiguous: bool = False
-    """An earlier attempt may have reached the endpoint (at-least-once: the receiver sees the number again)."""
-    last_status: int | None = None
-    last_error: str | None = Field(default=None, sa_type=Text)
-    created: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    updated: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    row_version: int = 1
