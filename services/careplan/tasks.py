@@ -39,7 +39,7 @@ from services.careplan.delivery.outbox import (
     SENDING,
     Delivery,
 )
-from services.fhir.bundles import ignored_parameter, rendered_searchset
+from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
@@ -192,9 +192,7 @@ def tasks_router(*, poke: Any = None) -> APIRouter:
             elif name == "_id":
                 stmt = stmt.where(Delivery.id.in_(value.split(",")))
             elif name == "_count":
-                if not value.isdigit():
-                    raise BadRequest("_count must be a non-negative integer", expression="_count")
-                count = min(int(value), MAX_COUNT)
+                count = page_size(value, MAX_COUNT)
             elif name != "_format":
                 warnings.append(ignored_parameter(name))
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
-from services.fhir.outcome import Issue, operation_outcome
+from services.fhir.outcome import BadRequest, Issue, operation_outcome
 from services.fhir.store import SearchPage, StoredResource, instant, utcnow
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
@@ -152,3 +152,10 @@ def ignored_parameter(name: str) -> Issue:
     """The warning for a search parameter a rendered search does not understand."""
     return Issue(code="not-supported", severity="warning", diagnostics=f"Unknown search parameter ignored: {name}",
                  expression=(name,))
+
+
+def page_size(value: str, maximum: int) -> int:
+    """A `_count` value for a rendered search, capped at `maximum`; 400 when it is not a number."""
+    if not value.isdigit():
+        raise BadRequest("_count must be a non-negative integer", expression="_count")
+    return min(int(value), maximum)

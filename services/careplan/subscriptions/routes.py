@@ -37,7 +37,7 @@ from services.careplan.subscriptions.resource import (
 )
 from services.careplan.subscriptions.tables import DROPPED, EVENT, HANDSHAKE, OFF, Notification, Subscription
 from services.careplan.subscriptions.topics import BY_ID, TOPICS, topic_resource
-from services.fhir.bundles import ignored_parameter, rendered_searchset
+from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import current_access
 from services.fhir.jsonio import read_json, read_resource
 from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unprocessable
@@ -155,9 +155,7 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
             elif name == "_id":
                 stmt = stmt.where(Subscription.id.in_(value.split(",")))
             elif name == "_count":
-                if not value.isdigit():
-                    raise BadRequest("_count must be a non-negative integer", expression="_count")
-                count = min(int(value), MAX_COUNT)
+                count = page_size(value, MAX_COUNT)
             elif name != "_format":
                 warnings.append(ignored_parameter(name))
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
