@@ -13,6 +13,7 @@ evaluated every time.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from functools import lru_cache
 from typing import Any
@@ -106,6 +107,7 @@ class ConditionResults:
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
         self._results: OrderedDict[tuple[str, bytes], list[Any]] = OrderedDict()
+        self._lock = threading.Lock()  # plans are made in worker threads; reordering is not atomic
 
     def key(self, expression: str, resource: Any, variables: dict[str, Any]) -> tuple[str, bytes] | None:
         """Where the result is kept, or None when it cannot be kept (see `reads`)."""
@@ -118,13 +120,14 @@ class ConditionResults:
         return expression, orjson.dumps([resource.get("resourceType"), items], option=orjson.OPT_SORT_KEYS)
 
     def get(self, key: tuple[str, bytes]) -> list[Any] | None:
-        found = self._results.get(key)
-        if found is not None:
-            self._results.move_to_end(key)
-            return list(found)
-        return None
+        with self._lock:
+            found = self._results.get(key)
+            if found is not None:
+                self._results.move_to_end(key)
+        return list(found) if found is not None else None
 
     def put(self, key: tuple[str, bytes], result: list[Any]) -> None:
-        self._results[key] = list(result)
-        if len(self._results) > self.size:
-            self._results.popitem(last=False)
+        with self._lock:
+            self._results[key] = list(result)
+            if len(self._results) > self.size:
+                self._results.popitem(last=False)

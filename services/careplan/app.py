@@ -11,6 +11,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.careplan.catalog_client import CatalogClient
+from services.careplan.cds.discovery import SERVICES as CDS_SERVICES
+from services.careplan.cds.router import PREFIX as CDS_PREFIX
+from services.careplan.cds.router import CdsCors, CdsHooks, cds_router
 from services.careplan.delivery.embedded import EmbeddedDelivery
 from services.careplan.generate import CarePlanner, PlanHook, PlanRepository
 from services.careplan.knowledge import Knowledge
@@ -42,6 +45,7 @@ BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
 TOPIC_CANONICAL_EXTENSION = BACKPORT + "StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 STATUS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-status"
 EVENTS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-events"
+CDS_SERVICE_LIST = ", ".join(f"{s.id} ({s.hook})" for s in CDS_SERVICES.values())
 MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "careplan_alembic_version")
 SERVED_TYPES = ("CarePlan", "QuestionnaireResponse", "AuditEvent")
 
@@ -53,7 +57,8 @@ def make_store() -> ResourceStore:
 def capability() -> CapabilityBuilder:
     builder = CapabilityBuilder(
         name="CicatrixCareplan", title="Care plans", software_version=VERSION,
-        description="Scar assessments turned into scheduled, screened CarePlans delivered to the EHR.",
+        description="Scar assessments turned into scheduled, screened CarePlans delivered to the EHR. "
+                    f"CDS Hooks 2.0 services at /cds-services (discovery lists them): {CDS_SERVICE_LIST}.",
     )
     for resource_type in SERVED_TYPES:
         params = search_params_of(SEARCH_PARAMS.get(resource_type, {}).values())
@@ -119,18 +124,23 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
         await catalog.close()
 
     compartment = patient_compartment()  # security (issue 6): patient/ scopes, audit trail
+    trail = audit_trail(store, compartment)
+    cds = CdsHooks(settings, planner, trail)
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), startup=[delivery.start, subscriptions.start],
-                    shutdown=[delivery.stop, subscriptions.stop, close_catalog],
-                    access=access_policy(compartment), audit=audit_trail(store, compartment))
+                    capability=capability(), startup=[cds.start, delivery.start, subscriptions.start],
+                    shutdown=[delivery.stop, subscriptions.stop, close_catalog, cds.stop],
+                    access=access_policy(compartment), audit=trail, own_auth_prefixes=(CDS_PREFIX,))
+    if settings.cds_cors_origins:
+        app.add_middleware(CdsCors, origins=settings.cds_cors_origins)
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
                              "delivery": delivery, "subscriptions": subscriptions}
     delivery.register_metrics(app.state.ctx)
-    app.include_router(tasks_router(poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
-    app.include_router(plan_updates_router(store, hooks))
+    app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
+    app.include_router(plan_updates_router(store, repository.hooks))
     app.include_router(subscriptions_router(store, poke=subscriptions.poke))
     # --- end delivery
     app.include_router(operations_router(planner, repository))
+    app.include_router(cds_router(cds))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,
                                         sortable=SORTABLE, **compartment.hooks())
     app.include_router(interactions.router())

@@ -12,6 +12,7 @@ delivery outbox is one), so nothing is written that is not also queued.
 from __future__ import annotations
 
 import calendar as month_calendar
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import false, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from services.careplan.careplan_builder import build_careplan, plan_identifier
 from services.careplan.intake import Assessment, GenerateRequest, check_assessment, stored_response_id
@@ -37,7 +39,7 @@ from services.careplan.scheduling import (
     symmetric_conflicts,
 )
 from services.careplan.tables import AssessmentPlan
-from services.fhir.outcome import Unprocessable
+from services.fhir.outcome import Conflict, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource
 
 log = logging.getLogger("cicatrix.careplan.generate")
@@ -76,15 +78,18 @@ class CarePlanner:
         assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
-        allergies = assessment.allergies(request.allergy_intolerances)
-        draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
         start = request.start or next_working_day(self.clinic, datetime.now(ZoneInfo(self.clinic.timezone)).date())
-        sessions, end = self._schedule(draft, start)
-        careplan = build_careplan(
-            draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
-            status=status, start=start, end=end, created=created or datetime.now(UTC),
-            assessment_reference=assessment_reference)
-        return PlanResult(careplan, assessment, protocol)
+
+        def plan() -> dict[str, Any]:  # FHIRPath, screening and scheduling: CPU work, kept off the event loop
+            allergies = assessment.allergies(request.allergy_intolerances)
+            draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
+            sessions, end = self._schedule(draft, start)
+            return build_careplan(
+                draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
+                status=status, start=start, end=end, created=created or datetime.now(UTC),
+                assessment_reference=assessment_reference)
+
+        return PlanResult(await run_in_threadpool(plan), assessment, protocol)
 
     async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
         if request.plan_definition:
@@ -128,11 +133,19 @@ class CarePlanner:
 
 
 class PlanRepository:
-    """Stores assessments and plans; idempotent per assessment, revoking what a reassessment replaces."""
+    """Stores assessments and plans; idempotent per assessment, revoking what a reassessment replaces.
+
+    A patient's body site has at most one active plan. Plan writes for one site are serialised (a transaction
+    lock per site on PostgreSQL, the database's write lock on SQLite), so a reassessment always sees, and
+    revokes, the plan the one before it made active; the partial unique index on `AssessmentPlan.active` holds
+    the rule for every other writer, and a save that still collides is retried rather than refused."""
+
+    ATTEMPTS = 5
 
     def __init__(self, store: ResourceStore, hooks: list[PlanHook]) -> None:
         self.store = store
-        self.hooks = hooks
+        self.hooks: list[PlanHook] = [self.record_status, *hooks]
+        """`hooks` after the repository's own: a second active plan fails before anything is queued."""
 
     def existing(self, session: Session, subject: str, assessment_key: str) -> StoredResource | None:
         row = session.get(AssessmentPlan, (subject, assessment_key))
@@ -140,45 +153,65 @@ class PlanRepository:
 
     def save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
         """Store the plan (and its assessment); returns (plan, created). A duplicate returns the first plan."""
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                return self._save(session, result, careplan_id=careplan_id)
+            except (IntegrityError, PreconditionFailed, Conflict):
+                session.rollback()
+                existing = self.existing(session, result.assessment.subject, result.assessment.key)
+                if existing is not None:
+                    return existing, False
+                log.info("careplan save collided; retrying", extra={"careplan_id": careplan_id, "attempt": attempt})
+        raise ServiceUnavailable("Other plans for this patient and body site were being stored at the same time; "
+                                 "submit the assessment again", headers={"Retry-After": "1"})
+
+    def _save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
         assessment = result.assessment
         site = assessment.body_site or {}
         body_site = f"{site.get('system', '')}|{site.get('code', '')}"
+        self._lock_site(session, assessment.subject, body_site)
         previous = self._active_plan_for_site(session, assessment.subject, body_site)
         careplan = dict(result.careplan)
         if previous is not None:
             careplan["replaces"] = [{"reference": f"CarePlan/{previous.id}"}]
+            self._revoke(session, previous, replaced_by=careplan_id)  # first: the new plan may be the active one
         response = dict(assessment.response)
         response_id = stored_response_id(assessment.subject, assessment.key)
-        try:
-            # Both ids derive from (subject, assessment), so a concurrent submission of the same assessment
-            # fails here with IntegrityError and is answered with the plan the other one stored.
-            _, stored = self.store.create_many(session, [response, careplan], ids=[response_id, careplan_id])
-            session.add(AssessmentPlan(subject=assessment.subject, assessment_key=assessment.key,
-                                       body_site=body_site, careplan_id=stored.id,
-                                       questionnaire_response_id=response_id, created=stored.last_updated))
-            for hook in self.hooks:
-                hook(session, stored, None)
-            if previous is not None:
-                self._revoke(session, previous, replaced_by=stored.id)
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            existing = self.existing(session, assessment.subject, assessment.key)
-            if existing is None:
-                raise
-            return existing, False
+        # Both ids derive from (subject, assessment), so a concurrent submission of the same assessment
+        # fails here with IntegrityError and is answered with the plan the other one stored.
+        _, stored = self.store.create_many(session, [response, careplan], ids=[response_id, careplan_id])
+        session.add(AssessmentPlan(subject=assessment.subject, assessment_key=assessment.key,
+                                   body_site=body_site, careplan_id=stored.id,
+                                   questionnaire_response_id=response_id, created=stored.last_updated,
+                                   active=careplan.get("status") == "active"))
+        for hook in self.hooks:
+            hook(session, stored, None)
+        session.commit()
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": previous.id if previous else None})
         return stored, True
 
+    def record_status(self, session: Session, stored: StoredResource, previous: StoredResource | None) -> None:
+        """Plan hook: keeps `AssessmentPlan.active` in step with a changed plan's status (a new plan's row is
+        written with it), so that the unique index sees every activation; a second active plan fails the write."""
+        if previous is not None:
+            session.execute(update(AssessmentPlan).where(AssessmentPlan.careplan_id == stored.id)
+                            .values(active=stored.parsed().get("status") == "active"))
+
+    @staticmethod
+    def _lock_site(session: Session, subject: str, body_site: str) -> None:
+        """Serialise plan writes for one patient and body site until this transaction ends."""
+        if session.get_bind().dialect.name == "postgresql":
+            digest = hashlib.blake2b(f"{subject}\n{body_site}".encode(), digest_size=8).digest()
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": int.from_bytes(digest, "big", signed=True)})
+        else:  # SQLite has one writer: a write statement takes its lock, and later reads see what committed before
+            session.execute(update(AssessmentPlan).where(false()).values(active=False))
+
     def _active_plan_for_site(self, session: Session, subject: str, body_site: str) -> StoredResource | None:
-        rows = session.scalars(select(AssessmentPlan).where(
-            AssessmentPlan.subject == subject, AssessmentPlan.body_site == body_site,
-        ).order_by(AssessmentPlan.created.desc())).all()
-        for row in rows:
-            plan = self.store.read(session, "CarePlan", row.careplan_id)
-            if plan.parsed().get("status") == "active":
-                return plan
-        return None
+        row = session.scalars(select(AssessmentPlan).where(
+            AssessmentPlan.subject == subject, AssessmentPlan.body_site == body_site, AssessmentPlan.active,
+        )).first()
+        return self.store.read(session, "CarePlan", row.careplan_id) if row else None
 
     def _revoke(self, session: Session, plan: StoredResource, *, replaced_by: str) -> None:
         resource = plan.parsed()

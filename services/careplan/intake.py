@@ -282,7 +282,7 @@ async def check_assessment(request: GenerateRequest, questionnaire: dict[str, An
         values = await _answers(item, question, where, value_set_codes, issues)
         answers[link_id] = values
     for link_id, question in items.items():
-        if question.get("required") and link_id not in seen:
+        if question.get("required") and not answers.get(link_id):
             issues.append(_issue("QuestionnaireResponse.item",
                                  f"The required question '{link_id}' ({question.get('text', '')}) is not answered",
                                  "required"))

@@ -24,6 +24,8 @@ EXT = "https://fhir.cicatrix.org/StructureDefinition/"
 DELIVERED_PREPARATION = EXT + "delivered-preparation"
 NOT_SAME_DAY_AS = EXT + "not-same-day-as"
 MINIMUM_INTERVAL = EXT + "minimum-interval"
+NOT_SAME_DAY_GAP = EXT + "not-same-day-gap"
+NOT_SAME_DAY_REASON = EXT + "not-same-day-reason"
 COURSE_BREAK = EXT + "course-break"
 GOAL_CONDITION = EXT + "goal-condition"
 PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
@@ -103,6 +105,8 @@ class Protocol:
     """MedicationKnowledge.productType codings by 'Medication/<id>'."""
     screening: list[dict[str, Any]]
     """Screening rule sets (PlanDefinitions of type eca-rule)."""
+    contraindications: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The DetectedIssues MedicationKnowledge.contraindication names, by 'Medication/<id>'."""
 
     @property
     def canonical(self) -> str:
@@ -174,16 +178,37 @@ class Knowledge:
         if missing:
             extra = await self.catalog.get("/Medication", [("_id", ",".join(missing)), ("_count", "1000")])
             medications |= {f"Medication/{m['id']}": m for m in _resources(extra, "Medication")}
+        return await self._with_screening(plan, activities, medications)
+
+    async def formulary(self) -> Protocol:
+        """Every active activity and preparation of the catalog with the screening rules, as one Protocol
+        without a plan: what orders written outside a plan are screened against (CDS Hooks)."""
+        definitions = await self.catalog.get("/ActivityDefinition", [("status", "active"), ("_count", "1000")])
+        activities: dict[str, dict[str, Any]] = {}
+        for activity in _resources(definitions, "ActivityDefinition"):
+            activities[activity["url"]] = activity
+            activities[versioned(activity)] = activity
+        bundle = await self.catalog.get("/Medication", [("_count", "1000")])
+        medications = {f"Medication/{m['id']}": m for m in _resources(bundle, "Medication")}
+        return await self._with_screening({}, activities, medications)
+
+    async def _with_screening(self, plan: dict[str, Any], activities: dict[str, dict[str, Any]],
+                              medications: dict[str, dict[str, Any]]) -> Protocol:
         knowledge = await self.catalog.get("/MedicationKnowledge", [("status", "active"), ("_count", "1000")])
         classes: dict[str, list[dict[str, Any]]] = {}
+        contraindications: dict[str, list[dict[str, Any]]] = {}
         for item in _resources(knowledge, "MedicationKnowledge"):
+            contained = {f"#{r.get('id')}": r for r in item.get("contained", []) if isinstance(r, dict)}
+            issues = [contained[ref["reference"]] for ref in item.get("contraindication", [])
+                      if isinstance(ref, dict) and ref.get("reference") in contained]
             for medication in item.get("associatedMedication", []):
                 found = [c for concept in item.get("productType", []) for c in codings(concept)]
                 classes.setdefault(medication.get("reference", ""), []).extend(found)
+                contraindications.setdefault(medication.get("reference", ""), []).extend(issues)
         screening_bundle = await self.catalog.get("/PlanDefinition", [
             ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")])
         return Protocol(plan=plan, activities=activities, medications=medications, classes=classes,
-                        screening=_resources(screening_bundle, "PlanDefinition"))
+                        screening=_resources(screening_bundle, "PlanDefinition"), contraindications=contraindications)
 
 
 def _walk_actions(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

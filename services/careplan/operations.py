@@ -1,9 +1,13 @@
 """The care-plan operations: `CarePlan/$generate` and `PlanDefinition/$apply`.
 
 `$generate` creates and stores the plan (201 with Location; 200 with the same plan
-when the assessment was already submitted). `$apply` answers the CarePlan the
-protocol would produce and stores nothing, as the Clinical Practice Guidelines
-operation defines.
+when the assessment was already submitted). The assessment is checked before any
+stored plan is looked up, and a stored plan is returned only to a caller that may
+read plans (`CarePlan.r`): a create-only caller resubmitting an assessment gets 200
+with the plan's Location and ETag and an OperationOutcome instead, as if it had
+sent `Prefer: return=OperationOutcome`, so its retry still succeeds without
+reading what it was not granted. `$apply` answers the CarePlan the protocol would
+produce and stores nothing, as the Clinical Practice Guidelines operation defines.
 """
 
 from __future__ import annotations
@@ -14,11 +18,20 @@ from starlette.responses import Response
 
 from services.careplan.careplan_builder import plan_identifier
 from services.careplan.generate import CarePlanner, PlanRepository
-from services.careplan.intake import assessment_key, parse_apply, parse_generate, stored_response_id
+from services.careplan.intake import (
+    GenerateRequest,
+    assessment_key,
+    check_assessment,
+    parse_apply,
+    parse_generate,
+    stored_response_id,
+)
+from services.fhir.compartment import current_access, touched
 from services.fhir.jsonio import read_json
-from services.fhir.outcome import NotFound
+from services.fhir.outcome import Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
-from services.fhir.rest import fhir_base, write_response
+from services.fhir.rest import fhir_base, resource_headers, write_response
+from services.fhir.scopes import required_scope
 from services.fhir.service import ContextDep, ServiceContext
 from services.fhir.store import StoredResource
 
@@ -36,9 +49,10 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
         key = assessment_key(parsed.assessment)
         base = fhir_base(request, ctx.settings.BASE_URL)
         if key is not None:
+            await _check(planner, parsed)  # an invalid request learns nothing about what is stored
             found = await run_in_threadpool(_existing, ctx, repository, parsed.subject, key)
             if found is not None:
-                return write_response(request, found, base=base, created=False)
+                return _already_generated(request, found, base)
         identifier = plan_identifier(key, parsed.subject) if key else None
         reference = f"QuestionnaireResponse/{stored_response_id(parsed.subject, key)}" if key else None
         result = await planner.draft_plan(parsed, status=parsed.status, identifier=identifier,
@@ -69,6 +83,26 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
         return FhirResponse(result.careplan)
 
     return router
+
+
+async def _check(planner: CarePlanner, parsed: GenerateRequest) -> None:
+    """The assessment checks planning runs (422 with every problem), before a stored plan is looked up."""
+    questionnaire = await planner.knowledge.questionnaire(planner.questionnaire_url)
+    await check_assessment(parsed, questionnaire, planner.knowledge.value_set_codes)
+
+
+def _already_generated(request: Request, stored: StoredResource, base: str) -> Response:
+    """The plan an earlier submission stored: in full to a caller that may read plans, else only where it is."""
+    access = current_access(request)
+    if access is not None and access.allows("CarePlan", "r"):
+        return write_response(request, stored, base=base, created=False)
+    touched(request.scope).append(stored)  # recorded in the audit trail though its content is not returned
+    outcome = operation_outcome([Issue(
+        code="informational", severity="information",
+        diagnostics=f"This assessment was already turned into CarePlan/{stored.id}; reading it needs the scope "
+                    f"{required_scope('CarePlan', 'r')} (or its user/ form)")])
+    return FhirResponse(outcome, headers=resource_headers(stored) | {
+        "Location": f"{base}/CarePlan/{stored.id}/_history/{stored.version_id}"})
 
 
 def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:

@@ -8,10 +8,14 @@ revoked when it is withdrawn, ...) and may add **notes**. Both interactions acce
 exactly that:
 
 - `PUT` with the whole CarePlan (as read, `id` = URL id) and `If-Match` on its current
-  version; elements other than `status` and `note` must be unchanged (`meta` ignored);
-- `PATCH` with a JSON Patch (`application/json-patch+json`, RFC 6902: add, remove,
-  replace, test) against the current version, `If-Match` required as well; the
-  patched plan must meet the same rule.
+  version; elements other than `status` and `note` must be unchanged;
+- `PATCH` with a JSON Patch (`application/json-patch+json`, RFC 6902) against the
+  current version, `If-Match` required as well; the patched plan must meet the same rule.
+
+`meta` belongs to the server: `versionId` and `lastUpdated` are set on every write, and
+`security`, `tag`, `source` and `profile` stay what the plan was stored with. A request
+may repeat them as read or leave them out; one that changes them is refused (422), so a
+security label or provenance tag can never be forged along with a note.
 
 A change writes a new version and, through the plan hooks, queues its delivery in
 the same transaction: the EHR's copy is then updated with `If-Match` on the version
@@ -21,17 +25,21 @@ answers 200 with the current version and queues nothing.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+import jsonpatch
 from fastapi import APIRouter, Request
+from jsonpointer import JsonPointerException
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.generate import PlanHook
+from services.careplan.tables import AssessmentPlan
 from services.fhir.jsonio import loads, media_type, read_resource
-from services.fhir.outcome import BadRequest, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
+from services.fhir.outcome import BadRequest, Conflict, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
 from services.fhir.rest import fhir_base, version_from_etag, write_response
 from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
@@ -39,7 +47,7 @@ from services.fhir.validation import r4_issues
 
 JSON_PATCH = "application/json-patch+json"
 MUTABLE = frozenset({"status", "note"})
-IGNORED = frozenset({"meta"})
+SERVER_SET_META = frozenset({"versionId", "lastUpdated"})
 TRANSITIONS: dict[str, frozenset[str]] = {
     "draft": frozenset({"active", "revoked", "entered-in-error"}),
     "active": frozenset({"on-hold", "revoked", "completed", "entered-in-error"}),
@@ -50,8 +58,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 def check_change(current: dict[str, Any], proposed: dict[str, Any]) -> None:
     """422 unless `proposed` differs from `current` in status (an allowed transition) and notes only."""
-    keys = (set(current) | set(proposed)) - IGNORED - MUTABLE
+    keys = (set(current) | set(proposed)) - MUTABLE - {"meta"}
     changed = sorted(k for k in keys if current.get(k) != proposed.get(k))
+    changed += sorted(f"meta.{k}" for k in _meta_changes(current, proposed))
     if changed:
         raise Unprocessable(
             "Only status and note can change on a stored CarePlan; submit a new assessment for a new plan "
@@ -59,78 +68,58 @@ def check_change(current: dict[str, Any], proposed: dict[str, Any]) -> None:
             issues=[Issue(code="business-rule", diagnostics=f"CarePlan.{key} cannot be changed",
                           expression=(f"CarePlan.{key}",)) for key in changed])
     old, new = current.get("status"), proposed.get("status")
-    if old != new and new not in TRANSITIONS.get(str(old), frozenset()):
+    if old != new and (not isinstance(new, str) or new not in TRANSITIONS.get(str(old), frozenset())):
         allowed = ", ".join(sorted(TRANSITIONS.get(str(old), frozenset()))) or "none (final)"
         raise Unprocessable(f"A {old} CarePlan cannot become {new}; allowed: {allowed}",
                             expression="CarePlan.status", code="business-rule")
 
 
+def _meta_changes(current: dict[str, Any], proposed: dict[str, Any]) -> list[str]:
+    """The server-owned `meta` elements `proposed` gives a value other than the stored one (absent is kept)."""
+    old, new = current.get("meta") or {}, proposed.get("meta")
+    if new is None:
+        return []
+    if not isinstance(new, dict):
+        return ["meta"]
+    return [k for k in new if k not in SERVER_SET_META and new[k] != old.get(k)]
+
+
 # ----------------------------------------------------------------- JSON Patch
 
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise BadRequest(f"JSON Patch path '{path}' must start with '/'", expression="path")
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def _parent(document: Any, parts: list[str]) -> tuple[Any, str]:
-    node = document
-    for part in parts[:-1]:
-        try:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise Unprocessable(f"JSON Patch path /{'/'.join(parts)} does not exist", code="processing") from None
-    return node, parts[-1]
-
-
 def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any]:
-    """RFC 6902 add / remove / replace / test on a copy of `document`."""
-    if not isinstance(operations, list):
-        raise BadRequest("A JSON Patch is an array of operations", code="structure")
-    result = copy.deepcopy(document)
-    for index, operation in enumerate(operations):
-        if not isinstance(operation, dict) or "op" not in operation or "path" not in operation:
-            raise BadRequest(f"JSON Patch operation {index} needs 'op' and 'path'", code="structure")
-        op, parts = operation["op"], _pointer(operation["path"])
-        if not parts:
-            raise Unprocessable("JSON Patch cannot replace the whole resource", code="processing")
-        if op not in ("add", "remove", "replace", "test"):
-            raise BadRequest(f"JSON Patch op '{op}' is not supported (add, remove, replace, test)",
-                             code="not-supported")
-        if op in ("add", "replace", "test") and "value" not in operation:
-            raise BadRequest(f"JSON Patch operation {index} ({op}) needs a 'value'", code="structure")
-        parent, key = _parent(result, parts)
-        try:
-            if isinstance(parent, list):
-                position = len(parent) if key == "-" else int(key)
-                if op == "add":
-                    parent.insert(position, operation["value"])
-                elif op == "remove":
-                    parent.pop(position)
-                elif op == "replace":
-                    parent[position] = operation["value"]
-                elif parent[position] != operation["value"]:
-                    raise PreconditionFailed(f"JSON Patch test failed at {operation['path']}", code="processing")
-            elif isinstance(parent, dict):
-                if op in ("remove", "replace", "test") and key not in parent:
-                    raise Unprocessable(f"JSON Patch path {operation['path']} does not exist", code="processing")
-                if op in ("add", "replace"):
-                    parent[key] = operation["value"]
-                elif op == "remove":
-                    del parent[key]
-                elif parent[key] != operation["value"]:
-                    raise PreconditionFailed(f"JSON Patch test failed at {operation['path']}", code="processing")
-            else:
-                raise Unprocessable(f"JSON Patch path {operation['path']} does not exist", code="processing")
-        except (IndexError, ValueError):
-            raise Unprocessable(f"JSON Patch path {operation['path']} does not exist", code="processing") from None
-    return result
+    """RFC 6902 on a copy of `document` (the `jsonpatch` library; array indices are RFC 6901's, never negative).
+
+    A malformed patch is 400, a path that does not resolve 422, a failed `test` 412."""
+    if not isinstance(operations, list) or not all(
+            isinstance(op, dict) and isinstance(op.get("op"), str) and isinstance(op.get("path"), str)
+            for op in operations):
+        raise BadRequest("A JSON Patch is an array of operations, each with a string 'op' and 'path'",
+                         code="structure")
+    try:
+        patched = jsonpatch.JsonPatch(operations).apply(document)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise PreconditionFailed(f"JSON Patch test failed: {exc}", code="processing") from None
+    except jsonpatch.InvalidJsonPatch as exc:
+        raise BadRequest(f"Invalid JSON Patch: {exc}", code="structure") from None
+    except (jsonpatch.JsonPatchException, JsonPointerException) as exc:
+        raise Unprocessable(f"JSON Patch cannot be applied: {exc}", code="processing") from None
+    if not isinstance(patched, dict):  # a whole-document replace with something else
+        raise Unprocessable("The patched document must still be a CarePlan", code="processing")
+    return patched
 
 
 # --------------------------------------------------------------------- routes
+
+
+def _active_plan_of_site(session: Session, plan_id: str) -> str | None:
+    """The active plan of the patient and body site `plan_id` was made for."""
+    row = session.scalars(select(AssessmentPlan).where(AssessmentPlan.careplan_id == plan_id)).first()
+    if row is None:
+        return None
+    return session.scalars(select(AssessmentPlan.careplan_id).where(
+        AssessmentPlan.subject == row.subject, AssessmentPlan.body_site == row.body_site,
+        AssessmentPlan.active)).first()
 
 
 def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRouter:
@@ -146,15 +135,22 @@ def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRoute
         if proposed.get("resourceType") != "CarePlan" or proposed.get("id") != plan_id:
             raise BadRequest("The result must be this CarePlan (resourceType and id unchanged)", expression="id")
         check_change(before, proposed)
-        if {k: v for k, v in proposed.items() if k != "meta"} == {k: v for k, v in before.items() if k != "meta"}:
+        proposed = {**proposed, "meta": before.get("meta", {})}
+        if proposed == before:
             return current, False
         issues = r4_issues(proposed)
         if issues:
             raise BadRequest(issues[0].diagnostics, issues=issues)
-        stored, _ = store.update(session, "CarePlan", plan_id, proposed, if_match=if_match)
-        for hook in hooks:
-            hook(session, stored, current)
-        session.commit()
+        try:
+            stored, _ = store.update(session, "CarePlan", plan_id, proposed, if_match=if_match)
+            for hook in hooks:
+                hook(session, stored, current)
+            session.commit()
+        except IntegrityError:  # the one-active-plan index (tables.AssessmentPlan)
+            session.rollback()
+            raise Conflict(f"CarePlan/{_active_plan_of_site(session, plan_id)} is already active for this patient "
+                           f"and body site; revoke or complete it before CarePlan/{plan_id} can become active",
+                           code="business-rule") from None
         return stored, True
 
     def required_if_match(request: Request) -> int:

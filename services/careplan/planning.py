@@ -345,5 +345,20 @@ def _name_matches(allergen: str, name: str) -> bool:
     return bool(allergen) and re.search(rf"(?<![a-z0-9]){re.escape(allergen)}(?![a-z0-9])", name) is not None
 
 
+def screen_order(protocol: Protocol, assessment: Assessment, allergies: list[Allergy], expressions: ExpressionCache,
+                 definition: dict[str, Any], preparations: list[str]) -> PlannedActivity:
+    """The catalog's screening rules applied to one order written outside a plan: a medication order is screened
+    like home care (`definition` of kind MedicationRequest with its preparations), a procedure like a planned
+    modality. The result carries the exclusions exactly as a plan would record them."""
+    variables = {"resource": assessment.response, "context": assessment.response}
+    screening = _screening(protocol, assessment, allergies, _Answers(expressions), variables)
+    activity = PlannedActivity(key=definition.get("id", "order"), title=definition.get("title", ""),
+                               definition=definition,
+                               preparations=[Preparation(protocol.medications[r], r) for r in preparations
+                                             if r in protocol.medications])
+    _screen(activity, protocol, screening)
+    return activity
+
+
 def protocol_canonical(protocol: Protocol) -> str:
     return versioned(protocol.plan)

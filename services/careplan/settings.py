@@ -109,6 +109,32 @@ class CareplanSettings(ServiceSettings):
     """How long catalog knowledge is used without revalidation (revalidation is a cheap 304)."""
     CATALOG_TIMEOUT_SECONDS: float = 5.0
 
+    # --- CDS Hooks (README.md#cds-hooks) ---------------------------------------------------------------------
+    CDS_AUTH: Literal["jwt", "off"] = "off"
+    """`jwt`: every CDS Hooks call needs the EHR's signed JWT; `off` only on loopback or with ALLOW_INSECURE."""
+    CDS_ISSUER: str = ""
+    """Trusted `iss` values of CDS Client JWTs, comma-separated."""
+    CDS_JWKS_FILE: Path | None = None
+    """The CDS Clients' JWK Set as a local file (for tokens without `jku`)."""
+    CDS_JWKS_URL: str = ""
+    """JWK Set URLs of the CDS Clients, comma-separated: used for tokens without `jku`, and the only URLs a
+    token's `jku` may name (nothing else is ever fetched)."""
+    CDS_BASE_URL: str | None = None
+    """Public base URL of this service (`https://careplan.example.org`); the JWT `aud` must be
+    `{CDS_BASE_URL}/cds-services/{id}`. Derived from the request when unset."""
+    CDS_MAX_TOKEN_SECONDS: int = 300
+    """Longest accepted JWT lifetime (exp - iat); a `jti` is remembered for the token's lifetime."""
+    CDS_REPLAY_CACHE_SIZE: int = 100_000
+    """`jti`s remembered at once; when full of unexpired tokens, new calls get 503 until some expire."""
+    CDS_MAX_FEEDBACK_ITEMS: int = 100
+    """Feedback items accepted in one feedback call."""
+    CDS_CORS_ORIGINS: str = ""
+    """Browser origins allowed to call /cds-services (comma-separated), for EHRs that call from the browser."""
+    CDS_FHIR_TIMEOUT_SECONDS: float = 2.0
+    """Per-request timeout when fetching missing prefetch data from the EHR's `fhirServer`."""
+    CDS_FHIR_MAX_BYTES: int = 2 * 1024 * 1024
+    """Largest answer read from the EHR's `fhirServer` for one prefetch query."""
+
     CLINIC_DAYS: str = "mon,tue,wed,thu,fri"
     """Weekdays the clinic treats patients, comma-separated (mon..sun)."""
     CLOSED_DATES: str = ""
@@ -138,7 +164,7 @@ class CareplanSettings(ServiceSettings):
 
     @field_validator("DELIVERY_BACKOFF_SECONDS", "DELIVERY_BACKOFF_MAX_SECONDS", "DELIVERY_LEASE_SECONDS",
                      "DELIVERY_POLL_SECONDS", "EHR_CONNECT_TIMEOUT_SECONDS", "EHR_TIMEOUT_SECONDS",
-                     "EHR_CAPABILITY_REFRESH_SECONDS", "SUBSCRIPTION_BACKOFF_SECONDS",
+                     "EHR_CAPABILITY_REFRESH_SECONDS", "CDS_FHIR_TIMEOUT_SECONDS", "SUBSCRIPTION_BACKOFF_SECONDS",
                      "SUBSCRIPTION_BACKOFF_MAX_SECONDS", "SUBSCRIPTION_LEASE_SECONDS", "SUBSCRIPTION_POLL_SECONDS",
                      "SUBSCRIPTION_TIMEOUT_SECONDS", "SUBSCRIPTION_TIMEOUT_MAX_SECONDS")
     @classmethod
@@ -146,6 +172,35 @@ class CareplanSettings(ServiceSettings):
         if value <= 0:
             raise ValueError("must be a positive number of seconds")
         return value
+
+    @field_validator("CDS_MAX_TOKEN_SECONDS", "CDS_REPLAY_CACHE_SIZE", "CDS_FHIR_MAX_BYTES", "CDS_MAX_FEEDBACK_ITEMS")
+    @classmethod
+    def _positive_count(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _cds_jwt_needs_issuer_and_keys(self) -> CareplanSettings:
+        if self.CDS_AUTH == "jwt":
+            missing = [] if self.cds_issuers else ["CAREPLAN_CDS_ISSUER"]
+            if self.CDS_JWKS_FILE is None and not self.cds_jwks_urls:
+                missing.append("CAREPLAN_CDS_JWKS_FILE or CAREPLAN_CDS_JWKS_URL")
+            if missing:
+                raise ValueError(f"CAREPLAN_CDS_AUTH=jwt needs {' and '.join(missing)}")
+        return self
+
+    @property
+    def cds_issuers(self) -> tuple[str, ...]:
+        return tuple(i.strip() for i in self.CDS_ISSUER.split(",") if i.strip())
+
+    @property
+    def cds_jwks_urls(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.CDS_JWKS_URL.split(",") if u.strip())
+
+    @property
+    def cds_cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.CDS_CORS_ORIGINS.split(",") if o.strip()]
 
     @field_validator("CLINIC_DAYS")
     @classmethod

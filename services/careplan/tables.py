@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index
+from sqlalchemy import DateTime, Index, false, text
 from sqlmodel import Field, SQLModel
 
 from services.fhir.tables import ResourceColumns, ResourceVersionColumns, SearchIndexColumns
@@ -36,10 +36,15 @@ class AssessmentPlan(SQLModel, table=True):
 
     The primary key is the assessment (its identifier, else its id) for one patient, so two concurrent
     submissions of the same assessment cannot both create a plan: the second insert fails and reads the first.
+    `active` mirrors whether the plan's current version is active, and a partial unique index on it holds the
+    rule that a patient's body site has at most one active plan, whichever writer (`$generate`, PUT, PATCH) tries
+    to break it.
     """
 
     __tablename__ = "careplan_assessment_plan"
-    __table_args__ = (Index("ix_careplan_assessment_plan_site", "subject", "body_site"),)
+    __table_args__ = (Index("ix_careplan_assessment_plan_site", "subject", "body_site"),
+                      Index("uq_careplan_assessment_plan_active", "subject", "body_site", unique=True,
+                            sqlite_where=text("active"), postgresql_where=text("active")))
 
     subject: str = Field(primary_key=True, max_length=128)
     assessment_key: str = Field(primary_key=True, max_length=512)
@@ -47,3 +52,4 @@ class AssessmentPlan(SQLModel, table=True):
     careplan_id: str = Field(max_length=64)
     questionnaire_response_id: str = Field(max_length=64)
     created: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    active: bool = Field(default=False, sa_column_kwargs={"server_default": false()})

@@ -40,6 +40,7 @@ from services.careplan.delivery.outbox import (
     Delivery,
 )
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
+from services.fhir.compartment import PatientCompartment
 from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
@@ -160,8 +161,9 @@ def task_resource(delivery: Delivery, *, ehr_base: str, max_attempts: int, max_a
     return task
 
 
-def tasks_router(*, poke: Any = None) -> APIRouter:
-    """The Task routes; `poke()` wakes an in-process dispatcher after a `$retry`."""
+def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRouter:
+    """The Task routes; `compartment` keeps `patient/` tokens to their own Tasks, `poke()` wakes an in-process
+    dispatcher after a `$retry`."""
     router = APIRouter(prefix="/fhir", tags=["delivery"])
 
     def render(delivery: Delivery, ctx: Any) -> dict[str, Any]:
@@ -208,9 +210,11 @@ def tasks_router(*, poke: Any = None) -> APIRouter:
         delivery = session.get(Delivery, task_id)
         if delivery is None:
             raise NotFound(f"Task/{task_id} is not known")
+        task = render(delivery, ctx)
+        compartment.check_read(request, task)  # before a 304 too: it would confirm the Task and its version
         if request.headers.get("if-none-match") in (etag(delivery.row_version), f'"{delivery.row_version}"'):
             return Response(status_code=304, headers=headers(delivery))
-        return FhirResponse(render(delivery, ctx), headers=headers(delivery))
+        return FhirResponse(task, headers=headers(delivery))
 
     @router.post("/Task/{task_id}/$retry", name="retry-task")
     def retry_task(task_id: str, session: SessionDep, ctx: ContextDep) -> Response:

@@ -76,6 +76,18 @@ class Access:
     principal: Principal
     patient: str | None = None
     """Set when only `patient/` scopes cover the request: reads are limited to this Patient id."""
+    enforced: bool = True
+    """False when the service runs without access control (AUTH_MODE=off): everything is allowed."""
+
+    def allows(self, resource_type: str, letter: str) -> bool:
+        """Whether the token also grants `letter` on every `resource_type` beyond what its route needed.
+
+        For answers that depend on more than the route's own scope: `$generate` (CarePlan.c) returns an already
+        stored plan only to a caller that may read plans. `patient/` scopes do not count: what they reach is one
+        compartment, decided by `services.fhir.compartment`."""
+        if not self.enforced:
+            return True
+        return bool(self.principal.grants.contexts(resource_type, letter) & {"system", "user"})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,16 @@ client's retry returns the same plan and is recorded. Denials (403) are recorded
 requests without a verifiable token (401) are only logged, so that anonymous
 traffic cannot fill the audit table.
 
+An event names at most one patient. A request that touched several patients' data
+(a search returning two patients' plans, say) is recorded as one event per patient,
+each naming that patient and that patient's resources only, as IHE Basic Audit Log
+Patterns recommend: each patient's accesses can then be listed, and shown to a
+`patient/` token, without disclosing anyone else's. Resources that name no patient
+(a 404's URL) appear in every one of the request's events. What a request looked at
+but did not return (a 304, or a 403 for a resource outside the token's compartment)
+is recorded with its patient too: the compartment checks note it in the request
+scope (`services.fhir.compartment.touched`).
+
 AuditEvents hold references and codes only: no names, no answers, no search
 values (a query string may carry an MRN), no error diagnostics. Reads of the audit
 trail itself are not audited (they would audit themselves without end).
@@ -37,10 +47,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.fhir.access import ACCESS_SCOPE_KEY, Access, Principal
 from services.fhir.auth import PRINCIPAL_SCOPE_KEY
-from services.fhir.compartment import PatientCompartment
+from services.fhir.compartment import TOUCHED_SCOPE_KEY, Checked, PatientCompartment, resource_of, touched
 from services.fhir.outcome import FhirError, ServiceUnavailable
 from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, parse
-from services.fhir.store import ResourceStore, instant, utcnow
+from services.fhir.store import ResourceStore, StoredResource, instant, utcnow
 
 log = logging.getLogger("cicatrix.audit")
 
@@ -93,37 +103,75 @@ class AuditTrail:
         subtype = [{"system": RESTFUL_INTERACTION, "code": request.interaction}]
         if request.operation:
             subtype.append({"system": OPERATION_CODES, "code": request.operation, "display": f"${request.operation}"})
+        return self.recorded_event(
+            type={"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}, subtype=subtype,
+            action=ACTIONS.get(request.interaction, "E"), principal=principal, client_host=client_host,
+            outcome=outcome.code,
+            outcome_desc=f"HTTP {outcome.status}" + (" (unhandled error)" if outcome.crashed else ""),
+            entities=[_entity(reference) for reference in entities])
+
+    def recorded_event(self, *, type: dict[str, Any], subtype: list[dict[str, Any]],  # noqa: A002 - FHIR name
+                       action: str, principal: Principal, client_host: str | None, outcome: str,
+                       outcome_desc: str, entities: list[dict[str, Any]]) -> dict[str, Any]:
+        """An AuditEvent of this service, recorded now, with the caller as agent (R4; FHIR-REFERENCE §1.10)."""
         return {
             "resourceType": "AuditEvent",
-            "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+            "type": type,
             "subtype": subtype,
-            "action": ACTIONS.get(request.interaction, "E"),
+            "action": action,
             "recorded": instant(utcnow()),
-            "outcome": outcome.code,
-            "outcomeDesc": f"HTTP {outcome.status}" + (" (unhandled error)" if outcome.crashed else ""),
+            "outcome": outcome,
+            "outcomeDesc": outcome_desc,
             "agent": _agents(principal, client_host),
             "source": {"site": "cicatrix",
                        "observer": {"identifier": {"system": SERVICE_IDS, "value": self.service},
                                     "display": f"Cicatrix {self.service} service"},
                        "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},
-            **({"entity": [_entity(reference) for reference in entities]} if entities else {}),
+            **({"entity": entities} if entities else {}),
         }
 
-    def entities(self, request: FhirRequest, body: bytes | None) -> list[str]:
-        """References the request touched: the URL's resource, the resources returned, and their patients."""
-        found: dict[str, None] = {}
+    def entity_groups(self, request: FhirRequest, body: bytes | None,
+                      looked_at: list[Checked] | None = None) -> list[list[str]]:
+        """The references the request touched, one group (one AuditEvent) per patient they name.
+
+        From the URL's resource, the resources returned (and, for a write, the assessment it read), and what the
+        compartment checks looked at without returning it. Each group holds one patient, that patient's
+        resources and the references that belong to no patient; a request that names no patient is one group."""
+        shared: dict[str, None] = {}
         if request.target:
-            found[request.target] = None
-        for resource in _resources(body):
-            if isinstance(resource.get("id"), str) and isinstance(resource.get("resourceType"), str):
-                found[f"{resource['resourceType']}/{resource['id']}"] = None
+            shared[request.target] = None
+        by_patient: dict[str, dict[str, None]] = {}
+        returned = list(_resources(body))
+        seen = {_reference(r) for r in returned}
+        returned += [resource_of(item) for item in looked_at or () if _reference(item) not in seen]
+        for resource in returned:
+            references = dict.fromkeys(ref for ref in [_reference(resource)] if ref)
             if request.interaction in ("create", "operation"):
-                for info in resource.get("supportingInfo") or []:
-                    if isinstance(info, dict) and isinstance(info.get("reference"), str):
-                        found[info["reference"]] = None
-            if self.compartment is not None:
-                found.update(dict.fromkeys(sorted(self.compartment.patients(resource))))
-        return list(found)
+                references.update(dict.fromkeys(info["reference"] for info in resource.get("supportingInfo") or []
+                                                if isinstance(info, dict) and isinstance(info.get("reference"), str)))
+            patients = sorted(self.compartment.patients(resource)) if self.compartment is not None else []
+            for patient in patients:
+                by_patient.setdefault(patient, {}).update(references)
+            if not patients:
+                shared.update(references)
+        owned = {ref for refs in by_patient.values() for ref in refs}
+        shared = {ref: None for ref in shared if ref not in owned}
+        if not by_patient:
+            return [list(shared)]
+        return [list(shared) + [ref for ref in refs if ref not in shared] + [patient]
+                for patient, refs in by_patient.items()]
+
+    def refused_target(self, session_factory: Callable[[], Session], request: FhirRequest) -> list[Checked]:
+        """The stored resource a refused request named (a token without the scope for it), so that the refusal
+        is recorded with its patient; nothing when it names none, or none this trail's compartment holds."""
+        compartment = self.compartment
+        if compartment is None or request.resource_type not in compartment.types or request.resource_id is None:
+            return []
+        with session_factory() as session:
+            try:
+                return [self.store.read(session, request.resource_type, request.resource_id)]
+            except FhirError:  # unknown, deleted or not stored here (a delivery Task): the URL is all there is
+                return []
 
     def record(self, session_factory: Callable[[], Session], events: list[dict[str, Any]]) -> list[str]:
         """Store events in one transaction of their own (the audited requests' may already be gone)."""
@@ -185,6 +233,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
+        scope[TOUCHED_SCOPE_KEY] = []
 
         async def hold(message: Message) -> None:
             messages.append(message)
@@ -230,10 +279,13 @@ class AuditMiddleware:
         if principal is None or request is None or not self.trail.audited(request):
             return
         try:
-            entities = self.trail.entities(request, body)
+            looked_at = touched(scope)
+            if outcome.status == 403 and not looked_at:
+                looked_at = await run_in_threadpool(self.trail.refused_target, self.commits.sessions, request)
             client = scope.get("client")
-            event = self.trail.event(request, principal, outcome, entities, client[0] if client else None)
-            await self.commits.record(event)
+            events = [self.trail.event(request, principal, outcome, group, client[0] if client else None)
+                      for group in self.trail.entity_groups(request, body, looked_at)]
+            await asyncio.gather(*(self.commits.record(event) for event in events))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the access must not go unrecorded silently
             log.error("audit event could not be recorded",
                       extra={"interaction": request.interaction, "resource_type": request.resource_type,
@@ -273,6 +325,14 @@ def _resources(body: bytes | None) -> Iterator[dict[str, Any]]:
                 yield resource
     elif value.get("resourceType") not in (None, "OperationOutcome", "Parameters"):
         yield value
+
+
+def _reference(item: Checked) -> str | None:
+    """`Type/id` of a resource (stored or parsed), None when it has no id."""
+    if isinstance(item, StoredResource):
+        return f"{item.resource_type}/{item.id}"
+    kind, ident = item.get("resourceType"), item.get("id")
+    return f"{kind}/{ident}" if isinstance(kind, str) and isinstance(ident, str) else None
 
 
 def _entity(reference: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ PRINCIPAL_SCOPE_KEY = "cicatrix.principal"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", f"{FHIR_PREFIX}/metadata", "/openapi.json", "/docs",
                         "/docs/oauth2-redirect"})
 """Reachable without a token: probes, metrics, the CapabilityStatement and the API description (no data)."""
-_ANONYMOUS = Access(Principal.anonymous())
+_ANONYMOUS = Access(Principal.anonymous(), enforced=False)
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
 
 
@@ -87,14 +87,17 @@ def make_verifier(settings: ServiceSettings) -> TokenVerifier | None:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, *, policy: AccessPolicy, verifier: TokenVerifier | None, realm: str) -> None:
+    def __init__(self, app: ASGIApp, *, policy: AccessPolicy, verifier: TokenVerifier | None, realm: str,
+                 own_auth_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.policy = policy
         self.verifier = verifier
         self.realm = realm
+        self.own_auth_prefixes = own_auth_prefixes
+        """Paths whose routes authenticate callers themselves (CDS Hooks: the EHR's own signed JWTs)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(self.own_auth_prefixes):
             await self.app(scope, receive, send)
             return
         if self.verifier is None:

@@ -9,7 +9,13 @@ When `services.fhir.access` limited a request to one patient, `narrow_search`
 adds `patient=Patient/<id>` to every search of a patient-data type (it is ANDed
 with whatever the client asked) and `check_read` refuses any resource read that is
 outside the compartment; `check_resource` is the same check for responses built
-outside the generic interactions.
+outside the generic interactions. A resource is inside a patient's compartment only
+when that patient is the only one it names: an AuditEvent (or any resource) naming a
+second patient is outside both patients' compartments.
+
+Every resource a check looks at is noted in the request scope (`touched`), so that
+the audit trail records it with its patient even when the answer carries no body (a
+304) or is a refusal (403).
 """
 
 from __future__ import annotations
@@ -25,6 +31,20 @@ from services.fhir.searchparams import SearchParamDef, extract
 from services.fhir.store import StoredResource
 
 PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
+TOUCHED_SCOPE_KEY = "cicatrix.touched"
+"""A list the audit trail puts in the request scope; the compartment checks append what they looked at."""
+
+Checked = StoredResource | Mapping[str, Any]
+
+
+def touched(scope: Mapping[str, Any]) -> list[Checked]:
+    """The resources the request's checks looked at (an empty list when no audit trail is listening)."""
+    found = scope.get(TOUCHED_SCOPE_KEY)
+    return found if isinstance(found, list) else []
+
+
+def resource_of(item: Checked) -> Mapping[str, Any]:
+    return item.parsed() if isinstance(item, StoredResource) else item
 
 
 def current_access(request: Request) -> Access | None:
@@ -71,16 +91,21 @@ class PatientCompartment:
             raise Forbidden(f"{resource_type} cannot be searched with a patient/ scope")
         return [*pairs, ("patient", f"Patient/{access.patient}")]
 
-    def check_read(self, request: Request, stored: StoredResource) -> None:
-        """read_hook: a patient-limited read only returns that patient's resources."""
+    def check_read(self, request: Request, stored: Checked) -> None:
+        """read_hook: a patient-limited read only returns that patient's resources; the audit trail hears of it.
+
+        Also for resources rendered outside the store (the delivery Tasks): call it before answering 304."""
+        touched(request.scope).append(stored)
         access = current_access(request)
-        if access is not None and access.patient is not None and stored.resource_type in self.types:
-            self.check_resource(access, stored.parsed())
+        if access is not None and access.patient is not None:
+            resource_type = stored.resource_type if isinstance(stored, StoredResource) else stored.get("resourceType")
+            if resource_type in self.types:
+                self.check_resource(access, resource_of(stored))
 
     def check_resource(self, access: Access, resource: Mapping[str, Any]) -> None:
         if access.patient is None or resource.get("resourceType") not in self.types:
             return
-        if f"Patient/{access.patient}" not in self.patients(resource):
+        if self.patients(resource) != {f"Patient/{access.patient}"}:
             raise Forbidden(f"{resource.get('resourceType')}/{resource.get('id')} is outside the patient "
                             "compartment of this access token")
 

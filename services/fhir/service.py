@@ -89,8 +89,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
               capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
               shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
-              audit: AuditTrail | None = None) -> FastAPI:
-    """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data."""
+              audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = ()) -> FastAPI:
+    """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data,
+    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves."""
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
@@ -119,7 +120,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
                   openapi_url="/openapi.json", telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.ctx = ctx
     install_error_handlers(app)
-    _add_security_middleware(app, ctx, access or AccessPolicy(), audit)
+    _add_security_middleware(app, ctx, access or AccessPolicy(), audit, own_auth_prefixes)
     app.add_middleware(FhirEdgeMiddleware, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
     if settings.cors_origins:  # outermost: every answer, errors included, carries the CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
@@ -132,10 +133,11 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
 
 
 def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPolicy,
-                             audit: AuditTrail | None) -> None:
+                             audit: AuditTrail | None, own_auth_prefixes: tuple[str, ...]) -> None:
     """Inside the edge (its errors become OperationOutcomes): the audit trail around access control."""
     settings = ctx.settings
-    app.add_middleware(AccessMiddleware, policy=access, verifier=make_verifier(settings), realm=ctx.name)
+    app.add_middleware(AccessMiddleware, policy=access, verifier=make_verifier(settings), realm=ctx.name,
+                       own_auth_prefixes=own_auth_prefixes)
     if audit is not None:
         app.add_middleware(AuditMiddleware, trail=audit, sessions=ctx.session)
     if settings.AUTH_MODE == "jwt":

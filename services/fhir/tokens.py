@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ log = logging.getLogger("cicatrix.auth")
 
 MAX_TOKEN_BYTES = 16 * 1024
 MIN_REFETCH_SECONDS = 10.0
+MAX_JWKS_BYTES = 256 * 1024
+"""A JWK Set is a few kilobytes; reading no more keeps a hostile or broken key URL from filling memory."""
 _FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
 _CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
@@ -100,10 +102,15 @@ class JwksSource:
     async def _fetch(self) -> list[dict[str, Any]]:
         assert self.url is not None
         try:
-            async with httpx.AsyncClient(timeout=5.0, transport=self._transport) as http:
-                response = await http.get(self.url, headers={"Accept": "application/json"})
-            response.raise_for_status()
-            self._keys = _keys_of(response.json())
+            async with httpx.AsyncClient(timeout=5.0, transport=self._transport) as http, \
+                    http.stream("GET", self.url, headers={"Accept": "application/json"}) as response:
+                response.raise_for_status()
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise KeysUnavailable("the key set is larger than a key set can reasonably be")
+            self._keys = _keys_of(json.loads(body))
             self._fetched = time.monotonic()
         except (httpx.HTTPError, ValueError, KeysUnavailable) as exc:
             log.warning("JWKS fetch failed", extra={"error": type(exc).__name__})
@@ -128,39 +135,15 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, once signature, algorithm, key, time, issuer and audience all check out."""
-        if len(token) > MAX_TOKEN_BYTES:
-            raise InvalidToken("the access token is too long")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise InvalidToken("the access token is not a signed JWT") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.policy.algorithms:
-            raise InvalidToken(f"tokens signed with {alg!s:.20} are not accepted")
+        header, alg = signed_header(token, self.policy.algorithms)
         kid = header.get("kid")
         jwk = self._select(await self.source.keys(), kid, alg)
         if jwk is None and kid is not None:
             jwk = self._select(await self.source.keys(refresh=True), kid, alg)
         if jwk is None:
             raise InvalidToken("the access token was not signed by a key of the configured issuer")
-        try:
-            key = jwt.PyJWK(jwk, algorithm=alg)
-            return jwt.decode(
-                token, key=key, algorithms=[alg], audience=list(self.policy.audiences), issuer=self.policy.issuer,
-                leeway=self.policy.leeway_seconds, options={"require": ["exp", "iss", "aud"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("the access token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise InvalidToken("the access token is not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise InvalidToken("the access token is not meant for this service (aud)") from None
-        except jwt.InvalidIssuerError:
-            raise InvalidToken("the access token comes from another issuer (iss)") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise InvalidToken(f"the access token has no {exc.claim} claim") from None
-        except jwt.PyJWTError:
-            raise InvalidToken("the access token's signature or claims are invalid") from None
+        return decode(token, jwk, alg, audience=list(self.policy.audiences), issuer=self.policy.issuer,
+                      leeway=self.policy.leeway_seconds, require=["exp", "iss", "aud"])
 
     @staticmethod
     def _select(keys: list[dict[str, Any]], kid: Any, alg: str) -> dict[str, Any] | None:
@@ -168,3 +151,37 @@ class TokenVerifier:
         if kid is not None:
             return next((key for key in suitable if key.get("kid") == kid), None)
         return suitable[0] if len(suitable) == 1 else None
+
+
+def signed_header(token: str, algorithms: Collection[str]) -> tuple[dict[str, Any], str]:
+    """The token's JOSE header and its algorithm, when it is a signed JWT of a size and algorithm we accept."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise InvalidToken("the token is too long")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise InvalidToken("the token is not a signed JWT") from None
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise InvalidToken(f"tokens signed with {alg!s:.20} are not accepted")
+    return header, alg
+
+
+def decode(token: str, jwk: dict[str, Any], alg: str, *, audience: list[str], issuer: str | list[str],
+           leeway: int, require: list[str]) -> dict[str, Any]:
+    """The claims of a token verified with `jwk`; PyJWT's refusals become InvalidToken with a reason to show."""
+    try:
+        return jwt.decode(token, key=jwt.PyJWK(jwk, algorithm=alg), algorithms=[alg], audience=audience,
+                          issuer=issuer, leeway=leeway, options={"require": require})
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("the token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise InvalidToken("the token is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise InvalidToken("the token is not meant for this service (aud)") from None
+    except jwt.InvalidIssuerError:
+        raise InvalidToken("the token comes from another issuer (iss)") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise InvalidToken(f"the token has no {exc.claim} claim") from None
+    except jwt.PyJWTError:
+        raise InvalidToken("the token's signature or claims are invalid") from None

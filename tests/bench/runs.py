@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.bench import careplan, catalog, delivery, growth, stack, subscriptions
+from tests.bench import careplan, catalog, cds, delivery, growth, stack, subscriptions
 from tests.bench.measure import Figure
 
 
@@ -66,11 +66,15 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                 name="careplan-workers") as planner:
                 figures.append(careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds,
                                                         workers=2))
-        if wanted & {"4", "7", "8"}:
-            with stack.cicatrix("careplan", careplan_env(url, server)) as planner:
+        if wanted & {"4", "7", "8", "9"}:
+            with cds.trusted_ehr() as (ehr, trust), \
+                    stack.cicatrix("careplan", careplan_env(url, server, **trust)) as planner:
                 if "8" in wanted:
                     figures.append(careplan.figure_reads(planner, server, ids, rounds=sizes.rounds,
                                                          seconds=sizes.seconds))
+                if "9" in wanted:
+                    figures.append(cds.figure_hooks(planner, ehr, rounds=sizes.rounds,
+                                                    calls_per_round=50 if sizes.rounds == 1 else cds.CALLS_PER_ROUND))
                 if "4" in wanted:
                     figure = careplan.figure_generate(planner, rounds=sizes.rounds, seconds=sizes.seconds, workers=1)
                     figure.name, figure.target, figure.met = "context: " + figure.name, "", None
@@ -85,7 +89,7 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                              total=sizes.memory_requests, connections=64))
         if "5" in wanted:
             figures.append(delivery.figure_delivery(server, plans=sizes.delivery_plans, env=careplan_env))
-        if "9" in wanted:
+        if "10" in wanted:
             figures.append(subscriptions.figure_fan_out(server, subscriptions=sizes.subscriptions, env=careplan_env))
         if "6" in wanted:
             growth_rounds = 1 if sizes.rounds < 5 else 3

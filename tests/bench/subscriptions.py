@@ -1,4 +1,4 @@
-"""Figure 9: one plan change notified to a thousand subscriptions.
+"""Figure 10: one plan change notified to a thousand subscriptions.
 
 The care-plan service runs as `cicatrix serve careplan` (notifier embedded, the EHR unreachable so that
 plan delivery only retries in the background); the receiver is the tests' loopback receiver in this
@@ -71,7 +71,7 @@ def figure_fan_out(catalog_server: stack.Server, *, subscriptions: int, env) -> 
         receiver.stop()
     rate = subscriptions / seconds
     ratio = rate / direct["rps"]
-    return Figure("9", name,
+    return Figure("10", name,
                   f"all {subscriptions:,} in {seconds:.2f} s ({rate:,.0f} notifications/s; $generate answered in "
                   f"{answered * 1000:.0f} ms)",
                   f"the receiver taking the same {len(bundles):,} Bundles posted directly ({BATCH} connections): "

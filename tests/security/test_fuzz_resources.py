@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from tests.careplan.conftest import example
 from tests.security.fuzzing import assert_fhir_response, body_of, no_surrogates, stored_rows
-from tests.security.strategies import fuzz_settings, hostile_json, hostile_resource, mutated, search_query
+from tests.security.strategies import (
+    fuzz_settings,
+    hostile_json,
+    hostile_resource,
+    hostile_text,
+    mutated,
+    search_query,
+)
 from tests.support.apps import FHIR_JSON, careplan_app, catalog_app, running
 
 pytestmark = pytest.mark.fuzz
@@ -139,5 +146,50 @@ def test_catalog_searches_survive_hostile_queries(catalog, resource_type):
         else:
             response = catalog.get(f"/fhir/{resource_type}?{urlencode(query)}")
         assert_fhir_response(response, str(query))
+
+    run()
+
+
+PATCH_PATHS = ["/status", "/note", "/note/-", "/note/0", "/note/-1", "/note/01", "/note/99", "/meta",
+               "/meta/security", "/meta/tag", "/meta/tag/0", "/meta/source", "/meta/profile", "/meta/versionId",
+               "/subject", "/activity/0", "/id", "", "/", "/~1", "note"]
+META_FORGERIES = [
+    {"op": "add", "path": "/meta/source", "value": "https://attacker.example"},
+    {"op": "add", "path": "/meta/tag", "value": [{"system": "https://attacker.example", "code": "trusted"}]},
+    {"op": "add", "path": "/meta/security",
+     "value": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "U"}]},
+    {"op": "replace", "path": "/meta", "value": {"profile": ["https://attacker.example/StructureDefinition/x"]}},
+    {"op": "add", "path": "/note/-1", "value": {"text": "Sneaked in."}},
+]
+PATCH_VALUES = ["https://attacker.example", {"text": "x"}, [{"text": "x"}], "active", "revoked",
+                [{"system": "https://attacker.example", "code": "trusted"}],
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "U"},
+                {"reference": "Patient/someone-else"}]
+
+
+def test_careplan_patches_never_touch_meta_or_more_than_status_and_notes(careplan):
+    plan = careplan.post("/fhir/CarePlan/$generate", json=example("atrophic-chest-visible-vessels"),
+                         headers=FHIR_JSON).json()
+    url = f"/fhir/CarePlan/{plan['id']}"
+    server_owned = {k: v for k, v in plan["meta"].items() if k not in ("versionId", "lastUpdated")}
+    frozen = {k: v for k, v in plan.items() if k not in ("meta", "status", "note")}
+    operation = st.fixed_dictionaries(
+        {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test", "drop"]),
+         "path": st.one_of(st.sampled_from(PATCH_PATHS), hostile_text)},
+        optional={"value": st.one_of(st.sampled_from(PATCH_VALUES), hostile_json),
+                  "from": st.sampled_from(PATCH_PATHS)})
+
+    @fuzz_settings(40)
+    @given(st.lists(st.one_of(operation, st.sampled_from(META_FORGERIES)), max_size=4), st.booleans())
+    def run(operations: list[dict], with_a_note: bool) -> None:
+        if with_a_note:  # a change the plan accepts, for anything else to ride along with
+            operations = [*operations, {"op": "add", "path": "/note/-", "value": {"text": "Seen."}}]
+        version = careplan.get(url).json()["meta"]["versionId"]
+        response = careplan.patch(url, content=body_of(operations),
+                                  headers={"content-type": "application/json-patch+json", "If-Match": f'W/"{version}"'})
+        assert_fhir_response(response, f"PATCH {operations}")
+        stored = careplan.get(url).json()
+        assert {k: v for k, v in stored["meta"].items() if k not in ("versionId", "lastUpdated")} == server_owned
+        assert {k: v for k, v in stored.items() if k not in ("meta", "status", "note")} == frozen
 
     run()
