@@ -1,7 +1,7 @@
 """Topic-based subscriptions: the subscriptions and their notification outbox.
 
 Revision ID: careplan_0005
-Revises: careplan_0003
+Revises: careplan_0004
 Create Date: 2026-12-04
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "careplan_0005"
-down_revision = "careplan_0003"
+down_revision = "careplan_0004"
 branch_labels = None
 depends_on = None
 
