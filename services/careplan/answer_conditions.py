@@ -6,20 +6,20 @@ them read the assessment only through `%resource.item.where(linkId='...')`, so t
 result is a function of those items alone, and a clinic's assessments repeat the same
 answers (not pregnant, no visible vessels, atrophic) over and over. `reads` proves
 that property from the parsed expression; `ConditionResults` then keeps each result
-under the expression and the JSON of the items it reads. An expression that might read
-anything else (a bare path, `today()`, another variable, an unknown function) is simply
-evaluated every time.
+under a digest of the expression and the JSON of the items it reads, in a cache bounded
+in bytes. An expression that might read anything else (a bare path, `today()`, another
+variable, an unknown function) is simply evaluated every time.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from functools import lru_cache
 from typing import Any
 
 import orjson
 from fhirpathpy.parser import parse
+
+from services.fhir.bytecache import ByteCache, digest
 
 PURE_FUNCTIONS = frozenset({
     "where", "select", "exists", "empty", "not", "count", "first", "last", "single", "tail", "skip", "take",
@@ -101,15 +101,19 @@ def _identifier(node: dict[str, Any]) -> str | None:
     return node.get("text") if node.get("type") == "Identifier" else None
 
 
+MAX_KEYED_ITEMS_BYTES = 16 * 1024
+"""Items longer than this as JSON are not remembered: real answers are a few hundred bytes, and a padded
+assessment would only cost the hashing and evict real entries."""
+
+
 class ConditionResults:
-    """Results by (expression, the items it reads), least recently used dropped first."""
+    """Results by (expression, the items it reads), at most `max_bytes` of them, least recently used dropped
+    first; the key is a digest of the two (services.fhir.bytecache)."""
 
-    def __init__(self, size: int = 20_000) -> None:
-        self.size = size
-        self._results: OrderedDict[tuple[str, bytes], list[Any]] = OrderedDict()
-        self._lock = threading.Lock()  # plans are made in worker threads; reordering is not atomic
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.cache: ByteCache[tuple[Any, ...]] = ByteCache("condition-results", max_bytes)
 
-    def key(self, expression: str, resource: Any, variables: dict[str, Any]) -> tuple[str, bytes] | None:
+    def key(self, expression: str, resource: Any, variables: dict[str, Any]) -> bytes | None:
         """Where the result is kept, or None when it cannot be kept (see `reads`)."""
         link_ids = reads(expression)
         if link_ids is None or not isinstance(resource, dict) or set(variables) - ANSWER_VARIABLES \
@@ -117,17 +121,12 @@ class ConditionResults:
             return None
         items = [item for item in resource.get("item") or [] if isinstance(item, dict)
                  and item.get("linkId") in link_ids]
-        return expression, orjson.dumps([resource.get("resourceType"), items], option=orjson.OPT_SORT_KEYS)
+        read = orjson.dumps([resource.get("resourceType"), items], option=orjson.OPT_SORT_KEYS)
+        return digest(expression, read) if len(read) <= MAX_KEYED_ITEMS_BYTES else None
 
-    def get(self, key: tuple[str, bytes]) -> list[Any] | None:
-        with self._lock:
-            found = self._results.get(key)
-            if found is not None:
-                self._results.move_to_end(key)
+    def get(self, key: bytes) -> list[Any] | None:
+        found = self.cache.get(key)
         return list(found) if found is not None else None
 
-    def put(self, key: tuple[str, bytes], result: list[Any]) -> None:
-        with self._lock:
-            self._results[key] = list(result)
-            if len(self._results) > self.size:
-                self._results.popitem(last=False)
+    def put(self, key: bytes, result: list[Any]) -> None:
+        self.cache.put(key, tuple(result), len(orjson.dumps(result, default=repr)))

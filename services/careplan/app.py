@@ -10,11 +10,14 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.careplan.allergens import INGREDIENTS
+from services.careplan.assessment_limits import AssessmentLimits
 from services.careplan.catalog_client import CatalogClient
 from services.careplan.cds.discovery import SERVICES as CDS_SERVICES
 from services.careplan.cds.router import PREFIX as CDS_PREFIX
 from services.careplan.cds.router import CdsCors, CdsHooks, cds_router
 from services.careplan.delivery.embedded import EmbeddedDelivery
+from services.careplan.ehr_capabilities import EHR_CAPABILITIES_DEFINITION, ehr_capabilities_router
 from services.careplan.generate import CarePlanner, PlanHook, PlanRepository
 from services.careplan.knowledge import Knowledge
 from services.careplan.operations import APPLY_DEFINITION, GENERATE_DEFINITION, operations_router
@@ -27,6 +30,7 @@ from services.careplan.subscriptions.routes import subscriptions_router
 from services.careplan.subscriptions.topics import TOPICS
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.careplan.tasks import RETRY_DEFINITION, tasks_router
+from services.fhir.bytecache import CacheMetrics
 from services.fhir.capability import (
     CapabilityBuilder,
     Operation,
@@ -39,6 +43,7 @@ from services.fhir.fastread import install_read_route
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.service import ServiceContext, build_app
 from services.fhir.store import ResourceStore
+from services.fhir.workpool import WorkPool
 
 VERSION = "0.1.0"
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
@@ -102,6 +107,9 @@ def capability() -> CapabilityBuilder:
                        SearchParam("criteria", "string", "The topic canonical (exact)")),
         operations=(Operation("status", STATUS_DEFINITION, "The subscription's status, event count and error"),
                     Operation("events", EVENTS_DEFINITION, "Past events by event number"))))
+    builder.system_operations = (Operation(
+        "ehr-capabilities", EHR_CAPABILITIES_DEFINITION,
+        "What the EHR declares and the requests the dispatcher sends it (its request plan)"),)
     return builder
 
 
@@ -109,9 +117,12 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     settings = settings or CareplanSettings()
     store = make_store()
     catalog = CatalogClient(settings.CATALOG_URL, fresh_seconds=settings.CATALOG_CACHE_SECONDS,
-                            timeout=settings.CATALOG_TIMEOUT_SECONDS)
+                            timeout=settings.CATALOG_TIMEOUT_SECONDS, max_bytes=settings.CATALOG_CACHE_BYTES)
     hooks: list[PlanHook] = list(plan_hooks or [])
-    planner = CarePlanner(Knowledge(catalog), settings.calendar(), settings.QUESTIONNAIRE_URL)
+    work = WorkPool.of(settings)
+    knowledge = Knowledge(catalog, condition_cache_bytes=settings.CONDITION_CACHE_BYTES)
+    planner = CarePlanner(knowledge, settings.calendar(), settings.QUESTIONNAIRE_URL,
+                          limits=AssessmentLimits.of(settings), run=work.run)
     # --- delivery (issue 5): the outbox hook queues every CarePlan version in its own transaction
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
@@ -129,13 +140,17 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
                     capability=capability(), startup=[cds.start, delivery.start, subscriptions.start],
                     shutdown=[delivery.stop, subscriptions.stop, close_catalog, cds.stop],
-                    access=access_policy(compartment), audit=trail, own_auth_prefixes=(CDS_PREFIX,))
+                    access=access_policy(compartment), audit=trail, own_auth_prefixes=(CDS_PREFIX,),
+                    readiness=[delivery.not_ready], work=work)
+    CacheMetrics([catalog.cache, knowledge.expressions.results.cache, INGREDIENTS.cache]).register(
+        app.state.ctx.metrics.registry)
     if settings.cds_cors_origins:
         app.add_middleware(CdsCors, origins=settings.cds_cors_origins)
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
                              "delivery": delivery, "subscriptions": subscriptions}
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
+    app.include_router(ehr_capabilities_router(delivery))
     app.include_router(plan_updates_router(store, repository.hooks))
     app.include_router(subscriptions_router(store, poke=subscriptions.poke))
     # --- end delivery

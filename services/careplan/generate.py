@@ -14,7 +14,7 @@ from __future__ import annotations
 import calendar as month_calendar
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import false, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
+from services.careplan.assessment_limits import DEFAULT_LIMITS, AssessmentLimits
 from services.careplan.careplan_builder import build_careplan, plan_identifier
 from services.careplan.intake import Assessment, GenerateRequest, check_assessment, stored_response_id
 from services.careplan.knowledge import Knowledge, Protocol, versioned
@@ -65,31 +65,51 @@ def next_working_day(clinic: ClinicCalendar, today: date) -> date:
     return clinic.next_open_day(today + timedelta(days=1))
 
 
+Run = Callable[..., Awaitable[Any]]
+"""Runs CPU work and awaits its result: the service's work pool (services.fhir.workpool)."""
+
+
+async def run_here(function: Callable[..., Any], *args: Any) -> Any:
+    """Planning outside a service (the command line, the examples): no event loop to keep free."""
+    return function(*args)
+
+
 class CarePlanner:
-    def __init__(self, knowledge: Knowledge, clinic: ClinicCalendar, questionnaire_url: str) -> None:
+    def __init__(self, knowledge: Knowledge, clinic: ClinicCalendar, questionnaire_url: str, *,
+                 limits: AssessmentLimits = DEFAULT_LIMITS, run: Run = run_here) -> None:
         self.knowledge = knowledge
         self.clinic = clinic
         self.questionnaire_url = questionnaire_url
+        self.limits = limits
+        self.run = run
 
     async def draft_plan(self, request: GenerateRequest, *, status: str = "draft",
                          protocol: Protocol | None = None, assessment_reference: str | None = None,
                          identifier: str | None = None, created: datetime | None = None) -> PlanResult:
+        """Fetching knowledge is I/O on the event loop; checking and planning are CPU work, run by `run`."""
+        today = datetime.now(ZoneInfo(self.clinic.timezone)).date()
+        if request.start is not None:
+            self.limits.check_start(request.start, today)
         questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
-        assessment = await check_assessment(request, questionnaire, self.knowledge.value_set_codes)
+        value_sets = await self.knowledge.answer_value_sets(questionnaire)
+        assessment = await self.run(check_assessment, request, questionnaire, value_sets)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
-        start = request.start or next_working_day(self.clinic, datetime.now(ZoneInfo(self.clinic.timezone)).date())
+        return await self.run(self._plan, request, assessment, protocol, today, status, assessment_reference,
+                              identifier, created)  # type: ignore[no-any-return]
 
-        def plan() -> dict[str, Any]:  # FHIRPath, screening and scheduling: CPU work, kept off the event loop
-            allergies = assessment.allergies(request.allergy_intolerances)
-            draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
-            sessions, end = self._schedule(draft, start)
-            return build_careplan(
-                draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
-                status=status, start=start, end=end, created=created or datetime.now(UTC),
-                assessment_reference=assessment_reference)
-
-        return PlanResult(await run_in_threadpool(plan), assessment, protocol)
+    def _plan(self, request: GenerateRequest, assessment: Assessment, protocol: Protocol, today: date, status: str,
+              assessment_reference: str | None, identifier: str | None, created: datetime | None) -> PlanResult:
+        allergies = assessment.allergies(request.allergy_intolerances)
+        self.limits.check_allergies(allergies)
+        draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
+        start = request.start or next_working_day(self.clinic, today)
+        sessions, end = self._schedule(draft, start)
+        careplan = build_careplan(
+            draft, sessions, assessment, identifier=identifier or plan_identifier(assessment.key, request.subject),
+            status=status, start=start, end=end, created=created or datetime.now(UTC),
+            assessment_reference=assessment_reference)
+        return PlanResult(careplan, assessment, protocol)
 
     async def _protocol(self, request: GenerateRequest, assessment: Assessment) -> Protocol:
         if request.plan_definition:

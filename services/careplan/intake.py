@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -83,6 +83,7 @@ class Assessment:
         return key
 
     def allergies(self, intolerances: list[dict[str, Any]]) -> list[Allergy]:
+        """Allergy answers and AllergyIntolerance codes and texts, each distinct one once, in order."""
         found = []
         for value in self.answers.get("allergy", []):
             if isinstance(value, dict):
@@ -95,7 +96,10 @@ class Assessment:
                 found.append(Allergy(coding.get("system"), coding.get("code"), coding.get("display")))
             if code.get("text"):
                 found.append(Allergy(None, None, code["text"]))
-        return found
+        unique: dict[tuple[str | None, str | None, str], Allergy] = {}
+        for allergy in found:
+            unique.setdefault((allergy.system, allergy.code, allergy.name), allergy)
+        return list(unique.values())
 
 
 def assessment_key(response: dict[str, Any]) -> str | None:
@@ -169,7 +173,7 @@ def parse_generate(body: Any) -> GenerateRequest:
                            status=found.get("status", "draft"), practitioner=found.get("practitioner"))
 
 
-def parse_apply(body: Any, plan_definition: str | None) -> GenerateRequest:
+def parse_apply(body: Any, plan_definition: str | None = None) -> GenerateRequest:
     """PlanDefinition/$apply Parameters: subject (1..*; one supported) and a `data` Bundle with the assessment."""
     parameters = _parameters(body)
     subject, assessment, allergies, conditions, start, practitioner = None, None, [], [], None, None
@@ -238,11 +242,13 @@ def _canonical(parameter: dict[str, Any], where: str) -> str:
 
 # -------------------------------------------------------------- Questionnaire
 
-ValueSetCodes = Callable[[str], Awaitable[set[tuple[str, str]]]]
+ValueSetCodes = Mapping[str, set[tuple[str, str]]]
+"""(system, code) pairs of each answer value set the Questionnaire names, by canonical (fetched beforehand:
+checking runs in a worker thread, away from the event loop and its HTTP client)."""
 
 
-async def check_assessment(request: GenerateRequest, questionnaire: dict[str, Any],
-                           value_set_codes: ValueSetCodes) -> Assessment:
+def check_assessment(request: GenerateRequest, questionnaire: dict[str, Any],
+                     value_set_codes: ValueSetCodes) -> Assessment:
     """Check the QuestionnaireResponse against the Questionnaire; 422 with every problem found.
 
     Its R4 structure is already checked: every GenerateRequest comes from Parameters that passed `r4_issues`
@@ -279,7 +285,7 @@ async def check_assessment(request: GenerateRequest, questionnaire: dict[str, An
             issues.append(_issue(where, f"'{link_id}' is answered twice", "structure"))
             continue
         seen.add(link_id)
-        values = await _answers(item, question, where, value_set_codes, issues)
+        values = _answers(item, question, where, value_set_codes, issues)
         answers[link_id] = values
     for link_id, question in items.items():
         if question.get("required") and not answers.get(link_id):
@@ -291,8 +297,8 @@ async def check_assessment(request: GenerateRequest, questionnaire: dict[str, An
     return Assessment(response=response, subject=request.subject, answers=answers)
 
 
-async def _answers(item: dict[str, Any], question: dict[str, Any], where: str, value_set_codes: ValueSetCodes,
-                   issues: list[Issue]) -> list[Any]:
+def _answers(item: dict[str, Any], question: dict[str, Any], where: str, value_set_codes: ValueSetCodes,
+             issues: list[Issue]) -> list[Any]:
     allowed = ANSWER_TYPES.get(question.get("type", ""), ())
     given = item.get("answer", [])
     if len(given) > 1 and not question.get("repeats"):
@@ -308,7 +314,7 @@ async def _answers(item: dict[str, Any], question: dict[str, Any], where: str, v
             continue
         value = answer[kinds[0]]
         if kinds[0] == "valueCoding" and question.get("answerValueSet"):
-            codes = await value_set_codes(question["answerValueSet"])
+            codes = value_set_codes[question["answerValueSet"]]
             if (value.get("system", ""), value.get("code", "")) not in codes:
                 issues.append(_issue(here, f"{value.get('system')}|{value.get('code')} is not in "
                                      f"{question['answerValueSet']}", "code-invalid"))

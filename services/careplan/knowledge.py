@@ -126,9 +126,9 @@ class Protocol:
 class Knowledge:
     """Fetches protocols, the Questionnaire and value sets from the catalog (through its cache)."""
 
-    def __init__(self, catalog: CatalogClient) -> None:
+    def __init__(self, catalog: CatalogClient, *, condition_cache_bytes: int = 16 * 1024 * 1024) -> None:
         self.catalog = catalog
-        self.expressions = ExpressionCache()
+        self.expressions = ExpressionCache(results=ConditionResults(condition_cache_bytes))
 
     async def questionnaire(self, canonical: str) -> dict[str, Any]:
         url, _, version = canonical.partition("|")
@@ -138,6 +138,11 @@ class Knowledge:
         if not found:
             raise Unprocessable(f"The catalog has no active Questionnaire {canonical}", code="not-found")
         return max(found, key=lambda q: q.get("version", ""))
+
+    async def answer_value_sets(self, questionnaire: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
+        """The codes of every answer value set the Questionnaire's items name, by canonical."""
+        canonicals = {item["answerValueSet"] for item in questionnaire.get("item", []) if item.get("answerValueSet")}
+        return {canonical: await self.value_set_codes(canonical) for canonical in sorted(canonicals)}
 
     async def value_set_codes(self, canonical: str) -> set[tuple[str, str]]:
         """(system, code) pairs of a ValueSet's expansion."""

@@ -12,6 +12,9 @@ produce and stores nothing, as the Clinical Practice Guidelines operation define
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -45,7 +48,7 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     @router.post("/CarePlan/$generate", name="generate")
     async def generate(request: Request, ctx: ContextDep) -> Response:
         """Create the CarePlan for an assessment (idempotent per assessment)."""
-        parsed = parse_generate(await read_json(request))
+        parsed = await planner.run(_checked, planner, parse_generate, await read_json(request))
         key = assessment_key(parsed.assessment)
         base = fhir_base(request, ctx.settings.BASE_URL)
         if key is not None:
@@ -68,14 +71,14 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     @router.post("/PlanDefinition/$apply", name="apply-type")
     async def apply(request: Request) -> Response:
         """The CarePlan a protocol would produce for an assessment; stores nothing."""
-        parsed = parse_apply(await read_json(request), None)
+        parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
         result = await planner.draft_plan(parsed, status="draft")
         return FhirResponse(result.careplan)
 
     @router.post("/PlanDefinition/{plan_id}/$apply", name="apply-instance")
     async def apply_instance(plan_id: str, request: Request) -> Response:
         """$apply of one catalog PlanDefinition by id."""
-        parsed = parse_apply(await read_json(request), None)
+        parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
         protocol = await planner.knowledge.protocol_by_id(plan_id)
         if protocol is None:
             raise NotFound(f"The catalog has no PlanDefinition/{plan_id}")
@@ -85,10 +88,17 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
     return router
 
 
+def _checked(planner: CarePlanner, parse: Callable[[Any], GenerateRequest], body: Any) -> GenerateRequest:
+    """The request's limits first (counting costs little), then its R4 validation and parsing."""
+    planner.limits.check_request(body)
+    return parse(body)
+
+
 async def _check(planner: CarePlanner, parsed: GenerateRequest) -> None:
     """The assessment checks planning runs (422 with every problem), before a stored plan is looked up."""
     questionnaire = await planner.knowledge.questionnaire(planner.questionnaire_url)
-    await check_assessment(parsed, questionnaire, planner.knowledge.value_set_codes)
+    value_sets = await planner.knowledge.answer_value_sets(questionnaire)
+    await planner.run(check_assessment, parsed, questionnaire, value_sets)
 
 
 def _already_generated(request: Request, stored: StoredResource, base: str) -> Response:

@@ -18,10 +18,10 @@ class facts of each preparation. This module only evaluates them:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.careplan.allergens import Allergen, allergens, first_allergen
 from services.careplan.intake import Allergy, Assessment
 from services.careplan.knowledge import (
     COURSE_BREAK,
@@ -37,7 +37,6 @@ from services.careplan.knowledge import (
     versioned,
 )
 from services.careplan.scheduling import Rhythm
-from services.fhir.searchparams import normalise
 
 MEDICATION_CLASS_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/medication-class"
 SCAR_CARE_SYSTEM = "https://fhir.cicatrix.org/CodeSystem/scar-care"
@@ -116,7 +115,8 @@ class Screening:
     allergy: Exclusion | None = None
     declined: Exclusion | None = None
     no_preparation: Exclusion | None = None
-    allergies: list[Allergy] = field(default_factory=list)
+    allergies: list[Allergen] = field(default_factory=list)
+    """The patient's allergies, prepared once for matching against every preparation (allergens.py)."""
     declined_codes: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -270,7 +270,7 @@ def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Prot
 
 def _screening(protocol: Protocol, assessment: Assessment, allergies: list[Allergy], expressions: ExpressionCache,
                variables: dict[str, Any]) -> Screening:
-    screening = Screening(allergies=allergies)
+    screening = Screening(allergies=allergens(allergies))
     screening.declined_codes = {(c.get("system", ""), c.get("code", "")) for c in
                                 assessment.answers.get("declined-modality", []) if isinstance(c, dict)}
     for rules in protocol.screening:
@@ -306,7 +306,7 @@ def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening)
                 preparation.exclusion = screening.excluded_classes[key]
                 break
         if preparation.exclusion is None and screening.allergy and screening.allergies:
-            allergen = _allergen(preparation.medication, screening.allergies)
+            allergen = first_allergen(preparation.medication, screening.allergies)
             if allergen:
                 preparation.exclusion = Exclusion(screening.allergy.reason,
                                                   f"{screening.allergy.text} ({allergen})")
@@ -316,33 +316,6 @@ def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening)
         # Home care *is* its preparation: it goes for the preparation's own reason. A delivery procedure
         # (phoresis, mesotherapy) goes because nothing is left for it to deliver.
         activity.exclusion = own if activity.is_home_care or rule is None else Exclusion(rule.reason, rule.text)
-
-
-def _allergen(medication: dict[str, Any], allergies: list[Allergy]) -> str | None:
-    """The ingredient (or product) the patient is allergic to, matched on code or on normalised name."""
-    names: list[tuple[str, set[tuple[str, str]]]] = []
-    code = medication.get("code") or {}
-    names.append((code.get("text", ""), {(c.get("system", ""), c.get("code", "")) for c in codings(code)}))
-    for ingredient in medication.get("ingredient", []):
-        concept = ingredient.get("itemCodeableConcept") or {}
-        texts = [concept.get("text", "")] + [c.get("display", "") for c in codings(concept)]
-        ingredient_codes = {(c.get("system", ""), c.get("code", "")) for c in codings(concept)}
-        names.extend((t, ingredient_codes) for t in texts if t)
-    for allergy in allergies:
-        for text, codes in names:
-            if allergy.code and (allergy.system or "", allergy.code) in codes:
-                return text or allergy.code
-            if allergy.code and not allergy.system and any(c == allergy.code for _, c in codes):
-                return text or allergy.code
-            if allergy.name and _name_matches(allergy.name, normalise(text)):
-                return text
-    return None
-
-
-def _name_matches(allergen: str, name: str) -> bool:
-    """'camphor' matches 'Camphor' and 'natural camphor', not 'camphorated'; hyphens and spaces are alike."""
-    allergen, name = allergen.replace("-", " "), name.replace("-", " ")
-    return bool(allergen) and re.search(rf"(?<![a-z0-9]){re.escape(allergen)}(?![a-z0-9])", name) is not None
 
 
 def screen_order(protocol: Protocol, assessment: Assessment, allergies: list[Allergy], expressions: ExpressionCache,

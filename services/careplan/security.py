@@ -7,6 +7,7 @@ audited, and nothing is cached downstream. The operations need:
     CarePlan/$generate          CarePlan.c    (stores a plan)
     PlanDefinition/$apply       CarePlan.r    (computes a plan, stores nothing)
     Task/{id}/$retry            Task.u        (re-queues a delivery)
+    $ehr-capabilities           Task.r        (the delivery's request plan; no patient data, but no patient's either)
     Subscription/{id}/$status   Subscription.r
     Subscription/{id}/$events   Subscription.r  (full-resource content: read access to what it carries)
 
@@ -31,6 +32,7 @@ OPERATIONS = {
     ("CarePlan", "generate"): ("*", "c"),
     ("PlanDefinition", "apply"): ("CarePlan", "r"),
     ("Task", "retry"): ("*", "u"),
+    ("*", "ehr-capabilities"): ("Task", "r"),
     ("*", "validate"): ("*", "c"),
     ("Subscription", "status"): ("Subscription", "r"),
     ("Subscription", "events"): ("Subscription", "r"),

@@ -34,7 +34,10 @@ class CareplanSettings(ServiceSettings):
     DISPATCHER: Literal["embedded", "off"] = "embedded"
     """Run the delivery dispatcher inside this process (`off` when `cicatrix dispatch` workers do it)."""
     EHR_DELIVERY: Literal["auto", "transaction", "individual", "document"] = "auto"
-    """Delivery shape; `auto` chooses from the EHR's CapabilityStatement."""
+    """Delivery shape; `auto` chooses from the EHR's CapabilityStatement, any other value restricts the
+    request plan to that shape (still only with what the EHR declares)."""
+    EHR_SEARCH_MAX_PAGES: int = 10
+    """Pages followed by a search-before-resend that matches our identifier here (search by patient)."""
     DELIVERY_MAX_ATTEMPTS: int = 12
     """Attempts before a delivery is marked failed (the Task shows why; `$retry` starts again)."""
     DELIVERY_MAX_AGE: timedelta = timedelta(hours=24)
@@ -71,7 +74,7 @@ class CareplanSettings(ServiceSettings):
     """Signing algorithm; derived from the key type when unset."""
     EHR_SMART_TOKEN_URL: str | None = None
     """Token endpoint; discovered from [EHR base]/.well-known/smart-configuration when unset."""
-    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crs"
+    EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crus"
 
     # --- topic-based subscriptions (see "Subscriptions" in README.md) -----------------------------------
     SUBSCRIPTION_ENDPOINTS: str = ""
@@ -108,6 +111,21 @@ class CareplanSettings(ServiceSettings):
     CATALOG_CACHE_SECONDS: float = 30.0
     """How long catalog knowledge is used without revalidation (revalidation is a cheap 304)."""
     CATALOG_TIMEOUT_SECONDS: float = 5.0
+
+    # --- limits on one assessment (README.md#bad-input) ------------------------------------------------------
+    MAX_ANSWERS_PER_ITEM: int = 100
+    """Answers one assessment item may have (repeating items: allergies, declined modalities)."""
+    MAX_ALLERGIES: int = 100
+    """Distinct allergies and intolerances of one request (allergy answers and AllergyIntolerance codings)."""
+    PLAN_START_PAST_DAYS: int = 3653
+    """How far before today a plan's `start` may lie: ten years, for courses begun before they are recorded
+    and for reproducible requests with fixed dates (the shipped examples); year 1 or 1900 is a typo."""
+    PLAN_START_FUTURE_DAYS: int = 731
+    """How far after today a plan's `start` may lie: two years, as long as a scar may be left to mature."""
+    CONDITION_CACHE_BYTES: int = 16 * 1024 * 1024
+    """Memory for protocol condition results remembered by the answers they read (answer_conditions.py)."""
+    CATALOG_CACHE_BYTES: int = 64 * 1024 * 1024
+    """Memory for catalog responses (protocols, the Questionnaire, value sets) kept for outages."""
 
     # --- CDS Hooks (README.md#cds-hooks) ---------------------------------------------------------------------
     CDS_AUTH: Literal["jwt", "off"] = "off"
@@ -153,7 +171,8 @@ class CareplanSettings(ServiceSettings):
             return timedelta(seconds=float(value))
         return value
 
-    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE", "SUBSCRIPTION_MAX_SUBSCRIPTIONS",
+    @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE", "EHR_SEARCH_MAX_PAGES", "MAX_ANSWERS_PER_ITEM",
+                     "MAX_ALLERGIES", "CONDITION_CACHE_BYTES", "CATALOG_CACHE_BYTES", "SUBSCRIPTION_MAX_SUBSCRIPTIONS",
                      "SUBSCRIPTION_MAX_ATTEMPTS", "SUBSCRIPTION_BATCH_SIZE", "SUBSCRIPTION_HEARTBEAT_MIN_SECONDS",
                      "SUBSCRIPTION_EVENTS_MAX")
     @classmethod
@@ -172,6 +191,14 @@ class CareplanSettings(ServiceSettings):
         if value <= 0:
             raise ValueError("must be a positive number of seconds")
         return value
+
+    @field_validator("PLAN_START_PAST_DAYS", "PLAN_START_FUTURE_DAYS")
+    @classmethod
+    def _days(cls, value: int) -> int:
+        if not 0 <= value <= 36525:
+            raise ValueError("must be between 0 and 36525 days (a century)")
+        return value
+
 
     @field_validator("CDS_MAX_TOKEN_SECONDS", "CDS_REPLAY_CACHE_SIZE", "CDS_FHIR_MAX_BYTES", "CDS_MAX_FEEDBACK_ITEMS")
     @classmethod

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.jsonio import read_json
+from services.fhir.limits import InputLimits
 from services.fhir.outcome import BadRequest, NotFound, Unprocessable
 from services.fhir.parameters import OperationInput, ParamSpec, from_parameters, from_query, output, part
 from services.fhir.responses import FhirResponse
@@ -555,7 +556,10 @@ async def _inputs(request: Request, specs: Sequence[ParamSpec], ignored: Sequenc
     """The operation's inputs, from the query string (GET) or a Parameters body (POST)."""
     if request.method == "GET":
         return from_query(parse_qsl(request.url.query, keep_blank_values=True), specs, ignored=ignored)
-    return from_parameters(await read_json(request), specs, ignored=ignored)
+    body = await read_json(request)
+    ctx = request.app.state.ctx
+    InputLimits.of(ctx.settings).check_parameters(body)
+    return await ctx.work.run(lambda: from_parameters(body, specs, ignored=ignored))  # R4 validation: CPU
 
 
 def _non_negative(inputs: OperationInput, name: str, default: int) -> int:

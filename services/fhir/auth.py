@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import re
 from typing import Any
 
@@ -82,7 +83,8 @@ def make_verifier(settings: ServiceSettings) -> TokenVerifier | None:
                          algorithms=frozenset(settings.AUTH_ALGORITHMS.split(",")),
                          leeway_seconds=settings.AUTH_LEEWAY_SECONDS)
     keys = JwksSource(url=settings.AUTH_JWKS_URL, file=settings.AUTH_JWKS_FILE,
-                      cache_seconds=settings.AUTH_JWKS_CACHE_SECONDS)
+                      cache_seconds=settings.AUTH_JWKS_CACHE_SECONDS, timeout=settings.AUTH_JWKS_TIMEOUT_SECONDS,
+                      retry_seconds=settings.AUTH_JWKS_RETRY_SECONDS)
     return TokenVerifier(policy, keys)
 
 
@@ -152,7 +154,8 @@ class AccessMiddleware:
             raise Unauthorized(f"The access token was refused: {exc}",
                                headers={"WWW-Authenticate": self._challenge("invalid_token", str(exc))}) from None
         except KeysUnavailable as exc:
-            raise ServiceUnavailable(f"Access tokens cannot be checked right now: {exc}") from None
+            raise ServiceUnavailable(f"Access tokens cannot be checked right now: {exc}",
+                                     headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
         principal = Principal.from_claims(claims)
         if principal.subject is None and principal.client_id is None:
             reason = "the access token names no subject (sub) or client (client_id)"

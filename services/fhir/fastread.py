@@ -26,7 +26,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -38,10 +38,12 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from services.fhir import FHIR_JSON_UTF8
+from services.fhir.bytecache import CacheMetrics, digest
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.searchparams import FHIR_ID
 from services.fhir.store import StoredResource
+from services.fhir.workpool import WorkPool
 
 _CHANGED = "cicatrix.read_cache.changed"
 
@@ -49,8 +51,11 @@ _CHANGED = "cicatrix.read_cache.changed"
 class ReadCache:
     """Answers by key, fresh for `fresh_seconds`, at most `max_bytes` of them (least recently stored go first).
 
-    Keys are `("read", type, id)` for current versions and `("search", type, query, base)` for searchset
-    Bundles. A write of one resource drops its read entry and every search (a search may list or include it)."""
+    Keys are `("read", type, id)` for current versions and `("search", type, digest of query and base)` for
+    searchset Bundles. A write of one resource drops its read entry and every search (a search may list or
+    include it)."""
+
+    name = "reads"
 
     def __init__(self, fresh_seconds: float, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.fresh_seconds = fresh_seconds
@@ -62,8 +67,12 @@ class ReadCache:
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, ...], asyncio.Future[Any]] = {}
 
-    async def fetch(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
-        """The entry, or what `load` (run in a worker thread; it `put`s what it read) returns.
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def fetch(self, key: tuple[str, ...], load: Callable[[], Any],
+                    run: Callable[[Callable[[], Any]], Awaitable[Any]] = run_in_threadpool) -> Any:
+        """The entry, or what `load` (run in a worker thread by `run`; it `put`s what it read) returns.
 
         Concurrent misses of one key share one load. An entry in the last quarter of its freshness is
         still served, while one load refreshes it in the background, so a popular entry never expires
@@ -73,14 +82,15 @@ class ReadCache:
             age = time.monotonic() - entry[0]
             if age < self.fresh_seconds:
                 if age >= 0.75 * self.fresh_seconds and key not in self._loading:
-                    self._load(key, load)
+                    self._load(key, load, run)
                 return entry[1]
-        return await asyncio.shield(self._load(key, load))
+        return await asyncio.shield(self._load(key, load, run))
 
-    def _load(self, key: tuple[str, ...], load: Callable[[], Any]) -> asyncio.Future[Any]:
+    def _load(self, key: tuple[str, ...], load: Callable[[], Any],
+              run: Callable[[Callable[[], Any]], Awaitable[Any]]) -> asyncio.Future[Any]:
         loading = self._loading.get(key)
         if loading is None:
-            loading = asyncio.ensure_future(run_in_threadpool(load))
+            loading = asyncio.ensure_future(run(load))
             self._loading[key] = loading
             loading.add_done_callback(lambda done: self._loaded(key, done))
         return loading
@@ -206,9 +216,10 @@ class SearchRoute(BaseRoute):
     name = "search-type"
 
     def __init__(self, interactions: Any, sessions: Callable[[], Any], cache: ReadCache, base_url: str | None,
-                 prefix: str = "/fhir") -> None:
+                 work: WorkPool, prefix: str = "/fhir") -> None:
         self.interactions = interactions
         self.sessions = sessions
+        self.work = work
         self.cache = cache
         self.base_url = base_url
         self.paths = {f"{prefix}/{t}": t for t in interactions.types}
@@ -227,11 +238,13 @@ class SearchRoute(BaseRoute):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         resource_type = scope["path_params"]["resource_type"]
-        key = ("search", resource_type, request.url.query, fhir_base(request, self.base_url))
+        base = fhir_base(request, self.base_url)
+        # the query and the base (from the Host header) are the client's: the key holds their digest
+        key = ("search", resource_type, digest(request.url.query, base).hex())
         if _header(scope, b"prefer") is None:
-            found = await self.cache.fetch(key, lambda: self._search(key, request, True))
+            found = await self.cache.fetch(key, lambda: self._search(key, base, request, True), self.work.run)
         else:
-            found = await run_in_threadpool(self._search, key, request, False)
+            found = await self.work.run(self._search, key, base, request, False)
         body, tag = found
         if _header(scope, b"if-none-match") == tag:
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
@@ -242,11 +255,11 @@ class SearchRoute(BaseRoute):
             (b"etag", tag.encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _search(self, key: tuple[str, ...], request: Request, cacheable: bool) -> tuple[bytes, str]:
+    def _search(self, key: tuple[str, ...], base: str, request: Request, cacheable: bool) -> tuple[bytes, str]:
         generation = self.cache.generation
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
         with self.sessions() as session:
-            body = self.interactions.search_bundle(key[1], pairs, request, session, key[3])
+            body = self.interactions.search_bundle(key[1], pairs, request, session, base)
         found = (body, content_etag(body))
         if cacheable:
             self.cache.put(key, found, len(body), generation)
@@ -265,8 +278,10 @@ def install_read_route(app: Any, interactions: Any, *, cache_seconds: float = 0.
     do not depend on the caller, searches too)."""
     ctx = app.state.ctx
     cache = ReadCache(cache_seconds) if cache_seconds > 0 else None
+    if cache is not None:
+        CacheMetrics([cache]).register(ctx.metrics.registry)
     route = ReadRoute(interactions, ctx.session, cache)
     app.router.routes.insert(0, route)
     if cache is not None and interactions.search_hook is None:
-        app.router.routes.insert(1, SearchRoute(interactions, ctx.session, cache, ctx.settings.BASE_URL))
+        app.router.routes.insert(1, SearchRoute(interactions, ctx.session, cache, ctx.settings.BASE_URL, ctx.work))
     return route

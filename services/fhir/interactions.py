@@ -20,13 +20,14 @@ from starlette.responses import Response
 
 from services.fhir.bundles import history, searchset
 from services.fhir.jsonio import FORM_BODY_TYPE, media_type, read_json, read_resource
+from services.fhir.limits import limit
 from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import content_etag_response, fhir_base, read_response, version_from_etag, write_response
 from services.fhir.searchparams import SearchParamDef, parse_query
-from services.fhir.service import ContextDep, SessionDep
+from services.fhir.service import ContextDep, ServiceContext, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
-from services.fhir.validation import r4_issues
+from services.fhir.validation import check_r4, r4_issues
 
 WriteHook = Callable[[Session, dict[str, Any], str | None], None]
 """Called with (session, resource, id or None for create) before a write; raises FhirError to refuse it."""
@@ -104,25 +105,31 @@ class ResourceInteractions:
         body = history(base, versions, self_url=f"{base}/{resource_type}/{resource_id}/_history")
         return FhirResponse(body)
 
-    def search(self, resource_type: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+    async def search(self, resource_type: str, request: Request, ctx: ContextDep) -> Response:
         """Search with FHIR semantics; unknown parameters draw a warning (or 400 under handling=strict)."""
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
-        return self._search(resource_type, pairs, request, session, ctx)
+        return await self._search(resource_type, pairs, request, ctx)
 
-    async def search_post(self, resource_type: str, request: Request, session: SessionDep,
-                          ctx: ContextDep) -> Response:
+    async def search_post(self, resource_type: str, request: Request, ctx: ContextDep) -> Response:
         """Search by POST with a form-encoded body (same parameters as GET)."""
         self.check_type(resource_type)
         if media_type(request) != FORM_BODY_TYPE:
             raise FhirError(f"POST _search takes {FORM_BODY_TYPE}", status=415, code="not-supported")
         body = (await request.body()).decode("utf-8", errors="replace")
         pairs = parse_qsl(request.url.query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
-        return self._search(resource_type, pairs, request, session, ctx)
+        return await self._search(resource_type, pairs, request, ctx)
 
-    def _search(self, resource_type: str, pairs: list[tuple[str, str]], request: Request, session: Session,
-                ctx: Any) -> Response:
-        body = self.search_bundle(resource_type, pairs, request, session, fhir_base(request, ctx.settings.BASE_URL))
-        return content_etag_response(request, body)
+    async def _search(self, resource_type: str, pairs: list[tuple[str, str]], request: Request,
+                      ctx: ServiceContext) -> Response:
+        """Parsing, querying and rendering run in the work pool, on a session of their own (work over budget may
+        outlive the request)."""
+        base = fhir_base(request, ctx.settings.BASE_URL)
+
+        def search() -> bytes:
+            with ctx.session() as session:
+                return self.search_bundle(resource_type, pairs, request, session, base)
+
+        return content_etag_response(request, await ctx.work.run(search))
 
     def search_bundle(self, resource_type: str, pairs: list[tuple[str, str]], request: Request, session: Session,
                       base: str) -> bytes:
@@ -132,7 +139,8 @@ class ResourceInteractions:
             pairs = self.search_hook(request, resource_type, pairs)
         query = parse_query(resource_type, pairs, self.search_params.get(resource_type, {}),
                             sortable=self.sortable, includable=self.includable.get(resource_type, {}),
-                            all_includable=self.includable)
+                            all_includable=self.includable,
+                            max_includes=limit(request.app.state.ctx.settings, "MAX_INCLUDES"))
         warnings: list[Issue] = []
         if query.unknown:
             message = f"Unknown search parameter(s) ignored: {', '.join(query.unknown)}"
@@ -152,9 +160,7 @@ class ResourceInteractions:
 
     def check_write(self, session: Session, resource: dict[str, Any], resource_id: str | None) -> None:
         """Every write's validation (R4 + the service's hook); batch/transaction entries run it too."""
-        issues = r4_issues(resource)
-        if issues:
-            raise BadRequest(issues[0].diagnostics, issues=issues)
+        check_r4(resource)
         if self.before_write:
             self.before_write(session, resource, resource_id)
 
@@ -163,9 +169,11 @@ class ResourceInteractions:
         self.check_writable(resource_type)
         resource = await read_resource(request, expected_type=resource_type)
         resource.pop("id", None)
+        await ctx.work.run(check_r4, resource)
 
         def write() -> StoredResource:
-            self.check_write(session, resource, None)
+            if self.before_write:
+                self.before_write(session, resource, None)
             stored = self.store.create(session, resource)
             session.commit()
             return stored
@@ -185,9 +193,11 @@ class ResourceInteractions:
         if resource.get("id") != resource_id:
             raise BadRequest(f"The body's id '{resource.get('id')}' does not match the URL id '{resource_id}'",
                              expression=f"{resource_type}.id")
+        await ctx.work.run(check_r4, resource)
 
         def write() -> tuple[StoredResource, bool]:
-            self.check_write(session, resource, resource_id)
+            if self.before_write:
+                self.before_write(session, resource, resource_id)
             result = self.store.update(session, resource_type, resource_id, resource, if_match=if_match)
             session.commit()
             return result
@@ -206,26 +216,27 @@ class ResourceInteractions:
                                            diagnostics=f"{resource_type}/{resource_id} deleted")])
         return FhirResponse(outcome)
 
-    async def validate(self, resource_type: str, request: Request, session: SessionDep) -> Response:
+    async def validate(self, resource_type: str, request: Request, ctx: ContextDep) -> Response:
         """$validate: the OperationOutcome a create would give, storing nothing."""
         self.check_type(resource_type)
         body = await read_json(request)
         resource = _resource_from_validate_body(body)
         if resource.get("resourceType") != resource_type:
             raise BadRequest(f"Expected a {resource_type} to validate", expression="resourceType")
-        issues = await run_in_threadpool(self._validation_issues, session, resource)
+        issues = await ctx.work.run(self._validation_issues, ctx, resource)
         if not issues:
             issues = [Issue(code="informational", severity="information",
                             diagnostics=f"The {resource_type} is valid")]
         return FhirResponse(operation_outcome(issues))
 
-    def _validation_issues(self, session: Session, resource: dict[str, Any]) -> list[Issue]:
+    def _validation_issues(self, ctx: ServiceContext, resource: dict[str, Any]) -> list[Issue]:
         issues = r4_issues(resource)
         if not issues and self.before_write:
-            try:
-                self.before_write(session, resource, resource.get("id"))
-            except FhirError as error:
-                issues = list(error.issues)
+            with ctx.session() as session:
+                try:
+                    self.before_write(session, resource, resource.get("id"))
+                except FhirError as error:
+                    issues = list(error.issues)
         return issues
 
     def check_writable(self, resource_type: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
+from services.fhir.limits import Limit
 from services.fhir.outcome import BadRequest
 
 MAX_PARAM_VALUE_LENGTH = 512
@@ -189,7 +190,17 @@ def _date_bounds(item: Any) -> tuple[datetime, datetime] | None:
 
 
 def parse_date_range(text: str) -> tuple[datetime, datetime]:
-    """The instant range a FHIR date/dateTime covers: '2025-03' is all of March 2025 (UTC)."""
+    """The instant range a FHIR date/dateTime covers: '2025-03' is all of March 2025 (UTC).
+
+    ValueError when `text` is no date, or one whose range does not fit the years 1 to 9999 in UTC
+    ('9999-12-31' would end in the year 10000)."""
+    try:
+        return _date_range(text)
+    except OverflowError:
+        raise ValueError(f"{text[:40]!r} reaches beyond the years 1 to 9999") from None
+
+
+def _date_range(text: str) -> tuple[datetime, datetime]:
     if re.fullmatch(r"\d{4}", text):
         start = datetime(int(text), 1, 1, tzinfo=UTC)
         return start, datetime(int(text) + 1, 1, 1, tzinfo=UTC) - timedelta(microseconds=1)
@@ -265,8 +276,11 @@ def parse_query(
     sortable: Iterable[str] = (),
     includable: Mapping[str, SearchParamDef] | None = None,
     all_includable: Mapping[str, Mapping[str, SearchParamDef]] | None = None,
+    max_includes: Limit | None = None,
 ) -> SearchQuery:
-    """Parse the query string of a search; malformed values are 400, unknown names are collected."""
+    """Parse the query string of a search; malformed values are 400, unknown names are collected.
+
+    Repeated `_include`s count once; more distinct ones than `max_includes` are 400 (each costs a query)."""
     query = SearchQuery(resource_type=resource_type)
     sortable = set(sortable) | {"_lastUpdated", "_id"}
     for raw_name, value in pairs:
@@ -303,6 +317,10 @@ def parse_query(
         if not value and modifier != "missing":
             raise BadRequest(f"Search parameter '{name}' has an empty value", expression=raw_name)
         query.criteria.append(Criterion(name=name, type=kind, modifier=modifier or None, values=values))
+    query.includes = list(dict.fromkeys(query.includes))
+    if max_includes is not None:
+        max_includes.check_count(query.includes, "Distinct _include and _include:iterate values", "_include",
+                                 status=400)
     return query
 
 

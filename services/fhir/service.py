@@ -35,6 +35,7 @@ from services.fhir.observability import HttpMetrics, configure_logging
 from services.fhir.outcome import Issue, ServiceUnavailable, operation_outcome
 from services.fhir.responses import FhirResponse, etag
 from services.fhir.settings import ServiceSettings
+from services.fhir.workpool import WorkPool
 
 log = logging.getLogger("cicatrix.service")
 
@@ -65,6 +66,8 @@ class ServiceContext:
     migrations: Migrations
     metrics: HttpMetrics
     capability: CapabilityBuilder
+    work: WorkPool
+    """Where handlers run their CPU work (planning, validation, searches): never on the event loop."""
     capability_bytes: bytes = b""
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -89,13 +92,17 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
               capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
               shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
-              audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = ()) -> FastAPI:
+              audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = (),
+              readiness: list[Callable[[], str | None]] | None = None, work: WorkPool | None = None) -> FastAPI:
     """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data,
-    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves."""
+    `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves;
+    `readiness`: checks /readyz adds to the database's, each returning why the service is not ready, or None;
+    `work` the pool its handlers run CPU work in (one from the settings when not given)."""
     configure_logging(settings.LOG_LEVEL)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
-                         migrations=migrations, metrics=metrics, capability=capability)
+                         migrations=migrations, metrics=metrics, capability=capability,
+                         work=work or WorkPool.of(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +119,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
         finally:
             for hook in shutdown or []:
                 await hook(ctx)
+            ctx.work.shutdown()
             ctx.engine.dispose()
             log.info("service stopped", extra={"service": name})
 
@@ -128,7 +136,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
                            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match",
                                           "If-None-Exist", "Prefer", "X-Request-Id"],
                            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-Id", "WWW-Authenticate"])
-    _add_operational_routes(app, ctx)
+    _add_operational_routes(app, ctx, readiness or [])
     return app
 
 
@@ -149,10 +157,11 @@ def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPo
         }
 
 
-def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
+def _add_operational_routes(app: FastAPI, ctx: ServiceContext, readiness: list[Callable[[], str | None]]) -> None:
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
-        """Process is alive (no dependencies checked: restarting would not fix them)."""
+    async def healthz() -> JSONResponse:
+        """Process is alive (no dependencies checked: restarting would not fix them). Answered on the event
+        loop itself, without a worker thread: it shows whether the loop is free."""
         return JSONResponse({"status": "ok", "service": ctx.name})
 
     @app.get("/readyz", include_in_schema=False)
@@ -166,6 +175,10 @@ def _add_operational_routes(app: FastAPI, ctx: ServiceContext) -> None:
             raise ServiceUnavailable("The database is not reachable") from None
         if not current:
             raise ServiceUnavailable("Database migrations are not applied; run `cicatrix migrate`")
+        for check in readiness:
+            reason = check()
+            if reason:
+                raise ServiceUnavailable(reason)
         return JSONResponse({"status": "ready", "service": ctx.name})
 
     @app.get("/metrics", include_in_schema=False)

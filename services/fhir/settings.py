@@ -60,6 +60,31 @@ class ServiceSettings(BaseSettings):
     """Start with AUTH_MODE=off although HOST is not a loopback address (a deliberate, logged choice)."""
     CORS_ORIGINS: str = ""
     """Browser origins allowed to call the API (comma-separated); CORS stays off when empty."""
+    AUTH_JWKS_TIMEOUT_SECONDS: float = 5.0
+    """How long one fetch of the JWK Set may take; every request waiting for keys shares that one fetch."""
+    AUTH_JWKS_RETRY_SECONDS: float = 2.0
+    """After a failed JWK Set fetch, requests fail fast (503, Retry-After) for this long before the next
+    attempt; the pause doubles with each further failure, up to 60 seconds."""
+
+    # --- CPU work off the event loop, and limits on what one request may ask (README.md#bad-input) -----------
+    WORK_THREADS: int = 2
+    """Worker threads for planning, validation and searches (the event loop only does I/O). Python runs one
+    thread at a time, so more threads add no CPU, only waiting for the event loop: raise it for searches on a
+    slow database, scale with WORKERS for CPU."""
+    WORK_QUEUE: int = 32
+    """Requests that may wait for a worker thread; more are answered 503 with Retry-After at once."""
+    WORK_BUDGET_SECONDS: float = 10.0
+    """Time budget of one piece of work, waiting included: past it, 503 with Retry-After (the service is
+    busy), or 422 when the work itself ran for more than half the budget (the input is the cause)."""
+    MAX_INCLUDES: int = 10
+    """Distinct `_include` / `_include:iterate` values one search may ask for."""
+    MAX_PARAMETERS: int = 200
+    """Entries (`parameter`) of a Parameters resource an operation reads."""
+    MAX_CODE_LENGTH: int = 1024
+    """Length of the system, code and display of a coding an operation reads."""
+    MAX_CANONICAL_LENGTH: int = 512
+    """Length of a canonical URL an operation reads (a planDefinition, say): the longest value a search takes,
+    as canonicals are looked up by search; real ones are under a hundred characters."""
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -70,11 +95,19 @@ class ServiceSettings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix):]
         return value
 
-    @field_validator("MAX_BODY_BYTES", "WORKERS")
+    @field_validator("MAX_BODY_BYTES", "WORKERS", "WORK_THREADS", "WORK_QUEUE", "MAX_INCLUDES", "MAX_PARAMETERS",
+                     "MAX_CODE_LENGTH", "MAX_CANONICAL_LENGTH")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be positive")
+        return value
+
+    @field_validator("WORK_BUDGET_SECONDS", "AUTH_JWKS_TIMEOUT_SECONDS", "AUTH_JWKS_RETRY_SECONDS")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive number of seconds")
         return value
 
     @field_validator("AUTH_ALGORITHMS")

@@ -504,12 +504,22 @@ def _encode_cursor(direction: str, anchor: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps([direction, anchor])).decode().rstrip("=")
 
 
+def _anchor_value(value: Any) -> str | datetime:
+    """A sort key value from a cursor: text (ids, search values) or an instant ({"t": ISO 8601}), as
+    `_cursor_value` writes them; anything else (null, a list, a number) is a forged cursor."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("t"), str):
+        return datetime.fromisoformat(value["t"])
+    raise ValueError
+
+
 def _decode_cursor(cursor: str, n_keys: int) -> tuple[str, list[Any]]:
     try:
         direction, anchor = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if direction not in ("next", "prev") or not isinstance(anchor, list) or len(anchor) != n_keys:
             raise ValueError
-        values = [datetime.fromisoformat(v["t"]) if isinstance(v, dict) else v for v in anchor]
+        values = [_anchor_value(v) for v in anchor]
     except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
         raise BadRequest("The paging cursor is not valid for this search; start again from the first page",
                          expression="_cursor") from None

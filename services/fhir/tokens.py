@@ -10,7 +10,8 @@ PyJWT does the cryptography; this module decides what is acceptable:
 - the key is found by `kid` (or is the only suitable key when the token names
   none); an unknown `kid` makes a URL-backed key set refetch once, at most every
   few seconds, so key rotation works and random `kid`s cannot make us hammer the
-  issuer;
+  issuer; when the issuer is down, requests share one fetch and then fail fast
+  (`JwksSource`);
 - `exp` is required, `nbf` and `iat` are honoured, all with a small leeway;
   `iss` must equal the configured issuer and `aud` contain a configured audience.
 
@@ -36,6 +37,7 @@ log = logging.getLogger("cicatrix.auth")
 
 MAX_TOKEN_BYTES = 16 * 1024
 MIN_REFETCH_SECONDS = 10.0
+MAX_RETRY_SECONDS = 60.0
 MAX_JWKS_BYTES = 256 * 1024
 """A JWK Set is a few kilobytes; reading no more keeps a hostile or broken key URL from filling memory."""
 _FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
@@ -47,7 +49,12 @@ class InvalidToken(Exception):
 
 
 class KeysUnavailable(Exception):
-    """The issuer's key set could not be fetched and none is cached."""
+    """The issuer's key set could not be fetched and none is cached; `retry_after` says when it will be tried
+    again (seconds)."""
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _suits(jwk: Mapping[str, Any], alg: str) -> bool:
@@ -72,17 +79,28 @@ def _keys_of(document: Any) -> list[dict[str, Any]]:
 
 
 class JwksSource:
-    """Where the keys come from: a file read once, or a URL fetched with httpx and cached."""
+    """Where the keys come from: a file read once, or a URL fetched with httpx and cached.
+
+    During an outage of the issuer no request waits behind another: requests that need the keys while they
+    are being fetched share that one fetch (at most `timeout` seconds), and after a failed fetch every request
+    is answered at once, with the keys still cached or with `KeysUnavailable` (503 and Retry-After), until
+    the pause after the failure is over. The pause starts at `retry_seconds` and doubles with each failure
+    in a row, up to MAX_RETRY_SECONDS."""
 
     def __init__(self, *, url: str | None = None, file: Path | None = None, cache_seconds: float = 300.0,
+                 timeout: float = 5.0, retry_seconds: float = 2.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = url
         self.file = file
         self.cache_seconds = cache_seconds
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
         self._transport = transport
         self._keys: list[dict[str, Any]] | None = None
         self._fetched = 0.0
-        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._fetching: asyncio.Future[list[dict[str, Any]]] | None = None
 
     async def keys(self, *, refresh: bool = False) -> list[dict[str, Any]]:
         """The current keys; `refresh` asks for a refetch (honoured at most every MIN_REFETCH_SECONDS)."""
@@ -94,15 +112,19 @@ class JwksSource:
         stale = self._keys is None or now - self._fetched > self.cache_seconds
         if not stale and not (refresh and now - self._fetched > MIN_REFETCH_SECONDS):
             return self._keys or []
-        async with self._lock:
-            if self._keys is not None and self._fetched > now:  # another request just fetched them
+        if now < self._retry_at:  # the last fetch failed moments ago: answer now, do not queue
+            if self._keys is not None:
                 return self._keys
-            return await self._fetch()
+            raise KeysUnavailable("the token issuer's key set cannot be fetched", retry_after=self._retry_at - now)
+        fetching = self._fetching
+        if fetching is None or fetching.done() or fetching.get_loop() is not asyncio.get_running_loop():
+            self._fetching = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._fetching)
 
     async def _fetch(self) -> list[dict[str, Any]]:
         assert self.url is not None
         try:
-            async with httpx.AsyncClient(timeout=5.0, transport=self._transport) as http, \
+            async with httpx.AsyncClient(timeout=self.timeout, transport=self._transport) as http, \
                     http.stream("GET", self.url, headers={"Accept": "application/json"}) as response:
                 response.raise_for_status()
                 body = bytearray()
@@ -112,11 +134,14 @@ class JwksSource:
                         raise KeysUnavailable("the key set is larger than a key set can reasonably be")
             self._keys = _keys_of(json.loads(body))
             self._fetched = time.monotonic()
+            self._failures = 0
         except (httpx.HTTPError, ValueError, KeysUnavailable) as exc:
-            log.warning("JWKS fetch failed", extra={"error": type(exc).__name__})
+            pause = min(self.retry_seconds * 2 ** self._failures, MAX_RETRY_SECONDS)
+            self._failures += 1
+            self._retry_at = time.monotonic() + pause
+            log.warning("JWKS fetch failed", extra={"error": type(exc).__name__, "retry_seconds": pause})
             if self._keys is None:
-                raise KeysUnavailable("the token issuer's key set cannot be fetched") from None
-            self._fetched = time.monotonic() - self.cache_seconds + MIN_REFETCH_SECONDS  # retry soon
+                raise KeysUnavailable("the token issuer's key set cannot be fetched", retry_after=pause) from None
         return self._keys
 
 

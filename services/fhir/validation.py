@@ -77,11 +77,16 @@ def r4_issues(resource: dict[str, Any]) -> list[Issue]:
     return issues + list(_binding_issues(model, resource_type))
 
 
-def parse(resource: dict[str, Any]) -> FHIRAbstractModel:
-    """The R4B model of a valid R4 resource; 400 with every problem otherwise."""
+def check_r4(resource: dict[str, Any]) -> None:
+    """400 with every reason `resource` is not valid R4."""
     issues = r4_issues(resource)
     if issues:
         raise BadRequest(issues[0].diagnostics, issues=issues)
+
+
+def parse(resource: dict[str, Any]) -> FHIRAbstractModel:
+    """The R4B model of a valid R4 resource; 400 with every problem otherwise."""
+    check_r4(resource)
     return model_class(resource["resourceType"]).model_validate(resource)
 
 

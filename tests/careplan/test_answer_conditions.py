@@ -105,7 +105,7 @@ ANSWERS = st.fixed_dictionaries({
 @settings(max_examples=60, deadline=None)
 @given(answers=st.lists(ANSWERS, min_size=1, max_size=8))
 def test_over_varied_assessments_memory_never_changes_a_result(answers):
-    cache = ExpressionCache(results=ConditionResults(size=16))  # small, so that entries are also evicted
+    cache = ExpressionCache(results=ConditionResults(max_bytes=16 * 1024))  # small, so that entries are also evicted
     template = assessment_of(example("atrophic-chest-visible-vessels"))
     for given_answers in answers:
         response = json.loads(json.dumps(template))
@@ -120,3 +120,18 @@ def test_over_varied_assessments_memory_never_changes_a_result(answers):
         for expression in CONDITIONS:
             variables = {"resource": response, "context": response}
             assert cache.evaluate(expression, response, variables) == direct(expression, response), expression
+
+
+def test_padded_items_are_not_remembered_and_memory_stays_within_its_bytes():
+    results = ConditionResults(max_bytes=64 * 1024)
+    cache = ExpressionCache(results=results)
+    expression = "%resource.item.where(linkId='pregnant').answer.value = true"
+    for i in range(500):
+        response = assessment_of(example("atrophic-pregnant"))
+        for item in response["item"]:
+            item["text"] = f"{i}" + ("x" * 20_000 if i % 2 else "")
+        variables = {"resource": response, "context": response}
+        assert cache.evaluate(expression, response, variables) == direct(expression, response)
+        assert (results.key(expression, response, variables) is None) == bool(i % 2)
+    assert 0 < results.cache.size <= 64 * 1024
+    assert len(results.cache) < 500, "the least recently used results were dropped"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 
 import httpx
 
+from services.careplan.catalog_client import CatalogClient
 from services.catalog.settings import CONTENT_DIR
 from tests.careplan.conftest import answer, assessment_of, example
 from tests.support.apps import FHIR_JSON, careplan_app, catalog_app, running
@@ -78,3 +80,18 @@ def test_cached_knowledge_is_revalidated_with_etags(tmp_path):
     revalidated = [line for line in metrics.splitlines()
                    if line.startswith("http_requests_total") and 'status="304"' in line]
     assert revalidated, "the second plan revalidated the cached protocol instead of downloading it again"
+
+
+def test_concurrent_requests_for_one_url_share_a_fetch_and_nothing_stays_behind(catalog_url):
+    client = CatalogClient(catalog_url, fresh_seconds=0, max_bytes=256 * 1024)
+
+    async def scenario() -> None:
+        bundles = await asyncio.gather(*(client.get("/PlanDefinition", [("_count", "1")]) for _ in range(20)))
+        assert all(bundle is bundles[0] for bundle in bundles), "one fetch answered all twenty"
+        for i in range(300):  # distinct URLs, as client-supplied canonicals make them
+            await client.get("/PlanDefinition", [("url", f"https://x.test/{i}/" + "p" * 400)])
+        await client.close()
+
+    asyncio.run(scenario())
+    assert client._fetching == {}
+    assert client.cache.size <= 256 * 1024 and len(client.cache) < 300

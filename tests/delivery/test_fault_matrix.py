@@ -172,32 +172,6 @@ def test_apply_then_fail_is_found_by_the_search_and_not_resent(engine, database_
     assert delivery.ehr_id == ehr_sandbox.store("CarePlan")[0]["id"]
 
 
-def test_ehr_without_careplan_create_gets_a_document(engine, database_url, ehr_sandbox, r4_validator):
-    import base64
-    import json
-
-    ehr_sandbox.configure(profile="no-careplan-write")
-    plan = store_plan(engine)
-
-    drain(delivery_settings(database_url, ehr_sandbox.base_url), engine)
-
-    assert ehr_sandbox.store("CarePlan") == []
-    [document] = ehr_sandbox.store("DocumentReference")
-    r4_validator.assert_valid(document)
-    html, carried = (c["attachment"] for c in document["content"])
-    assert html["contentType"] == "text/html"
-    assert "Atrophic scar treatment" in base64.b64decode(html["data"]).decode()
-    sent_plan = json.loads(base64.b64decode(carried["data"]))
-    r4_validator.assert_valid(sent_plan)
-    assert sent_plan["identifier"] == plan.parsed()["identifier"]
-    [prov] = ehr_sandbox.store("Provenance")
-    r4_validator.assert_valid(prov)
-    assert prov["target"] == [{"reference": f"DocumentReference/{document['id']}"}]
-    [delivery] = deliveries(engine)
-    assert (delivery.state, delivery.shape, delivery.ehr_type) == ("completed", "document", "DocumentReference")
-    assert not [r for r in ehr_sandbox.requests() if r["path"] == "/fhir" and r["method"] == "POST"]
-
-
 def test_ehr_without_transactions_gets_individual_conditional_creates(engine, database_url, ehr_sandbox):
     ehr_sandbox.configure(profile="no-transaction")
     plan = store_plan(engine)

@@ -22,7 +22,6 @@ from services.careplan.delivery.payloads import ReferenceRewriter, ehr_careplan
 from services.careplan.delivery.readback import dropped_elements, element_paths
 from services.careplan.delivery.retry import RetryPolicy, backoff_seconds, parse_retry_after
 from services.careplan.delivery.sending import Delivered, reapply
-from services.careplan.delivery.shapes import choose_shape, read_capabilities
 from tests.delivery.factories import careplan
 from tests.delivery.keys import ec_key
 
@@ -120,6 +119,31 @@ def test_a_401_fetches_one_new_token_and_retries_once():
     asyncio.run(client.request("GET", "CarePlan"))
 
     assert seen == {"token": 2, "fhir": ["Bearer t1", "Bearer t2"]}
+
+
+def test_the_token_url_comes_from_the_capability_statement_when_smart_discovery_is_missing():
+    key = SigningKey(ec_key(), "k1", "ES384")
+    token_posts: list[str] = []
+    security = {"extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                               "extension": [{"url": "token", "valueUri": "https://auth.example.org/token"}]}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/smart-configuration"):
+            return httpx.Response(404, json={})
+        if request.url.path.endswith("/metadata"):
+            assert "authorization" not in request.headers  # read without credentials, as SMART allows
+            return httpx.Response(200, json={"resourceType": "CapabilityStatement",
+                                             "rest": [{"mode": "server", "security": security}]})
+        if request.url.host == "auth.example.org":
+            token_posts.append(str(request.url))
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        return httpx.Response(200, json={})
+
+    client = client_for(handler)
+    client.auth = SmartBackendAuth(client_id="c", key=key, scope="system/CarePlan.crus", fhir_base=client.base_url)
+    asyncio.run(client.request("GET", "CarePlan"))
+
+    assert token_posts == ["https://auth.example.org/token"]
 
 
 def test_the_client_assertion_has_the_claims_smart_requires():
@@ -228,8 +252,9 @@ class FakeEhr:
         if path == "/metadata":
             return httpx.Response(200, json={"resourceType": "CapabilityStatement", "rest": [{
                 "mode": "server", "interaction": [{"code": "transaction"}], "resource": [
-                    {"type": t, "interaction": [{"code": "create"}, {"code": "read"}], "conditionalCreate": True}
-                    for t in ("CarePlan", "Provenance")]}]})
+                    {"type": t, "interaction": [{"code": "create"}, {"code": "read"}, {"code": "search-type"}],
+                     "conditionalCreate": True, "searchParam": [{"name": p, "type": "token"} for p in params]}
+                    for t, params in (("CarePlan", ["identifier"]), ("Provenance", ["_tag"]))]}]})
         if request.method == "POST" and path == "":
             return httpx.Response(200, json=self._transaction(json.loads(request.content)))
         if request.method == "GET" and path == "/CarePlan/ehr-1" and self.stored:
@@ -249,13 +274,13 @@ class FakeEhr:
 
 
 def deliver_to(ehr: FakeEhr) -> Delivered:
+    from services.careplan.delivery.request_plan import PlanSelector
     from services.careplan.delivery.sending import Job, Sender
-    from services.careplan.delivery.shapes import ShapeSelector
 
     plan = careplan("plan-1") | {"id": "plan-1", "meta": {"versionId": "1"}}
     job = Job(delivery_id="d-1", careplan_id="plan-1", version=1, attempt=1, ambiguous=False, plan=plan)
     client = EhrClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(ehr.handle))
-    return asyncio.run(Sender(client, ShapeSelector("auto", refresh_seconds=60)).deliver(job))
+    return asyncio.run(Sender(client, PlanSelector("auto", refresh_seconds=60)).deliver(job))
 
 
 def without_goals(plan: dict) -> dict:
@@ -318,18 +343,6 @@ def test_a_412_reapplies_only_our_change_onto_the_ehr_copy():
     assert merged == {"resourceType": "CarePlan", "id": "e1", "status": "active", "title": "T",
                       "note": [{"text": "a"}], "description": "nurse edit"}
     assert reapply(merged, before, desired) is None  # already applied: nothing to send
-
-
-def test_the_shape_follows_the_capability_statement():
-    def statement(system, careplan_interactions):
-        return {"rest": [{"mode": "server", "interaction": [{"code": c} for c in system], "resource": [
-            {"type": "CarePlan", "interaction": [{"code": c} for c in careplan_interactions]},
-            {"type": "DocumentReference", "interaction": [{"code": "create"}]},
-            {"type": "Provenance", "interaction": [{"code": "create"}]}]}]}
-
-    assert choose_shape(read_capabilities(statement(["transaction"], ["create", "update"]))) == "transaction"
-    assert choose_shape(read_capabilities(statement(["batch"], ["create", "update"]))) == "individual"
-    assert choose_shape(read_capabilities(statement([], ["read", "search-type"]))) == "document"
 
 
 def test_tls_is_verified_against_the_configured_ca_bundle(tmp_path):

@@ -5,8 +5,9 @@ signs a short JWT (`iss` = `sub` = client_id, `aud` = the token URL, `exp` at mo
 five minutes ahead, a fresh `jti`) with its private key (RS384 or ES384, PyJWT over
 `cryptography`), posts it as a `client_credentials` grant, and uses the access token
 until shortly before it expires. The token URL is configured or read from the EHR's
-`.well-known/smart-configuration`. A 401 from the EHR drops the cached token, and the
-client asks for a new one once (see `EhrClient`).
+`.well-known/smart-configuration`, else from its CapabilityStatement (`rest.security`
+oauth-uris `token`, the SMART 1.0 way, which older EHRs still use alone). A 401 from
+the EHR drops the cached token, and the client asks for a new one once (see `EhrClient`).
 
 Nothing secret is logged: not the key, not the assertion, not the token.
 """
@@ -26,6 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.careplan.delivery.capabilities import read_capabilities
 from services.careplan.delivery.errors import EhrRejected
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -148,6 +150,9 @@ class SmartBackendAuth:
         url = f"{self.fhir_base}/.well-known/smart-configuration"
         response = await http.raw("GET", url, headers={"Accept": "application/json"})
         if response.status_code != 200:
+            declared = await self._declared_token_url(http)
+            if declared:
+                return declared
             raise EhrRejected(response.status_code, None, request="GET smart-configuration",
                               message=f"SMART discovery answered {response.status_code}")
         endpoint = response.json().get("token_endpoint")
@@ -155,6 +160,15 @@ class SmartBackendAuth:
             raise EhrRejected(502, None, request="GET smart-configuration",
                               message="the SMART configuration has no token_endpoint")
         return endpoint
+
+    async def _declared_token_url(self, http: RawSender) -> str | None:
+        """The token URL the EHR's CapabilityStatement declares (read without credentials, as SMART allows)."""
+        response = await http.raw("GET", f"{self.fhir_base}/metadata", headers={"Accept": "application/fhir+json"})
+        try:
+            statement = response.json() if response.status_code == 200 else None
+        except ValueError:
+            return None
+        return read_capabilities(statement).token_url if isinstance(statement, dict) else None
 
     async def _fetch(self, http: RawSender) -> None:
         if self.token_url is None:

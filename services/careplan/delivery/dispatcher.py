@@ -33,16 +33,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from services.careplan.delivery import claims as outbox
-from services.careplan.delivery.auth import make_auth
 from services.careplan.delivery.claims import Claim
 from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.errors import EhrError, EhrRejected
 from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.delivery.outbox import NOTIFY_CHANNEL, Delivery
 from services.careplan.delivery.payloads import ReferenceRewriter, assessment_identifier
+from services.careplan.delivery.request_plan import CannotDeliver, PlanSelector
 from services.careplan.delivery.retry import RetryPolicy
 from services.careplan.delivery.sending import Delivered, Job, Prior, Sender
-from services.careplan.delivery.shapes import NoDeliveryShape, ShapeSelector
 from services.careplan.relay import Relay, Work
 from services.careplan.searchparams import SEARCH_PARAMS
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
@@ -69,11 +68,10 @@ class Dispatcher(Relay):
         self.metrics = metrics
         self.finish_hooks = list(finish_hooks or [])
         self.rng = rng or random.Random()
-        self.client = client or EhrClient(
-            settings.EHR_BASE_URL, auth=make_auth(settings), connect_timeout=settings.EHR_CONNECT_TIMEOUT_SECONDS,
-            timeout=settings.EHR_TIMEOUT_SECONDS, ca_bundle=settings.EHR_CA_BUNDLE)
-        self.shapes = ShapeSelector(settings.EHR_DELIVERY, refresh_seconds=settings.EHR_CAPABILITY_REFRESH_SECONDS)
-        self.sender = Sender(self.client, self.shapes, read_back=settings.DELIVERY_READ_BACK)
+        self.client = client or EhrClient.from_settings(settings)
+        self.plans = PlanSelector.from_settings(settings)
+        self.sender = Sender(self.client, self.plans, read_back=settings.DELIVERY_READ_BACK,
+                             search_max_pages=settings.EHR_SEARCH_MAX_PAGES)
         self.policy = RetryPolicy(max_attempts=settings.DELIVERY_MAX_ATTEMPTS, max_age=settings.DELIVERY_MAX_AGE,
                                   base=settings.DELIVERY_BACKOFF_SECONDS, cap=settings.DELIVERY_BACKOFF_MAX_SECONDS)
         self.store = ResourceStore(CareplanResource, CareplanResourceVersion, CareplanSearchIndex, SEARCH_PARAMS)
@@ -99,7 +97,7 @@ class Dispatcher(Relay):
     async def _read_capabilities(self) -> None:
         """Read the EHR's CapabilityStatement at start; a failure only means the first delivery tries again."""
         try:
-            await self.shapes.current(self.client)
+            await self.plans.current(self.client)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the EHR may simply be down right now
@@ -158,12 +156,12 @@ class Dispatcher(Relay):
         except EhrError as error:
             await self._failed(claim, attempt, error, ids)
             return
-        except NoDeliveryShape as error:
-            await asyncio.to_thread(outbox.record_failure, self.engine, claim, attempts=attempt, error=str(error),
-                                    status=None, outcome=None, ambiguous=claim.was_ambiguous, shape=None,
-                                    then=self._after_finish(claim, "failed"))
+        except CannotDeliver as error:
+            await asyncio.to_thread(outbox.record_failure, self.engine, claim, attempts=attempt,
+                                    error=f"cannot deliver: {error}", status=None, outcome=None,
+                                    ambiguous=claim.was_ambiguous, shape=None, then=self._after_finish(claim, "failed"))
             self._count("failed", "rejected")
-            log.error("the EHR offers no delivery shape", extra=ids)
+            log.error("the EHR declares no safe way to deliver", extra=ids | {"missing": str(error)})
             return
         except Exception as error:  # noqa: BLE001 - a bug or a database failure: retry, never lose the row
             log.exception("delivery attempt crashed", extra=ids)
@@ -194,7 +192,7 @@ class Dispatcher(Relay):
         status = error.status if isinstance(error, EhrRejected) else None
         reason = describe(error)
         if isinstance(error, EhrRejected) and error.status == 405:
-            self.shapes.forget()  # the EHR's capabilities may have changed: read them again next time
+            self.plans.forget()  # the EHR's capabilities may have changed: read them again next time
         delivery = claim.delivery
         when: datetime | None = None
         if retryable:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from services.careplan.delivery.auth import Auth, NoAuth
+from services.careplan.delivery.auth import Auth, NoAuth, make_auth
 from services.careplan.delivery.errors import EhrRejected, EhrTransportError
 from services.careplan.delivery.retry import parse_retry_after
 
@@ -93,6 +93,13 @@ class EhrClient:
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=2.0),
             headers={"Accept": FHIR_JSON, "User-Agent": "cicatrix-careplan-dispatcher"})
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> EhrClient:
+        """The client CAREPLAN_EHR_* configure (base URL, auth, timeouts, CA bundle)."""
+        return cls(settings.EHR_BASE_URL, auth=make_auth(settings),
+                   connect_timeout=settings.EHR_CONNECT_TIMEOUT_SECONDS, timeout=settings.EHR_TIMEOUT_SECONDS,
+                   ca_bundle=settings.EHR_CA_BUNDLE)
+
     async def close(self) -> None:
         await self._http.aclose()
 
@@ -121,7 +128,7 @@ class EhrClient:
                       headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
                       request_id: str | None = None) -> EhrResponse:
         """A FHIR interaction relative to the base; status >= 400 raises EhrRejected."""
-        url = f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
+        url = path if "://" in path else f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
         extra = dict(headers or {})
         if body is not None:
             extra["Content-Type"] = FHIR_JSON
@@ -185,11 +192,27 @@ class EhrClient:
     async def read(self, resource_type: str, resource_id: str, *, request_id: str | None = None) -> EhrResponse:
         return await self.request("GET", f"{resource_type}/{resource_id}", request_id=request_id)
 
-    async def search(self, resource_type: str, params: dict[str, str], *,
-                     request_id: str | None = None) -> list[dict[str, Any]]:
-        """Matching resources (first page: the searches here are by identifier or tag and match one or none)."""
-        response = await self.request("GET", resource_type, params=params, request_id=request_id)
-        entries = (response.body or {}).get("entry", [])
-        return [e["resource"] for e in entries
-                if isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == resource_type
-                and (e.get("search") or {}).get("mode", "match") == "match"]
+    async def search(self, resource_type: str, params: dict[str, str], *, request_id: str | None = None,
+                     max_pages: int = 1) -> list[dict[str, Any]]:
+        """Matching resources, following `next` links for up to `max_pages` pages.
+
+        Searches by identifier or tag match one or none (one page); a search by patient, matched on our
+        identifier here, may need more. More pages than `max_pages` raises: an incomplete answer could
+        hide the copy that search-before-resend is looking for."""
+        found: list[dict[str, Any]] = []
+        path: str = resource_type
+        query: dict[str, str] | None = params
+        for _ in range(max_pages):
+            response = await self.request("GET", path, params=query, request_id=request_id)
+            body = response.body or {}
+            found += [e["resource"] for e in body.get("entry", [])
+                      if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                      and e["resource"].get("resourceType") == resource_type
+                      and (e.get("search") or {}).get("mode", "match") == "match"]
+            following = next((link.get("url") for link in body.get("link", [])
+                              if isinstance(link, dict) and link.get("relation") == "next"), None)
+            if not isinstance(following, str):
+                return found
+            path, query = following, None
+        raise EhrRejected(502, None, request=f"GET {resource_type}",
+                          message=f"the search had more than {max_pages} pages (CAREPLAN_EHR_SEARCH_MAX_PAGES)")

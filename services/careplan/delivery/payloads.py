@@ -28,8 +28,11 @@ Device write is needed on the EHR.
 
 Idempotency keys, all derived from our data so a retry can never mint new ones:
 the plan's identifier (`ifNoneExist` on CarePlan), `meta.tag` with the delivery id
-on the Provenance (R4 Provenance has no identifier; `_tag=` in `ifNoneExist`), and
-for the document shape a version-specific `masterIdentifier` on the DocumentReference.
+on the Provenance (R4 Provenance has no identifier; `_tag=` in `ifNoneExist`, or a
+`target` search matched on the tag), and for the document shape a version-specific
+`masterIdentifier` on the DocumentReference (R4's `identifier` search covers it).
+Which of them travel in headers and which are searched is the request plan's choice
+(request_plan.py), from what the EHR declares.
 """
 
 from __future__ import annotations
@@ -40,8 +43,6 @@ import uuid
 from datetime import datetime
 from html import escape
 from typing import Any
-
-import orjson
 
 from services.careplan.careplan_builder import PLAN_IDENTIFIER_SYSTEM
 
@@ -54,6 +55,14 @@ PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 LOINC = "http://loinc.org"
 PLAN_OF_CARE_NOTE = {"system": LOINC, "code": "18776-5", "display": "Plan of care note"}
+XHTML = "application/xhtml+xml"
+XHTML_NAMESPACE = "http://www.w3.org/1999/xhtml"
+US_CORE_CAREPLAN = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-careplan"
+US_CORE_DOCUMENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-documentreference"
+ASSESS_PLAN = {"system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category", "code": "assess-plan",
+               "display": "Assessment and Plan of Treatment"}
+CLINICAL_NOTE = {"system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category",
+                 "code": "clinical-note", "display": "Clinical Note"}
 
 EHR_OWNED_TYPES = frozenset({
     "Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Organization", "Location", "Encounter",
@@ -168,10 +177,7 @@ def provenance(*, target: str, delivery_id: str, operation: str, recorded: datet
     if assessment is not None:
         entities.append({"role": "source", "what": assessment})
     if protocol:
-        url, _, version = protocol.partition("|")
-        entities.append({"role": "derivation", "what": {
-            "type": "PlanDefinition", "identifier": {"system": "urn:ietf:rfc:3986", "value": url},
-            "display": f"Protocol {url}" + (f" version {version}" if version else "")}})
+        entities.append({"role": "derivation", "what": protocol_reference(protocol)})
     resource: dict[str, Any] = {
         "resourceType": "Provenance",
         "meta": {"tag": [{"system": SUBMISSION_TAG_SYSTEM, "code": delivery_id}]},
@@ -183,6 +189,13 @@ def provenance(*, target: str, delivery_id: str, operation: str, recorded: datet
     if entities:
         resource["entity"] = entities
     return resource
+
+
+def protocol_reference(protocol: str) -> dict[str, Any]:
+    """The protocol (a canonical `url|version`) as a logical PlanDefinition reference."""
+    url, _, version = protocol.partition("|")
+    return {"type": "PlanDefinition", "identifier": {"system": "urn:ietf:rfc:3986", "value": url},
+            "display": f"Protocol {url}" + (f" version {version}" if version else "")}
 
 
 def provenance_tag(delivery_id: str) -> str:
@@ -199,9 +212,11 @@ def transaction(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def post_entry(resource: dict[str, Any], *, full_url: str, if_none_exist: str) -> dict[str, Any]:
-    return {"fullUrl": full_url, "resource": resource,
-            "request": {"method": "POST", "url": resource["resourceType"], "ifNoneExist": if_none_exist}}
+def post_entry(resource: dict[str, Any], *, full_url: str, if_none_exist: str | None) -> dict[str, Any]:
+    request = {"method": "POST", "url": resource["resourceType"]}
+    if if_none_exist:
+        request["ifNoneExist"] = if_none_exist
+    return {"fullUrl": full_url, "resource": resource, "request": request}
 
 
 def put_entry(resource: dict[str, Any], *, if_match: str | None) -> dict[str, Any]:
@@ -215,55 +230,90 @@ def put_entry(resource: dict[str, Any], *, if_match: str | None) -> dict[str, An
 
 
 def document_identifier(plan: dict[str, Any], version: int) -> dict[str, str]:
-    """Version-specific: each plan version is its own document (a later one `replaces` the earlier)."""
+    """Version-specific: the document's masterIdentifier for one plan version (found again by `identifier`)."""
     return {"system": DOCUMENT_ID_SYSTEM, "value": f"{plan_identifier(plan)['value']}-v{version}"}
 
 
-def plan_html(plan: dict[str, Any]) -> str:
-    """The plan's narrative as a standalone HTML page, headed by its current status."""
+def plan_xhtml(plan: dict[str, Any]) -> str:
+    """The plan's narrative as a standalone, well-formed XHTML 1.0 Strict document headed by its status.
+
+    XHTML because that is what note-writing EHRs file (Oracle Health Millennium takes XHTML documents
+    only; https://docs.oracle.com/en/industries/health/millennium-platform-apis/mfrap/op-documentreference-post.html)
+    and because the narrative (`text.div`) is XHTML already."""
     title = escape(plan.get("title", "Care plan"))
     period = plan.get("period") or {}
     status = escape(plan.get("status", "unknown"))
     div = (plan.get("text") or {}).get("div", "")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title + "</title></head><body>"
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+            '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n'
+            f'<html xmlns="{XHTML_NAMESPACE}" xml:lang="en" lang="en"><head><title>{title}</title></head><body>'
             f"<h1>{title}</h1><p>Status: <b>{status}</b>; period {escape(period.get('start', '?'))} to "
             f"{escape(period.get('end', '?'))}.</p>{div}</body></html>")
 
 
-def document_reference(plan: dict[str, Any], ehr_plan: dict[str, Any], *, version: int, recorded: datetime,
-                       replaces: str | None) -> dict[str, Any]:
-    """A DocumentReference carrying the plan as HTML (for people) and as CarePlan JSON (for systems)."""
+def document_reference(plan: dict[str, Any], *, version: int, recorded: datetime, replaces: str | None,
+                       practitioner: dict[str, Any] | None, related: list[dict[str, Any]],
+                       us_core: bool) -> dict[str, Any]:
+    """The plan version as one clinical note: a single XHTML attachment, the plan's identity in the
+    DocumentReference's own fields (masterIdentifier: this version; identifier and context.related: the
+    plan), every date with a time, status current, docStatus final, a LOINC type, the practitioner as
+    author when one is known. `related`: the assessment and protocol, so nothing is lost without a
+    Provenance. With `us_core`, the US Core DocumentReference profile's clinical-note category and claim."""
     identifier = plan_identifier(plan)
     created = recorded.isoformat(timespec="seconds").replace("+00:00", "Z")
-    document: dict[str, Any] = {
-        "resourceType": "DocumentReference",
+    document: dict[str, Any] = {"resourceType": "DocumentReference"}
+    if us_core:
+        document["meta"] = {"profile": [US_CORE_DOCUMENT]}
+    document |= {
         "masterIdentifier": document_identifier(plan, version),
         "identifier": [identifier],
         "status": "current",
-        "docStatus": "final" if replaces is None else "amended",
+        "docStatus": "final",
         "type": {"coding": [PLAN_OF_CARE_NOTE], "text": "Scar treatment plan"},
-        "subject": copy.deepcopy(ehr_plan.get("subject")),
-        "date": created,
-        "author": [SERVICE_DEVICE],
-        "description": f"{plan.get('title', 'Care plan')} ({plan.get('status', 'unknown')})",
-        "content": [
-            {"attachment": {"contentType": "text/html", "data": _b64(plan_html(plan).encode()),
-                            "title": "Care plan (readable)", "creation": created}},
-            {"attachment": {"contentType": "application/fhir+json", "data": _b64(_json(ehr_plan)),
-                            "title": "Care plan (FHIR R4 CarePlan)", "creation": created}},
-        ],
-        "context": {"related": [{"type": "CarePlan", "identifier": identifier}]},
     }
-    if replaces is not None:
-        document["relatesTo"] = [{"code": "replaces", "target": {"reference": replaces}}]
-    if not document["subject"]:
-        document.pop("subject")
-    return document
+    if us_core:
+        document["category"] = [{"coding": [CLINICAL_NOTE]}]
+    document |= {
+        "subject": copy.deepcopy(plan.get("subject")),
+        "date": created,
+        "author": [practitioner] if practitioner else None,
+        "description": f"{plan.get('title', 'Care plan')} ({plan.get('status', 'unknown')}), version {version}",
+        "relatesTo": [{"code": "replaces", "target": {"reference": replaces}}] if replaces else None,
+        "content": [{"attachment": {"contentType": XHTML, "language": "en",
+                                    "data": _b64(plan_xhtml(plan).encode()),
+                                    "title": plan.get("title", "Care plan"), "creation": created}}],
+        "context": {"related": [{"type": "CarePlan", "identifier": identifier, "display": "Care plan"}, *related]},
+    }
+    return {k: v for k, v in document.items() if v}
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _json(resource: dict[str, Any]) -> bytes:
-    return orjson.dumps(resource)
+# ------------------------------------------------------------------- US Core
+
+
+def us_core_careplan(careplan: dict[str, Any]) -> dict[str, Any]:
+    """The CarePlan as the US Core CarePlan profile wants it: the claim, category assess-plan, a narrative
+    with a status (https://hl7.org/fhir/us/core/StructureDefinition-us-core-careplan.html)."""
+    out = dict(careplan)
+    meta = dict(out.get("meta") or {})
+    meta["profile"] = [*meta.get("profile", []), US_CORE_CAREPLAN]
+    out["meta"] = meta
+    categories = list(out.get("category") or [])
+    if not any(c.get("system") == ASSESS_PLAN["system"] and c.get("code") == ASSESS_PLAN["code"]
+               for category in categories for c in category.get("coding", [])):
+        categories.insert(0, {"coding": [ASSESS_PLAN]})
+    out["category"] = categories
+    if not (out.get("text") or {}).get("status"):
+        title = escape(out.get("title", "Care plan"))
+        out["text"] = {"status": "generated", "div": f'<div xmlns="{XHTML_NAMESPACE}"><p>{title} '
+                                                      f'({escape(out.get("status", "unknown"))})</p></div>'}
+    return _resource_order(out)
+
+
+def _resource_order(resource: dict[str, Any]) -> dict[str, Any]:
+    order = ("resourceType", "id", "meta", "text", "contained")
+    return {k: resource[k] for k in order if k in resource} | {k: v for k, v in resource.items() if k not in order}
