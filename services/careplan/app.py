@@ -25,6 +25,9 @@ from services.careplan.plan_updates import plan_updates_router
 from services.careplan.searchparams import SEARCH_PARAMS, SORTABLE
 from services.careplan.security import access_policy, audit_trail, patient_compartment
 from services.careplan.settings import CareplanSettings
+from services.careplan.subscriptions.embedded import EmbeddedSubscriptions
+from services.careplan.subscriptions.routes import subscriptions_router
+from services.careplan.subscriptions.topics import TOPICS
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.careplan.tasks import RETRY_DEFINITION, tasks_router
 from services.fhir.bytecache import CacheMetrics
@@ -43,6 +46,10 @@ from services.fhir.store import ResourceStore
 from services.fhir.workpool import WorkPool
 
 VERSION = "0.1.0"
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
+TOPIC_CANONICAL_EXTENSION = BACKPORT + "StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+STATUS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-status"
+EVENTS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-events"
 CDS_SERVICE_LIST = ", ".join(f"{s.id} ({s.hook})" for s in CDS_SERVICES.values())
 MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "careplan_alembic_version")
 SERVED_TYPES = ("CarePlan", "QuestionnaireResponse", "AuditEvent")
@@ -82,6 +89,24 @@ def capability() -> CapabilityBuilder:
                        SearchParam("status", "token", "requested | in-progress | completed | failed | cancelled"),
                        SearchParam("_id", "token", "Logical id of the Task")),
         operations=(Operation("retry", RETRY_DEFINITION, "Re-queue a failed delivery"),)))
+    # --- subscriptions: topic-based (Subscriptions R5 Backport IG), see services/careplan/subscriptions
+    builder.add(ResourceCapability(
+        type="Basic", interactions=("read", "search-type"), versioning="no-version", read_history=False,
+        conditional_read="not-supported",
+        documentation="The SubscriptionTopics this service publishes, as the backport IG represents them in R4",
+        search_params=(SearchParam("_id", "token", "Logical id of the topic"),)))
+    builder.add(ResourceCapability(
+        type="Subscription", interactions=("create", "read", "search-type", "delete"), versioning="versioned",
+        read_history=False, conditional_read="not-supported",
+        profile="http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription",
+        documentation="Topic-based subscriptions (rest-hook; payload empty, id-only or full-resource)",
+        extensions=tuple({"url": TOPIC_CANONICAL_EXTENSION, "valueCanonical": topic.url} for topic in TOPICS),
+        search_params=(SearchParam("_id", "token", "Logical id of the Subscription"),
+                       SearchParam("status", "token", "requested | active | error | off"),
+                       SearchParam("url", "uri", "The channel endpoint"),
+                       SearchParam("criteria", "string", "The topic canonical (exact)")),
+        operations=(Operation("status", STATUS_DEFINITION, "The subscription's status, event count and error"),
+                    Operation("events", EVENTS_DEFINITION, "Past events by event number"))))
     builder.system_operations = (Operation(
         "ehr-capabilities", EHR_CAPABILITIES_DEFINITION,
         "What the EHR declares and the requests the dispatcher sends it (its request plan)"),)
@@ -101,6 +126,9 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     # --- delivery (issue 5): the outbox hook queues every CarePlan version in its own transaction
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
+    subscriptions = EmbeddedSubscriptions(settings)  # events in the transaction of the change that causes them
+    hooks.append(subscriptions.plan_hook)
+    delivery.finish_hooks.append(subscriptions.delivery_hook)
     repository = PlanRepository(store, hooks)
 
     async def close_catalog(_: ServiceContext) -> None:
@@ -110,19 +138,21 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     trail = audit_trail(store, compartment)
     cds = CdsHooks(settings, planner, trail)
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), startup=[cds.start, delivery.start],
-                    shutdown=[delivery.stop, close_catalog, cds.stop], access=access_policy(compartment), audit=trail,
-                    own_auth_prefixes=(CDS_PREFIX,), readiness=[delivery.not_ready], work=work)
+                    capability=capability(), startup=[cds.start, delivery.start, subscriptions.start],
+                    shutdown=[delivery.stop, subscriptions.stop, close_catalog, cds.stop],
+                    access=access_policy(compartment), audit=trail, own_auth_prefixes=(CDS_PREFIX,),
+                    readiness=[delivery.not_ready], work=work)
     CacheMetrics([catalog.cache, knowledge.expressions.results.cache, INGREDIENTS.cache]).register(
         app.state.ctx.metrics.registry)
     if settings.cds_cors_origins:
         app.add_middleware(CdsCors, origins=settings.cds_cors_origins)
     app.state.ctx.extras |= {"store": store, "catalog": catalog, "planner": planner, "plan_hooks": hooks,
-                             "delivery": delivery}
+                             "delivery": delivery, "subscriptions": subscriptions}
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
     app.include_router(ehr_capabilities_router(delivery))
     app.include_router(plan_updates_router(store, repository.hooks))
+    app.include_router(subscriptions_router(store, poke=subscriptions.poke))
     # --- end delivery
     app.include_router(operations_router(planner, repository))
     app.include_router(cds_router(cds))

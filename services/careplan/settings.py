@@ -14,6 +14,7 @@ from pydantic import ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.careplan.scheduling import ClinicCalendar
+from services.fhir.auth import is_loopback
 from services.fhir.settings import ServiceSettings
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -77,6 +78,36 @@ class CareplanSettings(ServiceSettings):
     EHR_SMART_TOKEN_URL: str | None = None
     """Token endpoint; discovered from [EHR base]/.well-known/smart-configuration when unset."""
     EHR_SMART_SCOPE: str = "system/CarePlan.crus system/Provenance.crs system/DocumentReference.crus"
+
+    # --- topic-based subscriptions (see "Subscriptions" in README.md) -----------------------------------
+    SUBSCRIPTION_ENDPOINTS: str = ""
+    """URL prefixes a subscription's endpoint must start with, comma-separated; empty: no subscription is accepted."""
+    SUBSCRIPTION_LOOPBACK_HTTP: bool | None = None
+    """Accept `http` endpoints on a loopback address (development); unset: only while HOST is loopback."""
+    SUBSCRIPTION_MAX_SUBSCRIPTIONS: int = 5000
+    """Subscriptions that may exist at once (not deleted): the bound of one event's fan-out."""
+    SUBSCRIPTION_MAX_ATTEMPTS: int = 8
+    """Attempts at one notification before the subscription moves to `error`."""
+    SUBSCRIPTION_MAX_AGE: timedelta = timedelta(hours=1)
+    """No retry of a notification is scheduled past this age (seconds or ISO 8601 duration)."""
+    SUBSCRIPTION_BACKOFF_SECONDS: float = 1.0
+    """First retry delay; doubles per attempt, with jitter, up to SUBSCRIPTION_BACKOFF_MAX_SECONDS."""
+    SUBSCRIPTION_BACKOFF_MAX_SECONDS: float = 300.0
+    SUBSCRIPTION_LEASE_SECONDS: float = 60.0
+    """How long a claimed notification stays with its worker (must exceed SUBSCRIPTION_TIMEOUT_MAX_SECONDS)."""
+    SUBSCRIPTION_BATCH_SIZE: int = 8
+    """Notifications one worker sends at once."""
+    SUBSCRIPTION_POLL_SECONDS: float = 5.0
+    SUBSCRIPTION_TIMEOUT_SECONDS: float = 10.0
+    """Per-request timeout towards an endpoint when the subscription asks for none."""
+    SUBSCRIPTION_TIMEOUT_MAX_SECONDS: float = 30.0
+    """Upper bound of a subscription's own timeout (backport-timeout)."""
+    SUBSCRIPTION_HEARTBEAT_MIN_SECONDS: int = 10
+    """Shortest heartbeat period a subscription may ask for (backport-heartbeat-period)."""
+    SUBSCRIPTION_MAX_HEADERS: int = 4
+    """channel.header lines per subscription (each at most 1024 characters)."""
+    SUBSCRIPTION_EVENTS_MAX: int = 100
+    """Events one `$events` answer carries at most (ask again from the next number for more)."""
 
     QUESTIONNAIRE_URL: str = "https://fhir.cicatrix.org/Questionnaire/scar-assessment"
     """Canonical of the scar assessment Questionnaire every assessment must answer."""
@@ -144,7 +175,7 @@ class CareplanSettings(ServiceSettings):
     SESSION_MINUTES: int = 45
     """Slot length: a patient's second procedure of a day starts this much after the first."""
 
-    @field_validator("DELIVERY_MAX_AGE", mode="before")
+    @field_validator("DELIVERY_MAX_AGE", "SUBSCRIPTION_MAX_AGE", mode="before")
     @classmethod
     def _seconds_or_duration(cls, value: object) -> object:
         """Environment values are text: '86400' means seconds, as does a number; ISO 8601 durations pass on."""
@@ -153,7 +184,9 @@ class CareplanSettings(ServiceSettings):
         return value
 
     @field_validator("DELIVERY_MAX_ATTEMPTS", "DELIVERY_BATCH_SIZE", "EHR_SEARCH_MAX_PAGES", "MAX_ANSWERS_PER_ITEM",
-                     "MAX_ALLERGIES", "CONDITION_CACHE_BYTES", "CATALOG_CACHE_BYTES")
+                     "MAX_ALLERGIES", "CONDITION_CACHE_BYTES", "CATALOG_CACHE_BYTES", "SUBSCRIPTION_MAX_SUBSCRIPTIONS",
+                     "SUBSCRIPTION_MAX_ATTEMPTS", "SUBSCRIPTION_BATCH_SIZE", "SUBSCRIPTION_HEARTBEAT_MIN_SECONDS",
+                     "SUBSCRIPTION_EVENTS_MAX")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         if value < 1:
@@ -162,7 +195,9 @@ class CareplanSettings(ServiceSettings):
 
     @field_validator("DELIVERY_BACKOFF_SECONDS", "DELIVERY_BACKOFF_MAX_SECONDS", "DELIVERY_LEASE_SECONDS",
                      "DELIVERY_POLL_SECONDS", "EHR_CONNECT_TIMEOUT_SECONDS", "EHR_TIMEOUT_SECONDS",
-                     "EHR_CAPABILITY_REFRESH_SECONDS", "CDS_FHIR_TIMEOUT_SECONDS")
+                     "EHR_CAPABILITY_REFRESH_SECONDS", "CDS_FHIR_TIMEOUT_SECONDS", "SUBSCRIPTION_BACKOFF_SECONDS",
+                     "SUBSCRIPTION_BACKOFF_MAX_SECONDS", "SUBSCRIPTION_LEASE_SECONDS", "SUBSCRIPTION_POLL_SECONDS",
+                     "SUBSCRIPTION_TIMEOUT_SECONDS", "SUBSCRIPTION_TIMEOUT_MAX_SECONDS")
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
@@ -247,6 +282,30 @@ class CareplanSettings(ServiceSettings):
     def _zone(cls, value: str) -> str:
         ZoneInfo(value)
         return value
+
+    @field_validator("SUBSCRIPTION_ENDPOINTS")
+    @classmethod
+    def _endpoint_prefixes(cls, value: str) -> str:
+        for prefix in filter(None, (p.strip() for p in value.split(","))):
+            if not prefix.startswith(("https://", "http://")) or "@" in prefix:
+                raise ValueError(f"each prefix is an http(s) URL without credentials (got {prefix!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_request(self) -> CareplanSettings:
+        """A notification's claim outlasts its request: else a second worker sends it while the first still is."""
+        if self.SUBSCRIPTION_LEASE_SECONDS <= self.SUBSCRIPTION_TIMEOUT_MAX_SECONDS:
+            raise ValueError("SUBSCRIPTION_LEASE_SECONDS must exceed SUBSCRIPTION_TIMEOUT_MAX_SECONDS")
+        return self
+
+    def subscription_endpoints(self) -> list[str]:
+        return [p.strip() for p in self.SUBSCRIPTION_ENDPOINTS.split(",") if p.strip()]
+
+    def loopback_http(self) -> bool:
+        """May endpoints be plain http on a loopback address? Only in development (see SUBSCRIPTION_LOOPBACK_HTTP)."""
+        if self.SUBSCRIPTION_LOOPBACK_HTTP is not None:
+            return self.SUBSCRIPTION_LOOPBACK_HTTP
+        return is_loopback(self.HOST)
 
     def calendar(self) -> ClinicCalendar:
         """The clinic calendar the scheduler plans on."""

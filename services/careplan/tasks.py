@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
@@ -39,8 +39,9 @@ from services.careplan.delivery.outbox import (
     SENDING,
     Delivery,
 )
+from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import PatientCompartment
-from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound, operation_outcome
+from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
 from services.fhir.service import ContextDep, SessionDep
@@ -193,25 +194,14 @@ def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRou
             elif name == "_id":
                 stmt = stmt.where(Delivery.id.in_(value.split(",")))
             elif name == "_count":
-                if not value.isdigit():
-                    raise BadRequest("_count must be a non-negative integer", expression="_count")
-                count = min(int(value), MAX_COUNT)
+                count = page_size(value, MAX_COUNT)
             elif name != "_format":
-                warnings.append(Issue(code="not-supported", severity="warning",
-                                      diagnostics=f"Unknown search parameter ignored: {name}", expression=(name,)))
+                warnings.append(ignored_parameter(name))
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
         rows = session.scalars(stmt.order_by(Delivery.created, Delivery.careplan_version).limit(count)).all()
-        base = fhir_base(request, ctx.settings.BASE_URL)
-        kept = [(k, v) for k, v in pairs if k in SEARCH_PARAMS]
-        entries: list[dict[str, Any]] = [{"fullUrl": f"{base}/Task/{row.id}", "resource": render(row, ctx),
-                                          "search": {"mode": "match"}} for row in rows]
-        if warnings:
-            entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
-                                  "link": [{"relation": "self",
-                                            "url": f"{base}/Task" + (f"?{urlencode(kept)}" if kept else "")}]}
-        if entries:
-            bundle["entry"] = entries
+        bundle = rendered_searchset(fhir_base(request, ctx.settings.BASE_URL), "Task",
+                                    [render(row, ctx) for row in rows], total=total,
+                                    params=[(k, v) for k, v in pairs if k in SEARCH_PARAMS], warnings=warnings)
         return FhirResponse(bundle)
 
     @router.get("/Task/{task_id}", name="read-task")

@@ -112,6 +112,9 @@ class AccessPolicy:
     """Patient-data types whose search can be narrowed to one patient (the others refuse `patient/` searches)."""
     anonymous_read: bool = False
     """Reads and searches without a token (never of patient data)."""
+    patient_managed: frozenset[str] = frozenset()
+    """Patient-data types a `patient/` scope may also create, delete and run operations on; their handlers keep
+    each such resource to the token's patient (a Subscription to that patient's events, say)."""
 
     def needs(self, request: FhirRequest, body: Any = None) -> list[Need]:
         """What `request` needs; a batch/transaction's needs come from its parsed `body`."""
@@ -170,6 +173,8 @@ class AccessPolicy:
         if principal.patient is None:
             raise _forbidden(need, "a patient/ scope needs the token's patient context")
         if need.letter == "r" and need.interaction != "operation":
+            return
+        if need.resource_type in self.patient_managed:
             return
         if need.letter == "s" and need.interaction == "search-type" and need.resource_type in self.patient_searchable:
             return

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
-from services.fhir.outcome import Issue, operation_outcome
+from services.fhir.outcome import BadRequest, Issue, operation_outcome
 from services.fhir.store import SearchPage, StoredResource, instant, utcnow
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
@@ -130,3 +130,32 @@ def history(base: str, versions: Sequence[StoredResource], *, self_url: str) -> 
     if not entries:
         return head
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def rendered_searchset(base: str, resource_type: str, resources: Sequence[dict[str, Any]], *, total: int,
+                       params: Sequence[tuple[str, str]], warnings: Sequence[Issue] = ()) -> dict[str, Any]:
+    """A searchset Bundle of resources rendered from their own tables (delivery Tasks, Subscriptions), not stored
+    bytes; one page, `params` the search parameters understood, `warnings` those ignored."""
+    entries: list[dict[str, Any]] = [{"fullUrl": f"{base}/{resource_type}/{resource['id']}", "resource": resource,
+                                      "search": {"mode": "match"}} for resource in resources]
+    if warnings:
+        entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
+                              "link": [{"relation": "self", "url": f"{base}/{resource_type}"
+                                        + (f"?{urlencode(params)}" if params else "")}]}
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def ignored_parameter(name: str) -> Issue:
+    """The warning for a search parameter a rendered search does not understand."""
+    return Issue(code="not-supported", severity="warning", diagnostics=f"Unknown search parameter ignored: {name}",
+                 expression=(name,))
+
+
+def page_size(value: str, maximum: int) -> int:
+    """A `_count` value for a rendered search, capped at `maximum`; 400 when it is not a number."""
+    if not value.isdigit():
+        raise BadRequest("_count must be a non-negative integer", expression="_count")
+    return min(int(value), maximum)

@@ -47,6 +47,10 @@ class ResourceCapability:
     conditional_read: str = "full-support"
     search_include: tuple[str, ...] = ()
     documentation: str = ""
+    profile: str | None = None
+    """The profile the type follows (the base resource's StructureDefinition when unset)."""
+    extensions: tuple[dict[str, Any], ...] = ()
+    """`rest.resource.extension` (e.g. the SubscriptionTopics a server supports)."""
 
 
 COMMON_SEARCH_PARAMS = (
@@ -113,9 +117,10 @@ class CapabilityBuilder:
 
     @staticmethod
     def _resource(capability: ResourceCapability) -> dict[str, Any]:
-        entry: dict[str, Any] = {
+        entry: dict[str, Any] = {"extension": list(capability.extensions)} if capability.extensions else {}
+        entry |= {
             "type": capability.type,
-            "profile": f"http://hl7.org/fhir/StructureDefinition/{capability.type}",
+            "profile": capability.profile or f"http://hl7.org/fhir/StructureDefinition/{capability.type}",
             "versioning": capability.versioning,
             "readHistory": capability.read_history,
             "updateCreate": False,

@@ -20,7 +20,7 @@ the audit trail records it with its patient even when the answer carries no body
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -54,9 +54,12 @@ def current_access(request: Request) -> Access | None:
 
 
 class PatientCompartment:
-    def __init__(self, types: frozenset[str], search_params: Mapping[str, Mapping[str, SearchParamDef]]) -> None:
+    def __init__(self, types: frozenset[str], search_params: Mapping[str, Mapping[str, SearchParamDef]],
+                 patients_of: Mapping[str, Callable[[Mapping[str, Any]], set[str]]] | None = None) -> None:
         self.types = types
         self.search_params = search_params
+        self.patients_of = dict(patients_of or {})
+        """Per type, how to find its patients where no search parameter or subject-like element says."""
 
     @property
     def searchable(self) -> frozenset[str]:
@@ -66,6 +69,9 @@ class PatientCompartment:
     def patients(self, resource: Mapping[str, Any]) -> set[str]:
         """`Patient/<id>` references the resource belongs to."""
         found: set[str] = set()
+        extra = self.patients_of.get(str(resource.get("resourceType")))
+        if extra is not None:
+            found.update(extra(resource))
         defn = self.search_params.get(str(resource.get("resourceType")), {}).get("patient")
         if defn is not None:
             found.update(v.value for v in extract(defn, resource) if v.value)

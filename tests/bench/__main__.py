@@ -1,6 +1,6 @@
 """`make bench`: the performance figures of issue 7, measured against their baselines, as one Markdown table.
 
-    python -m tests.bench [--figures 1,2,3,4,5,6,7,8,9] [--quick | --full]
+    python -m tests.bench [--figures 1,2,3,4,5,6,7,8,9,10] [--quick | --full]
 
 Runs the services as `cicatrix serve` runs them (uvicorn, one process each) on PostgreSQL (a schema of
 its own in BENCH_DATABASE_URL / TEST_DATABASE_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/test,
@@ -111,7 +111,7 @@ def table(figures: list[Figure], info: dict[str, str], notes: list[str], seconds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--figures", default="1,2,3,4,5,6,7,8,9", help="which figures, comma-separated")
+    parser.add_argument("--figures", default="1,2,3,4,5,6,7,8,9,10", help="which figures, comma-separated")
     parser.add_argument("--quick", action="store_true", help="short measurements, for trying the harness")
     parser.add_argument("--full", action="store_true", help="the issue's sizes everywhere (about 15 minutes)")
     args = parser.parse_args(argv)

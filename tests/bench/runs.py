@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.bench import careplan, catalog, cds, delivery, growth, stack
+from tests.bench import careplan, catalog, cds, delivery, growth, stack, subscriptions
 from tests.bench.measure import Figure
 
 
@@ -18,12 +18,13 @@ class Sizes:
     catalog_large: int = 100_000
     careplans_large: int = 1_000_000
     delivery_plans: int = 300
+    subscriptions: int = 1_000
 
     @classmethod
     def of(cls, quick: bool, full: bool = False) -> Sizes:
         if quick:
             return cls(rounds=1, seconds=1.0, memory_requests=5_000, careplan_memory_requests=2_000,
-                       catalog_large=5_000, careplans_large=20_000, delivery_plans=50)
+                       catalog_large=5_000, careplans_large=20_000, delivery_plans=50, subscriptions=100)
         if full:  # the sizes throughout: `make bench-full`, longer than the 10 minutes of `make bench`
             return cls(rounds=3, seconds=2.0, careplan_memory_requests=100_000, delivery_plans=2_000)
         return cls(rounds=3, seconds=2.0)
@@ -88,6 +89,8 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                              total=sizes.memory_requests, connections=64))
         if "5" in wanted:
             figures.append(delivery.figure_delivery(server, plans=sizes.delivery_plans, env=careplan_env))
+        if "10" in wanted:
+            figures.append(subscriptions.figure_fan_out(server, subscriptions=sizes.subscriptions, env=careplan_env))
         if "6" in wanted:
             growth_rounds = 1 if sizes.rounds < 5 else 3
             figures.extend(growth.catalog_growth(url, large_count=sizes.catalog_large, rounds=growth_rounds,

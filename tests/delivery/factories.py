@@ -84,7 +84,7 @@ def careplan(identifier: str, *, subject: str = "Patient/p1", status: str = "dra
 
 def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patient/p1", status: str = "draft",
                site: str | None = None, author: str | None = None,
-               hooks: list[PlanHook] | None = None) -> StoredResource:
+               hooks: list[PlanHook] | None = None, category: list[dict[str, Any]] | None = None) -> StoredResource:
     """Store an assessment and its plan through PlanRepository.save; returns the stored CarePlan.
 
     `hooks` defaults to the outbox hook alone; pass an app's `ctx.extras["plan_hooks"]` to also poke its
@@ -95,6 +95,8 @@ def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patien
     assert akey is not None
     identifier = plan_identifier(akey, subject)
     plan = careplan(identifier, subject=subject, status=status, assessment_id=stored_response_id(subject, akey))
+    if category:
+        plan["category"] = category
     answers = {"body-site": [{"system": BODY_SITES, "code": site or f"site-{key}"}]}
     result = PlanResult(plan, Assessment(response=response, subject=subject, answers=answers), None)  # type: ignore[arg-type]
     repository = PlanRepository(make_store(), hooks if hooks is not None else [make_enqueue_hook()])

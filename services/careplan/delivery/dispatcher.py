@@ -1,12 +1,9 @@
 """The dispatcher: claims due deliveries from the outbox and works them off against the EHR.
 
-One loop per process (embedded in the careplan app, or `cicatrix dispatch`):
-
-    claim up to DELIVERY_BATCH_SIZE due rows and read what each needs (one thread hop, one session)
-    -> one asyncio task per delivery (Sender)
-    -> record success / schedule a retry / record the failure  ->  claim again when a slot frees
-    idle: sleep until woken (NOTIFY on PostgreSQL, a poke after a local commit, a finished task),
-          until the next retry falls due, or DELIVERY_POLL_SECONDS at most (the polling fallback)
+The loop is the careplan's outbox relay (`services.careplan.relay`): claim up to
+DELIVERY_BATCH_SIZE due deliveries and read what each needs (one thread hop, one session),
+one asyncio task per delivery (Sender), record success / schedule a retry / record the
+failure, claim again as slots free, sleep until woken or DELIVERY_POLL_SECONDS.
 
 Everything a delivery needs is read from the database for each attempt and every
 outcome is written back before the next claim, so the process can be killed at any
@@ -23,18 +20,16 @@ Logs carry delivery, plan and EHR ids only: never plan content (PHI).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
-import socket
 import time
-import uuid
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from services.careplan.delivery import claims as outbox
@@ -47,6 +42,7 @@ from services.careplan.delivery.payloads import ReferenceRewriter, assessment_id
 from services.careplan.delivery.request_plan import CannotDeliver, PlanSelector
 from services.careplan.delivery.retry import RetryPolicy
 from services.careplan.delivery.sending import Delivered, Job, Prior, Sender
+from services.careplan.relay import Relay, Work
 from services.careplan.searchparams import SEARCH_PARAMS
 from services.careplan.tables import CareplanResource, CareplanResourceVersion, CareplanSearchIndex
 from services.fhir.outcome import FhirError
@@ -54,19 +50,23 @@ from services.fhir.store import ResourceStore, as_utc, utcnow
 
 log = logging.getLogger("cicatrix.careplan.delivery")
 
+FinishHook = Callable[[Connection, Delivery, str], None]
+"""Called in the transaction that records a delivery's final state (completed or failed): (connection, row, state)."""
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
+class Dispatcher(Relay):
+    channel = NOTIFY_CHANNEL
+    name = "dispatcher"
 
-class Dispatcher:
     def __init__(self, settings: Any, engine: Engine, *, metrics: DeliveryMetrics | None = None,
                  client: EhrClient | None = None, worker: str | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, finish_hooks: list[FinishHook] | None = None) -> None:
+        super().__init__(engine, worker=worker, batch_size=settings.DELIVERY_BATCH_SIZE,
+                         poll_seconds=settings.DELIVERY_POLL_SECONDS,
+                         grace_seconds=settings.DISPATCHER_SHUTDOWN_GRACE_SECONDS)
         self.settings = settings
-        self.engine = engine
         self.metrics = metrics
-        self.worker = worker or worker_name()
+        self.finish_hooks = list(finish_hooks or [])
         self.rng = rng or random.Random()
         self.client = client or EhrClient.from_settings(settings)
         self.plans = PlanSelector.from_settings(settings)
@@ -75,47 +75,20 @@ class Dispatcher:
         self.policy = RetryPolicy(max_attempts=settings.DELIVERY_MAX_ATTEMPTS, max_age=settings.DELIVERY_MAX_AGE,
                                   base=settings.DELIVERY_BACKOFF_SECONDS, cap=settings.DELIVERY_BACKOFF_MAX_SECONDS)
         self.store = ResourceStore(CareplanResource, CareplanResourceVersion, CareplanSearchIndex, SEARCH_PARAMS)
-        self._in_flight: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
 
-    # ----------------------------------------------------------------- control
+    # ----------------------------------------------------------------- relay hooks
 
-    def poke(self) -> None:
-        """Wake the loop now (thread-safe): called after a commit that queued a delivery."""
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wake.set)
+    def _background(self) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(self._read_capabilities())]
 
-    def stop(self) -> None:
-        """Stop claiming; `run` then finishes or releases what it holds and returns (thread-safe)."""
-        self._stopping = True
-        self.poke()
+    def _open_count(self) -> int:
+        return outbox.open_count(self.engine)
 
-    async def run(self, *, until_idle: bool = False) -> None:
-        """Work until `stop()`; with `until_idle`, return once no delivery is pending or sending."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        listener = asyncio.create_task(self._listen()) if self.engine.dialect.name == "postgresql" else None
-        discovery = asyncio.create_task(self._read_capabilities())
-        log.info("dispatcher started", extra={"worker": self.worker, "shape": self.settings.EHR_DELIVERY})
-        try:
-            while not self._stopping:
-                self._wake.clear()
-                claimed = await self._claim()
-                idle = until_idle and not self._in_flight and not claimed
-                if idle and await asyncio.to_thread(outbox.open_count, self.engine) == 0:
-                    return
-                if claimed and len(self._in_flight) < self.settings.DELIVERY_BATCH_SIZE:
-                    continue  # there may be more due right now
-                await self._sleep()
-        finally:
-            discovery.cancel()
-            if listener is not None:
-                listener.cancel()
-            await self._drain()
-            log.info("dispatcher stopped", extra={"worker": self.worker})
+    def _next_due(self) -> datetime | None:
+        return outbox.next_due(self.engine)
+
+    def _claim_work(self, limit: int) -> list[tuple[str, Work]]:
+        return [(claim.delivery.id, partial(self._process, claim, job)) for claim, job in self._claim_jobs(limit)]
 
     async def close(self) -> None:
         """Close the EHR connections (after `run` returned)."""
@@ -131,22 +104,6 @@ class Dispatcher:
             # info, not warning: a down EHR shows on every Task and in the metrics; this line adds nothing
             log.info("EHR CapabilityStatement not readable at start; read again on the first delivery",
                      extra={"error": type(exc).__name__})
-
-    async def _claim(self) -> int:
-        batch = self.settings.DELIVERY_BATCH_SIZE
-        free = batch - len(self._in_flight)
-        if free <= 0 or (self._in_flight and free < max(1, batch // 2)):
-            return 0  # claim in batches: one claim transaction per few deliveries, not per delivery
-        try:
-            claimed = await asyncio.to_thread(self._claim_jobs, free)
-        except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
-            log.warning("claiming failed; will try again", extra={"error": type(exc).__name__})
-            return 0
-        for claim, job in claimed:
-            task = asyncio.create_task(self._process(claim, job))
-            self._in_flight[claim.delivery.id] = (claim, task)
-            task.add_done_callback(lambda _t, key=claim.delivery.id: self._done(key))
-        return len(claimed)
 
     def _claim_jobs(self, limit: int) -> list[tuple[Claim, Job | str | Exception]]:
         """Claim a batch and read what each attempt needs, in one thread hop and one session for the batch.
@@ -173,55 +130,6 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - the attempt reports it (and retries); the batch goes on
             session.rollback()  # a failed statement must not poison the reads of the next delivery
             return exc
-
-    def _done(self, key: str) -> None:
-        self._in_flight.pop(key, None)
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _sleep(self) -> None:
-        """Until woken, the next retry or lease falls due, or the poll interval passes."""
-        timeout = self.settings.DELIVERY_POLL_SECONDS
-        due = None
-        if not self._in_flight:  # with deliveries in flight, each one finishing wakes the loop anyway
-            try:
-                due = await asyncio.to_thread(outbox.next_due, self.engine)
-            except Exception:  # noqa: BLE001 - the poll interval still bounds the sleep
-                due = None
-        if due is not None:
-            timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()) + 0.005)
-        assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-
-    async def _drain(self) -> None:
-        """Shutdown: give in-flight deliveries the grace period, then cancel (they release their rows)."""
-        tasks = [task for _, task in self._in_flight.values()]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.DISPATCHER_SHUTDOWN_GRACE_SECONDS)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-
-    async def _listen(self) -> None:
-        """LISTEN careplan_delivery on a connection of its own; reconnects, the poll covers any gap."""
-        import psycopg
-
-        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stopping:
-            try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
-                    await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in connection.notifies():
-                        if self._wake is not None:
-                            self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - fall back to polling, try to listen again later
-                log.warning("LISTEN connection lost; polling meanwhile", extra={"error": type(exc).__name__})
-                await asyncio.sleep(self.settings.DELIVERY_POLL_SECONDS)
 
     # ---------------------------------------------------------------- delivery
 
@@ -251,7 +159,7 @@ class Dispatcher:
         except CannotDeliver as error:
             await asyncio.to_thread(outbox.record_failure, self.engine, claim, attempts=attempt,
                                     error=f"cannot deliver: {error}", status=None, outcome=None,
-                                    ambiguous=claim.was_ambiguous, shape=None)
+                                    ambiguous=claim.was_ambiguous, shape=None, then=self._after_finish(claim, "failed"))
             self._count("failed", "rejected")
             log.error("the EHR declares no safe way to deliver", extra=ids | {"missing": str(error)})
             return
@@ -265,7 +173,7 @@ class Dispatcher:
         written = await asyncio.to_thread(
             outbox.record_success, self.engine, claim, shape=delivered.shape, ehr_type=delivered.ehr_type,
             ehr_id=delivered.ehr_id, ehr_version=delivered.ehr_version, outputs=delivered.outputs,
-            readback=delivered.readback, attempts=attempt)
+            readback=delivered.readback, attempts=attempt, then=self._after_finish(claim, "completed"))
         if not written:
             log.warning("lease lost before the result was recorded; the next claim will find it in the EHR",
                         extra=ids)
@@ -303,9 +211,21 @@ class Dispatcher:
             reason = f"gave up after {attempt} attempt(s) (CAREPLAN_DELIVERY_MAX_ATTEMPTS / _MAX_AGE): {reason}"
         outcome = error.outcome if isinstance(error, EhrRejected) else None
         await asyncio.to_thread(outbox.record_failure, self.engine, claim, attempts=attempt, error=reason,
-                                status=status, outcome=outcome, ambiguous=ambiguous, shape=delivery.shape)
+                                status=status, outcome=outcome, ambiguous=ambiguous, shape=delivery.shape,
+                                then=self._after_finish(claim, "failed"))
         self._count("failed", "rejected")
         log.warning("delivery failed", extra=ids | {"status": status, "error": type(error).__name__})
+
+    def _after_finish(self, claim: Claim, state: str) -> Callable[[Connection], None] | None:
+        """The finish hooks, bound to this delivery, to run in the transaction that records its final state."""
+        if not self.finish_hooks:
+            return None
+
+        def run(connection: Connection) -> None:
+            for hook in self.finish_hooks:
+                hook(connection, claim.delivery, state)
+
+        return run
 
     def _count(self, outcome: str | None, attempt_result: str | None) -> None:
         if self.metrics is None:
@@ -403,13 +323,13 @@ def _references(resource: Any, resource_types: tuple[str, ...]) -> dict[str, lis
     return found
 
 
-async def run_until_idle(dispatcher: Dispatcher, timeout: float) -> None:
-    """Tests and `cicatrix dispatch --drain`: work until nothing is pending, within `timeout` seconds."""
+async def run_until_idle(dispatcher: Relay, timeout: float) -> None:
+    """Tests: work until nothing is pending, within `timeout` seconds (any relay: dispatcher or notifier)."""
     started = time.monotonic()
     try:
         await asyncio.wait_for(dispatcher.run(until_idle=True), timeout=timeout)
     except TimeoutError:
-        raise TimeoutError(f"deliveries still open after {time.monotonic() - started:.1f} s") from None
+        raise TimeoutError(f"{dispatcher.name}: work still open after {time.monotonic() - started:.1f} s") from None
 
 
 def outcome_json(text: str | None) -> dict[str, Any] | None:

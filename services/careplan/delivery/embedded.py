@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
-from services.careplan.delivery.dispatcher import Dispatcher
+from services.careplan.delivery.dispatcher import Dispatcher, FinishHook
 from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.delivery.outbox import make_enqueue_hook
@@ -31,6 +31,8 @@ class EmbeddedDelivery:
         self.metrics: DeliveryMetrics | None = None
         self._task: asyncio.Task[None] | None = None
         self.enqueue = make_enqueue_hook(self.poke)
+        self.finish_hooks: list[FinishHook] = []
+        """Run in the transaction that records a delivery's final state (e.g. subscription events)."""
         self._own: tuple[EhrClient, PlanSelector] | None = None
         """Client and plan of `request_plan` when no dispatcher runs here (CAREPLAN_DISPATCHER=off)."""
 
@@ -75,7 +77,7 @@ class EmbeddedDelivery:
             log.info("embedded dispatcher off (CAREPLAN_DISPATCHER=off): run `cicatrix dispatch`")
             self._task = asyncio.create_task(self._read_plan(), name="careplan-ehr-capabilities")
             return
-        self.dispatcher = Dispatcher(self.settings, ctx.engine, metrics=self.metrics)
+        self.dispatcher = Dispatcher(self.settings, ctx.engine, metrics=self.metrics, finish_hooks=self.finish_hooks)
         self._task = asyncio.create_task(self.dispatcher.run(), name="careplan-dispatcher")
 
     async def stop(self, ctx: ServiceContext) -> None:

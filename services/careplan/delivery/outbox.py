@@ -26,19 +26,24 @@ from collections.abc import Callable
 from datetime import datetime
 
 import orjson
-from sqlalchemy import DateTime, Index, Text, UniqueConstraint, event, text
-from sqlmodel import Field, Session, SQLModel
+from sqlalchemy import Index, Text, UniqueConstraint, event, text
+from sqlmodel import Field, Session
 
+from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns
 from services.fhir.store import StoredResource, utcnow
 
 NOTIFY_CHANNEL = "careplan_delivery"
 
-PENDING, SENDING, COMPLETED, FAILED, CANCELLED = "pending", "sending", "completed", "failed", "cancelled"
-OPEN_STATES = (PENDING, SENDING)
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+__all__ = ["OPEN_STATES", "PENDING", "SENDING", "COMPLETED", "FAILED", "CANCELLED", "Delivery", "new_delivery",
+           "make_enqueue_hook", "NOTIFY_CHANNEL"]
 
 
-class Delivery(SQLModel, table=True):
-    """One CarePlan version on its way to the EHR (and, rendered, one FHIR Task)."""
+class Delivery(LeaseColumns, table=True):
+    """One CarePlan version on its way to the EHR (and, rendered, one FHIR Task).
+
+    The lease columns are the leased queue's (`LeaseColumns`); `ambiguous` here means the EHR may have
+    applied an earlier attempt, so the next one searches the EHR before sending again."""
 
     __tablename__ = "careplan_delivery"
     __table_args__ = (
@@ -52,24 +57,7 @@ class Delivery(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=256)
     kind: str = Field(max_length=16)
     """create (first version) or update; informational: what is sent depends on what the EHR already has."""
-    state: str = Field(default=PENDING, max_length=16)
     shape: str | None = Field(default=None, max_length=16)
-    attempts: int = 0
-    created: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    updated: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    window_start: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    """Start of the DELIVERY_MAX_AGE window (enqueue time; reset by $retry)."""
-    next_attempt_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
-    first_attempt_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    claimed_by: str | None = Field(default=None, max_length=128)
-    claimed_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    lease: int = 0
-    """Fencing token: bumped by every claim; a worker writes its result only while the lease is still its own."""
-    ambiguous: bool = False
-    """The EHR may have applied an earlier attempt: search the EHR before sending again."""
-    last_status: int | None = None
-    last_error: str | None = Field(default=None, sa_type=Text)
     outcome: str | None = Field(default=None, sa_type=Text)
     """The EHR's OperationOutcome (JSON) of the last rejection."""
     ehr_type: str | None = Field(default=None, max_length=64)
@@ -79,8 +67,6 @@ class Delivery(SQLModel, table=True):
     """JSON list of what the EHR holds because of this delivery: "Type/id/_history/vid"."""
     readback: str | None = Field(default=None, sa_type=Text)
     """JSON list of elements the EHR dropped (empty list: identical), or null when not read back."""
-    row_version: int = 1
-    """Task.meta.versionId: bumped on every change of this row."""
 
     def outputs(self) -> list[str]:
         return orjson.loads(self.ehr_outputs) if self.ehr_outputs else []

@@ -1,4 +1,4 @@
-"""`cicatrix dispatch`: delivery workers outside the API process.
+"""`cicatrix dispatch`: delivery workers outside the API process (each also sends subscription notifications).
 
 Run as many as the EHR accepts against PostgreSQL (they share the outbox through
 `FOR UPDATE SKIP LOCKED`); against SQLite run one (SQLite has no row locks; see
@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from services.careplan.delivery.dispatcher import Dispatcher
 from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.settings import CareplanSettings
+from services.careplan.subscriptions.events import make_delivery_event_hook
+from services.careplan.subscriptions.notifier import Notifier
 from services.fhir.db import make_engine
 from services.fhir.observability import configure_logging
 
@@ -30,16 +32,27 @@ async def _main(settings: CareplanSettings, *, drain: bool) -> int:
     metrics = DeliveryMetrics(registry, engine)
     if settings.DISPATCHER_METRICS_PORT:
         start_http_server(settings.DISPATCHER_METRICS_PORT, addr=settings.HOST, registry=registry)
-    dispatcher = Dispatcher(settings, engine, metrics=metrics)
+    dispatcher = Dispatcher(settings, engine, metrics=metrics, finish_hooks=[make_delivery_event_hook()])
+    notifier = Notifier(settings, engine)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        dispatcher.stop()
+        notifier.stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, dispatcher.stop)
+        loop.add_signal_handler(signum, stop)
     if engine.dialect.name == "sqlite":
         log.info("SQLite outbox: run a single dispatcher (no row locks to share the work)")
     try:
-        await dispatcher.run(until_idle=drain)
+        if drain:  # deliveries first: their results may queue notifications
+            await dispatcher.run(until_idle=True)
+            await notifier.run(until_idle=True)
+        else:
+            await asyncio.gather(dispatcher.run(), notifier.run())
     finally:
         await dispatcher.close()
+        await notifier.close()
         engine.dispose()
     return 0
 

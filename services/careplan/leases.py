@@ -1,0 +1,158 @@
+"""Leased work queues in the careplan database: the SQL every outbox relay shares.
+
+A queue is a table whose rows each carry one piece of outgoing work and its state
+(`pending` -> `sending` -> a final state), grouped so that the rows of one group go
+out one at a time in `order` (the versions of one plan, the events of one
+subscription). The plan delivery outbox and the subscription notification outbox
+are both such queues; their relays differ in what they send, not in how they claim.
+
+Claiming is one short transaction of its own, so no database lock is held while the
+remote end is called:
+
+- PostgreSQL picks the due rows with `FOR UPDATE SKIP LOCKED`, which hands each to
+  exactly one of any number of concurrent workers without them waiting on each other;
+- SQLite has neither row locks nor SKIP LOCKED, but a claim is one UPDATE that bumps
+  the row's `lease` (a fencing token) under SQLite's write lock, and every result is
+  written as a compare-and-set on that lease, so a second worker can only waste effort.
+
+A claim sets `claimed_until`. A worker killed mid-send leaves its rows `sending`; once
+the lease runs out they are due again and claimed as *ambiguous* (the remote end may
+have received the earlier attempt).
+
+A queue table is a `LeaseColumns` model with an `id` and its group and order columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import DateTime, Text, and_, func, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import aliased
+from sqlmodel import Field, Session, SQLModel
+
+from services.fhir.store import as_utc, utcnow
+
+PENDING, SENDING = "pending", "sending"
+OPEN_STATES = (PENDING, SENDING)
+
+def _when(**kwargs: Any) -> Any:
+    return Field(sa_type=DateTime(timezone=True), **kwargs)
+
+
+class LeaseColumns(SQLModel):
+    """The state every leased-queue row carries: where it is, its attempts, its lease and its last error."""
+
+    state: str = Field(default=PENDING, max_length=16)
+    attempts: int = 0
+    created: datetime = _when(nullable=False)
+    updated: datetime = _when(nullable=False)
+    window_start: datetime = _when(nullable=False)
+    """Start of the retry window (the max-age bound): when the row was queued, or queued again."""
+    next_attempt_at: datetime = _when(nullable=False)
+    first_attempt_at: datetime | None = _when(default=None)
+    finished_at: datetime | None = _when(default=None)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: datetime | None = _when(default=None)
+    lease: int = 0
+    """Fencing token: bumped by every claim; a worker writes its result only while the lease is still its own."""
+    ambiguous: bool = False
+    """The remote end may have received an earlier attempt (its worker died or lost its lease mid-send)."""
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    row_version: int = 1
+    """Bumped on every change of the row (a delivery Task's meta.versionId)."""
+
+
+AfterFinish = Callable[[Connection], None]
+"""Runs in the transaction that records a result (only when the lease was still ours)."""
+
+
+@dataclass(frozen=True)
+class LeasedQueue:
+    model: Any
+    """The SQLModel table class."""
+    group: str
+    """Column whose rows go out one at a time, in `order`."""
+    order: str
+
+    def _column(self, name: str, model: Any = None) -> Any:
+        return getattr(model if model is not None else self.model, name)
+
+    def due(self, now: datetime) -> Any:
+        """Rows to claim: pending and due, or sending with an expired lease; never ahead of an earlier open row.
+
+        "No earlier row is open" is asked as "this is the group's first open row": a scalar subquery that
+        PostgreSQL answers with one probe of the (group, order) index per due row. Asked as NOT EXISTS, it
+        became an anti-join, and on a table without fresh statistics a nested loop over every open row."""
+        model, earlier = self.model, aliased(self.model)
+        first_open = (select(func.min(self._column(self.order, earlier)))
+                      .where(self._column(self.group, earlier) == self._column(self.group),
+                             earlier.state.in_(OPEN_STATES))
+                      .scalar_subquery())
+        return and_(
+            or_(and_(model.state == PENDING, model.next_attempt_at <= now),
+                and_(model.state == SENDING, model.claimed_until < now)),
+            self._column(self.order) == first_open,
+        )
+
+    def claim(self, engine: Engine, *, worker: str, limit: int, lease_seconds: float) -> list[Any]:
+        """Take up to `limit` due rows for `worker` (committed before returning), in due order.
+
+        One statement: `UPDATE ... WHERE id IN (due rows) RETURNING *`. The lease bump and the ambiguity of
+        a row whose lease ran out (`state = 'sending'` before the update) are computed by the database from
+        the row it updates, so every returned row carries the lease this claim set."""
+        model, now = self.model, utcnow()
+        due = (select(model.id).where(self.due(now))
+               .order_by(model.next_attempt_at, self._column(self.order)).limit(limit).correlate(None))
+        if engine.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True, of=model)
+        stmt = (update(model).where(model.id.in_(due.scalar_subquery()))
+                .values(state=SENDING, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds),
+                        lease=model.lease + 1,
+                        # its worker died or lost its lease: the remote end may have it
+                        ambiguous=or_(model.ambiguous, model.state == SENDING),
+                        first_attempt_at=func.coalesce(model.first_attempt_at, now),
+                        updated=now, row_version=model.row_version + 1)
+                .returning(model).execution_options(synchronize_session=False))
+        with Session(engine, expire_on_commit=False) as session:
+            rows = list(session.scalars(stmt).all())
+            session.commit()
+        rows.sort(key=lambda row: (as_utc(row.next_attempt_at), getattr(row, self.order)))
+        return rows
+
+    def finish(self, engine: Engine, row_id: str, lease: int, *, then: AfterFinish | None = None,
+               **values: Any) -> bool:
+        """Write an attempt's result if the lease is still ours; False when another worker took the row over.
+
+        `then` runs in the same transaction, so what follows from the result (an event about it, the
+        state of what the row belongs to) commits with it or not at all."""
+        table = self.model.__table__
+        with engine.begin() as connection:
+            result = connection.execute(
+                update(table).where(table.c.id == row_id, table.c.lease == lease, table.c.state == SENDING)
+                .values(updated=utcnow(), claimed_by=None, claimed_until=None,
+                        row_version=table.c.row_version + 1, **values))
+            if result.rowcount != 1:
+                return False
+            if then is not None:
+                then(connection)
+            return True
+
+    def next_due(self, engine: Engine) -> datetime | None:
+        """When the earliest pending row (or lease) falls due: how long an idle relay may sleep."""
+        model = self.model
+        with Session(engine) as session:
+            pending = session.scalar(select(func.min(model.next_attempt_at)).where(model.state == PENDING))
+            lease = session.scalar(select(func.min(model.claimed_until)).where(model.state == SENDING))
+        moments = [as_utc(m) for m in (pending, lease) if m is not None]
+        return min(moments) if moments else None
+
+    def open_count(self, engine: Engine) -> int:
+        model = self.model
+        with Session(engine) as session:
+            return int(session.scalar(select(func.count()).select_from(model)
+                                      .where(model.state.in_(OPEN_STATES))) or 0)

@@ -1,0 +1,126 @@
+"""Topic events into the notification outbox, in the transaction of the change that causes them.
+
+Two hooks feed it:
+
+- the plan hook (`services.careplan.generate.PlanHook`), called by the plan repository in the
+  transaction that writes a CarePlan version: `careplan-created`, `careplan-status-changed`;
+- the delivery finish hook (`services.careplan.delivery.dispatcher.FinishHook`), called in the
+  transaction that records a delivery's final state: `careplan-delivery-completed` / `-failed`.
+
+One event is fanned out at once to every matching subscription: one UPDATE bumps each one's
+`events_since_start` (locking the rows in id order on PostgreSQL, so concurrent writers
+queue instead of deadlocking, and each subscription's numbers follow its commit order) and
+returns the numbers; one INSERT writes a notification row per subscription. Only `active`
+subscriptions that have not ended receive events; how many exist is bounded by
+SUBSCRIPTION_MAX_SUBSCRIPTIONS. Nothing matches: one indexed UPDATE that changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, event, insert, or_, select, text, update
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from services.careplan.delivery.outbox import Delivery
+from services.careplan.subscriptions.tables import ACTIVE, EVENT, Notification, Subscription
+from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
+from services.careplan.tables import CareplanResourceVersion
+from services.fhir.store import StoredResource, utcnow
+
+NOTIFY_CHANNEL = "careplan_subscription"
+
+
+def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus_id: str,
+                 focus_version: int | None, interaction: str, patient: str | None, categories: list[str],
+                 occurred: datetime) -> int:
+    """Queue one event for every matching subscription; returns how many."""
+    subs = Subscription.__table__
+    matching = and_(
+        subs.c.topic == topic.url, subs.c.status == ACTIVE, subs.c.deleted.is_(False),
+        or_(subs.c.end_at.is_(None), subs.c.end_at > occurred),
+        or_(subs.c.filter_patient.is_(None), subs.c.filter_patient == (patient or "")),
+        or_(subs.c.filter_category.is_(None), subs.c.filter_category.in_(categories or [""])),
+    )
+    chosen = select(subs.c.id).where(matching).order_by(subs.c.id)
+    if connection.dialect.name == "postgresql":
+        chosen = chosen.with_for_update()
+    bumped = connection.execute(
+        update(subs).where(subs.c.id.in_(chosen.scalar_subquery()))
+        .values(events_since_start=subs.c.events_since_start + 1)
+        .returning(subs.c.id, subs.c.events_since_start)).all()
+    if not bumped:
+        return 0
+    now = utcnow()
+    connection.execute(insert(Notification.__table__), [
+        {"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT, "topic": topic.url,
+         "focus_type": focus_type, "focus_id": focus_id, "focus_version": focus_version,
+         "interaction": interaction, "occurred": occurred, "state": "pending", "attempts": 0,
+         "window_start": now, "next_attempt_at": now, "lease": 0, "ambiguous": False, "created": now,
+         "updated": now, "row_version": 1}
+        for sub_id, number in bumped])
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    return len(bumped)
+
+
+def _subject(resource: dict[str, Any]) -> str | None:
+    reference = (resource.get("subject") or {}).get("reference")
+    return reference if isinstance(reference, str) else None
+
+
+def make_plan_event_hook(poke: Callable[[], None] | None = None) -> Callable[[Session, StoredResource,
+                                                                               StoredResource | None], None]:
+    """The plan hook: a new plan or a status change is an event; `poke` wakes an in-process notifier."""
+
+    def on_plan(session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
+        current = plan.parsed()
+        topics = plan_topics(current, previous.parsed() if previous is not None else None)
+        queued = 0
+        for topic in topics:
+            queued += record_event(session.connection(), topic, focus_type="CarePlan", focus_id=plan.id,
+                                   focus_version=plan.version_id,
+                                   interaction="create" if previous is None else "update",
+                                   patient=_subject(current), categories=category_tokens(current),
+                                   occurred=plan.last_updated)
+        if queued and poke is not None:
+            event.listen(session, "after_commit", lambda _session: poke(), once=True)
+
+    return on_plan
+
+
+def make_delivery_event_hook(poke: Callable[[], None] | None = None) -> Callable[[Connection, Delivery, str], None]:
+    """The delivery finish hook: a delivery that completed or failed is an event about its Task."""
+
+    def on_delivery(connection: Connection, delivery: Delivery, state: str) -> None:
+        topic = delivery_topic(state)
+        if topic is None or not _anyone_listening(connection, topic):
+            return
+        queued = record_event(connection, topic, focus_type="Task", focus_id=delivery.id, focus_version=None,
+                              interaction="update", patient=delivery.subject,
+                              categories=_plan_categories(connection, delivery), occurred=utcnow())
+        if queued and poke is not None:
+            # SQLite: the notifier's claim waits for this transaction's write lock; PostgreSQL: NOTIFY wakes it
+            event.listen(connection, "commit", lambda _connection: poke(), once=True)
+
+    return on_delivery
+
+
+def _anyone_listening(connection: Connection, topic: Topic) -> bool:
+    subs = Subscription.__table__
+    return connection.execute(select(subs.c.id).where(subs.c.topic == topic.url, subs.c.status == ACTIVE)
+                              .limit(1)).first() is not None
+
+
+def _plan_categories(connection: Connection, delivery: Delivery) -> list[str]:
+    versions = CareplanResourceVersion.__table__
+    content = connection.execute(
+        select(versions.c.content).where(versions.c.resource_type == "CarePlan",
+                                         versions.c.id == delivery.careplan_id,
+                                         versions.c.version_id == delivery.careplan_version)).scalar()
+    return category_tokens(orjson.loads(content)) if content else []
