@@ -61,8 +61,11 @@ def test_sigkill_mid_batch_then_restart_delivers_everything_exactly_once(engine,
     ehr_sandbox.configure(latency_ms=150)
     worker = dispatch(database_url, ehr_sandbox.base_url, DELIVERY_LEASE_SECONDS="1.5", DELIVERY_BATCH_SIZE="8")
     try:
-        wait_for(lambda: len(ehr_sandbox.store("CarePlan")) >= 8
-                 and any(r["status"] is None for r in transactions(ehr_sandbox)), 30, "a batch in flight")
+        wait_for(lambda: len(ehr_sandbox.store("CarePlan")) >= 8, 30, "the first batch")
+        # from here each transaction waits a second in the EHR: one seen arriving is surely in flight at the kill
+        ehr_sandbox.configure(latency_ms=1000)
+        before = len(transactions(ehr_sandbox))
+        wait_for(lambda: any(r["status"] is None for r in transactions(ehr_sandbox)[before:]), 30, "a batch in flight")
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
     finally:

@@ -4,8 +4,10 @@ Used by the tests (started in a thread) and by the README's worked example
 (`python -m tests.subscriptions.receiver --port 9000` prints each notification's type and event numbers).
 
 Behaviour is scripted per request: `answer(503, times=3)` makes the next three requests fail;
-`delay` holds each answer (a notification in flight); `lose(n)` accepts event number n with a
-200 but forgets it (a notification lost on the receiver's side: a gap for `$events` to fill).
+`delay` holds each answer (a notification in flight); `hold()` keeps every answer back until
+`release()`, and `held` counts the requests waiting (a notification surely in flight); `lose(n)`
+accepts event number n with a 200 but forgets it (a notification lost on the receiver's side: a gap
+for `$events` to fill).
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ class Received:
                 for part in parameter["part"] if part["name"] == "focus"]
 
 
+def _open_gate() -> threading.Event:
+    gate = threading.Event()
+    gate.set()
+    return gate
+
+
 @dataclass
 class Receiver:
     host: str = "127.0.0.1"
@@ -69,7 +77,10 @@ class Receiver:
     _failing: dict[str, int] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     """Notifications received, by type (cheap to poll while thousands arrive)."""
+    held: int = 0
+    """Requests received and not yet answered because of `hold()`."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _gate: threading.Event = field(default_factory=lambda: _open_gate())
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -91,6 +102,21 @@ class Receiver:
     def lose(self, number: int) -> None:
         with self._lock:
             self._lost.add(number)
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def _wait_at_gate(self) -> None:
+        if self._gate.is_set():
+            return
+        with self._lock:
+            self.held += 1
+        self._gate.wait()
+        with self._lock:
+            self.held -= 1
 
     def events(self, subscription: str | None = None) -> list[Received]:
         with self._lock:
@@ -118,6 +144,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if receiver.delay:
                     time.sleep(receiver.delay)
+                receiver._wait_at_gate()
                 with receiver._lock:
                     receiver.attempts += 1
                     status, extra = receiver._script.pop(0) if receiver._script else (200, {})
@@ -147,6 +174,7 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -1,6 +1,6 @@
 """The notifier as real `cicatrix dispatch` processes: SIGKILL mid-notification, and several workers on PostgreSQL.
 
-The receiver holds each answer a little so that notifications are really in flight when the signal
+The receiver holds its answers back so that notifications are surely in flight when the signal
 arrives; like a real endpoint it goes on receiving requests whose sender died. Delivery is at least
 once: a notification in flight at the kill may arrive twice, and its event number shows it.
 """
@@ -61,18 +61,25 @@ def test_sigkill_mid_notification_loses_nothing_and_repeats_only_what_was_in_fli
         api, engine, settings, database_url, ehr_sandbox, receiver):
     ids = prepared(api, engine, settings, receiver, 4)
     receiver.delay = 0.15
-    worker = dispatch(database_url, ehr_sandbox.base_url, **worker_settings(receiver))
+    # a held answer must not time out between its arrival and the kill, even on a loaded machine
+    worker = dispatch(database_url, ehr_sandbox.base_url,
+                      **worker_settings(receiver) | {"SUBSCRIPTION_TIMEOUT_SECONDS": "6",
+                                                     "SUBSCRIPTION_TIMEOUT_MAX_SECONDS": "6",
+                                                     "SUBSCRIPTION_LEASE_SECONDS": "7"})
     try:
-        wait_for(lambda: len(receiver.events()) >= 6 and in_flight(engine), 30, "notifications in flight")
+        wait_for(lambda: len(receiver.events()) >= 6, 30, "the first notifications")
+        receiver.hold()
+        wait_for(lambda: receiver.held and in_flight(engine), 30, "a notification in flight")
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
         if worker.poll() is None:
             worker.kill()
+        receiver.delay = 0
+        receiver.release()
     held = in_flight(engine)
     assert held, "the kill should leave claimed notifications behind"
 
-    receiver.delay = 0
     # a longer lease now: on a loaded machine a slow attempt must not be taken over by this very worker
     restarted = dispatch(database_url, ehr_sandbox.base_url, drain=True,
                          **worker_settings(receiver) | {"SUBSCRIPTION_LEASE_SECONDS": "10"})
