@@ -219,7 +219,7 @@ def series_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
         if deferred:
             text += (f"; deferred in series {_numbers(deferred)} because the weekly budget of "
                      f"{schedule.max_visits_per_week} visits could not also hold it (higher-ranked procedures first, "
-                     "deferred ones first in the next series)")
+                     "deferred ones first in the next series, the longest-waiting first)")
         if activity.key in schedule.left_over:
             text += "; the course left no room for a further series that could hold it"
         notes.append(text + ".")

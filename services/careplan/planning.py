@@ -387,9 +387,7 @@ def _screening(protocol: Protocol, assessment: Assessment, allergies: list[Aller
 
 def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening) -> None:
     codes = {(c.get("system", ""), c.get("code", "")) for c in codings(activity.definition.get("code"))}
-    if screening.declined and codes & screening.declined_codes:
-        activity.exclusion = screening.declined
-        return
+    declined = screening.declined if screening.declined and codes & screening.declined_codes else None
     for preparation in activity.preparations:
         found: list[Exclusion] = []  # every reason that applies is kept, not only the first
         for coding in protocol.classes.get(preparation.reference, []):
@@ -402,11 +400,14 @@ def _screen(activity: PlannedActivity, protocol: Protocol, screening: Screening)
                 found.append(Exclusion(screening.allergy.reason, f"{screening.allergy.text} ({allergen})"))
         preparation.exclusion = combined(found)
     if activity.preparations and not activity.usable_preparations:
-        own = activity.preparations[0].exclusion
+        own = [p.exclusion for p in activity.preparations if p.exclusion]
         rule = screening.no_preparation
         # Home care *is* its preparation: it goes for the preparation's own reason. A delivery procedure
-        # (phoresis, mesotherapy) goes because nothing is left for it to deliver.
-        activity.exclusion = own if activity.is_home_care or rule is None else Exclusion(rule.reason, rule.text)
+        # (phoresis, mesotherapy) goes because nothing is left for it to deliver, and why each went is kept.
+        activity.exclusion = combined(own if activity.is_home_care or rule is None
+                                      else [Exclusion(rule.reason, rule.text)] + own)
+    if declined:  # the patient's choice first; an allergy or contraindication beside it still holds
+        activity.exclusion = combined([declined] + ([activity.exclusion] if activity.exclusion else []))
 
 
 def screen_order(protocol: Protocol, assessment: Assessment, allergies: list[Allergy], expressions: ExpressionCache,

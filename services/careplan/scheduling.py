@@ -14,8 +14,8 @@ by rank; each session goes on an admissible day within a tolerance window after 
 ideal date, preferring a day the patient already comes in. A procedure whose rhythm
 cannot be kept within the series (the weekly visit budget, the daily cap and the
 days kept free around incompatible procedures leave no room) is deferred whole to
-the next series, where deferred procedures go first: the plan rotates instead of
-dropping anything, and every deferral is recorded with its series. It never places
+the next series, where deferred procedures go first, the longest-waiting first: the
+plan rotates instead of dropping anything, and every deferral is recorded with its series. It never places
 a session on a closed day or a holiday, never exceeds the daily cap or the weekly
 visit budget, never puts two incompatible procedures closer than their gap, and
 always respects the minimum interval.
@@ -189,9 +189,9 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
     lookup = {p.key: p for p in procedures}
     start = calendar.next_open_day(course.start)
     last_allowed = course.end or course.start + timedelta(days=MAX_HORIZON_DAYS)
-    waiting: list[str] = []
+    waiting: Counter[str] = Counter()  # series each procedure has waited since it was last placed
     while ranked:
-        order = [p for p in ranked if p.key in waiting] + [p for p in ranked if p.key not in waiting]
+        order = sorted(ranked, key=lambda p: -waiting[p.key])  # stable: rank order among equal waits
         placed: dict[str, tuple[date, ...]] = {}
         deferred: list[str] = []
         truncated: list[str] = []
@@ -222,7 +222,7 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
         result.series.append(Series(len(result.series) + 1, start, placed, tuple(deferred), tuple(truncated)))
         for key, days in placed.items():
             result.sessions[key].extend(_moments(days, key, book.booked, calendar))
-        waiting = deferred
+        waiting = Counter({key: waiting[key] + 1 for key in deferred})
         end = max(d[-1] for d in placed.values())
         next_start = end + timedelta(days=course.break_days + 1)
         if course.end is None or next_start > course.end:

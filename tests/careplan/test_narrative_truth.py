@@ -43,6 +43,11 @@ VARIANTS = {
     "pregnant-and-breastfeeding": variant("atrophic-pregnant", "both", breastfeeding=[{"valueBoolean": True}]),
     "no-home-care-left": variant("atrophic-chest-visible-vessels", "allergic", allergy=[
         {"valueString": "centella asiatica extract"}, {"valueString": "allantoin"}, {"valueString": "camphor"}]),
+    "peel-preparation-allergy": variant("atrophic-chest-visible-vessels", "peel", allergy=[
+        {"valueString": "Alpha-hydroxy acids (fruit acids)"}]),
+    "declined-and-allergic": variant("atrophic-chest-visible-vessels", "declined", allergy=[
+        {"valueString": "alanine"}], declined_modality=[{"valueCoding": {
+            "system": "https://fhir.cicatrix.org/CodeSystem/scar-modality", "code": "home-topical-application"}}]),
     "hypotrophic-on-the-shin": variant("hypotrophic-abdomen", "shin", body_site=[{"valueCoding": {
         "system": "https://fhir.cicatrix.org/CodeSystem/body-site", "code": "anterior-shin"}}]),
 }
@@ -206,6 +211,25 @@ def test_pregnant_and_breastfeeding_keeps_both_reasons(plans):
         assert "pregnant" in detail["statusReason"]["text"] and "breastfeeding" in detail["statusReason"]["text"]
     left_out = " ".join(section(div(plan), "Left out:"))
     assert "pregnant" in left_out and "breastfeeding" in left_out
+
+
+def left_out(plan: dict[str, Any], product: str) -> dict[str, Any]:
+    return next(d for d in (a["detail"] for a in plan["activity"])
+                if d.get("doNotPerform") and d.get("productReference", {}).get("reference") == product)
+
+
+def test_a_procedure_without_preparations_keeps_why_each_preparation_went(plans):
+    plan = plans["peel-preparation-allergy"]
+    reason = left_out(plan, "Medication/aha-peel-solution")["statusReason"]
+    assert {c["code"] for c in reason["coding"]} == {"no-remaining-preparation", "allergy"}
+    assert "Alpha-hydroxy acids" in reason["text"]
+    assert reason["text"] in " ".join(section(div(plan), "Left out:"))
+
+
+def test_a_declined_modality_keeps_the_allergy_beside_it(plans):
+    reason = left_out(plans["declined-and-allergic"], "Medication/nuclea-cream")["statusReason"]
+    assert {c["code"] for c in reason["coding"]} == {"declined", "allergy"}
+    assert reason["text"].index("declined") < reason["text"].index("allerg")
 
 
 def test_a_hypotrophic_scar_on_the_shin_is_planned_with_a_warning(plans):

@@ -44,6 +44,7 @@ def _content(kind: str) -> dict[str, dict[str, Any]]:
 ACTIVITIES = _content("ActivityDefinition")
 BY_URL = {a["url"]: a for a in ACTIVITIES.values()}
 MEDICATIONS = _content("Medication")
+SCAR_CARE = "https://fhir.cicatrix.org/CodeSystem/scar-care"
 KNOWLEDGE = _content("MedicationKnowledge")
 PROTOCOLS = _content("PlanDefinition")
 SUBSTANCES = {c["code"]: c["display"] for c in json.loads((CONTENT_DIR / "CodeSystem/substance.json").read_text())[
@@ -191,6 +192,31 @@ def excluded_by_screening(parameters: dict[str, Any]) -> tuple[set[str], set[str
     return medications, modalities
 
 
+def expected_reasons(parameters: dict[str, Any], medication_id: str) -> set[str]:
+    """The exclusion-reason codes (scar-care) that each apply to one preparation, computed from the content."""
+    reasons = set()
+    if medication_id in RETINOIDS:
+        reasons |= {"contraindicated-pregnancy"} if True in answers(parameters, "pregnant") else set()
+        reasons |= {"contraindicated-breastfeeding"} if True in answers(parameters, "breastfeeding") else set()
+    allergens = {a["code"] if isinstance(a, dict) else next(c for c, d in SUBSTANCES.items() if d.lower() == a.lower())
+                 for a in answers(parameters, "allergy")}
+    if _ingredients(MEDICATIONS[medication_id]) & allergens:
+        reasons.add("allergy")
+    return reasons
+
+
+def check_reasons_kept(parameters: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Each preparation left out carries every reason that applies to it (pregnant and breastfeeding: both)."""
+    for activity in plan["activity"]:
+        detail = activity["detail"]
+        medication = detail.get("productReference", {}).get("reference", "").removeprefix("Medication/")
+        if not detail.get("doNotPerform") or medication not in MEDICATIONS:
+            continue
+        kept = {c["code"] for c in detail.get("statusReason", {}).get("coding", []) if c["system"] == SCAR_CARE}
+        missing = expected_reasons(parameters, medication) - kept
+        assert not missing, f"{medication} left out without the reasons {sorted(missing)}"
+
+
 def offered_text(plan: dict[str, Any]) -> str:
     """Everything the plan offers: planned activities, their products, the alternatives, the schedule table."""
     parts = []
@@ -210,6 +236,7 @@ def public_holidays(country: str, subdivision: str) -> holidays.HolidayBase | di
 
 
 def check_plan(parameters: dict[str, Any], plan: dict[str, Any], clinic: Clinic) -> None:
+    check_reasons_kept(parameters, plan)
     medications, modalities = excluded_by_screening(parameters)
     offered = offered_text(plan)
     for mid in medications:

@@ -145,6 +145,18 @@ def test_a_full_week_defers_the_lower_ranked_procedure_to_the_next_series_where_
     assert result.series[1].deferred == ("peel",), "the deferred procedure goes first; the other waits in turn"
 
 
+def test_the_longest_waiting_procedure_goes_first_so_none_is_deferred_in_every_series():
+    monday = date(2026, 3, 2)
+    twice = Rhythm(2, 1, "wk", 4)
+    keys = ["a", "b", "c"]  # each needs its own visits: only one fits the weekly budget
+    procs = symmetric_conflicts([Procedure(k, twice, 2, frozenset(set(keys) - {k}), apart_days=2, rank=n)
+                                 for n, k in enumerate(keys)])
+    calendar = ClinicCalendar(max_per_day=2, max_visits_per_week=2)
+    result = schedule(procs, calendar, CoursePlan(start=monday, end=monday + timedelta(days=200), break_days=14))
+    assert [list(s.days) for s in result.series[:3]] == [["a"], ["b"], ["c"]]
+    assert result.deferrals("c")[:2] == [1, 2], "waited two series: ahead of b, which waited one"
+
+
 def test_compatible_procedures_share_a_visit():
     monday = date(2026, 3, 2)
     procs = [Procedure("vacuum", Rhythm(2, 1, "wk", 6), 2, rank=1), Procedure("phono", Rhythm(2, 1, "wk", 6), 2)]
