@@ -151,7 +151,7 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
     app.include_router(ehr_capabilities_router(delivery))
-    app.include_router(plan_updates_router(store, repository.hooks))
+    app.include_router(plan_updates_router(store))
     app.include_router(subscriptions_router(store, poke=subscriptions.poke))
     # --- end delivery
     app.include_router(operations_router(planner, repository))

@@ -5,8 +5,8 @@ stores nothing: it is all `$apply` needs. `generate` adds what makes the plan a
 record: it stores the assessment and the plan in one transaction, answers a
 resubmitted assessment with the plan it already produced, and revokes the active
 plan of the same patient and body site that a reassessment replaces. Every CarePlan
-version it writes is handed to the plan hooks inside that same transaction (the
-delivery outbox is one), so nothing is written that is not also queued.
+version the store writes is published to the plan hooks inside that same transaction
+(the delivery outbox is one), so nothing is written that is not also queued.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from services.careplan.scheduling import (
 )
 from services.careplan.tables import AssessmentPlan
 from services.fhir.outcome import Conflict, Issue, PreconditionFailed, ServiceUnavailable, Unprocessable
-from services.fhir.store import ResourceStore, StoredResource
+from services.fhir.store import ResourceStore, StoredResource, WriteListener
 
 log = logging.getLogger("cicatrix.careplan.generate")
 
-PlanHook = Callable[[Session, StoredResource, StoredResource | None], None]
+PlanHook = WriteListener
 """Called inside the plan's transaction for every CarePlan version written: (session, new version, previous)."""
 
 
@@ -188,9 +188,12 @@ class PlanRepository:
     ATTEMPTS = 5
 
     def __init__(self, store: ResourceStore, hooks: list[PlanHook]) -> None:
+        """Registers `hooks` with the store, after the repository's own: every CarePlan version the store writes
+        (a new plan, a revocation, a status change by PUT or PATCH) reaches them, and a second active plan
+        fails before anything is queued."""
         self.store = store
-        self.hooks: list[PlanHook] = [self.record_status, *hooks]
-        """`hooks` after the repository's own: a second active plan fails before anything is queued."""
+        for hook in (self.record_status, *hooks):
+            store.listen(hook, types=("CarePlan",))
 
     def existing(self, session: Session, subject: str, assessment_key: str) -> StoredResource | None:
         row = session.get(AssessmentPlan, (subject, assessment_key))
@@ -229,8 +232,6 @@ class PlanRepository:
                                    body_site=body_site, careplan_id=stored.id,
                                    questionnaire_response_id=response_id, created=stored.last_updated,
                                    active=careplan.get("status") == "active"))
-        for hook in self.hooks:
-            hook(session, stored, None)
         session.commit()
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": previous.id if previous else None})
         return stored, True
@@ -263,6 +264,4 @@ class PlanRepository:
         resource["status"] = "revoked"
         notes = resource.setdefault("note", [])
         notes.append({"text": f"Revoked: replaced by CarePlan/{replaced_by} after a reassessment."})
-        stored, _ = self.store.update(session, "CarePlan", plan.id, resource, if_match=plan.version_id)
-        for hook in self.hooks:
-            hook(session, stored, plan)
+        self.store.update(session, "CarePlan", plan.id, resource, if_match=plan.version_id)

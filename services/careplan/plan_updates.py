@@ -36,7 +36,6 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.careplan.generate import PlanHook
 from services.careplan.tables import AssessmentPlan
 from services.fhir.jsonio import loads, media_type, read_resource
 from services.fhir.outcome import BadRequest, Conflict, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
@@ -122,7 +121,7 @@ def _active_plan_of_site(session: Session, plan_id: str) -> str | None:
         AssessmentPlan.active)).first()
 
 
-def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRouter:
+def plan_updates_router(store: ResourceStore) -> APIRouter:
     router = APIRouter(prefix="/fhir", tags=["resources"])
 
     def save(session: Session, plan_id: str, if_match: int, change: Any) -> tuple[StoredResource, bool]:
@@ -143,8 +142,6 @@ def plan_updates_router(store: ResourceStore, hooks: list[PlanHook]) -> APIRoute
             raise BadRequest(issues[0].diagnostics, issues=issues)
         try:
             stored, _ = store.update(session, "CarePlan", plan_id, proposed, if_match=if_match)
-            for hook in hooks:
-                hook(session, stored, current)
             session.commit()
         except IntegrityError:  # the one-active-plan index (tables.AssessmentPlan)
             session.rollback()

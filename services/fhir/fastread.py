@@ -159,7 +159,7 @@ class ReadRoute(BaseRoute):
         self.cache = cache
         self.prefix = prefix + "/"
         if cache is not None:
-            interactions.store.on_change = cache.changed
+            interactions.store.listen(lambda session, new, _: cache.changed(session, new.resource_type, new.id))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] != "GET":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +78,11 @@ class StoredResource:
         return orjson.loads(self.content)
 
 
+WriteListener = Callable[[Session, StoredResource, StoredResource | None], None]
+"""Told of every version written, inside the writing transaction: (session, new version, the version it replaced
+or None for a new resource). A listener that raises fails the write, so what it queues commits with the version."""
+
+
 @dataclass
 class SearchPage:
     matches: list[StoredResource]
@@ -96,8 +101,17 @@ class ResourceStore:
         self.V = version_table
         self.I = index_table
         self.search_params = search_params
-        self.on_change: Callable[[Session, str, str], None] | None = None
-        """Told of every write (session, type, id) as it is made: a read cache drops what it holds."""
+        self._listeners: list[tuple[WriteListener, Collection[str] | None]] = []
+
+    def listen(self, listener: WriteListener, *, types: Collection[str] | None = None) -> None:
+        """Publish every write (of `types`, or of any type) to `listener`, after those registered before it:
+        a read cache drops what a write makes stale, the delivery outbox queues a new plan version."""
+        self._listeners.append((listener, frozenset(types) if types is not None else None))
+
+    def _publish(self, session: Session, written: StoredResource, previous: StoredResource | None) -> None:
+        for listener, types in self._listeners:
+            if types is None or written.resource_type in types:
+                listener(session, written, previous)
 
     # ------------------------------------------------------------------ reads
 
@@ -169,7 +183,8 @@ class ResourceStore:
         """Store a new resource under a server-assigned id (or `resource_id` for content loads)."""
         resource_type = resource["resourceType"]
         resource_id = resource_id or str(uuid.uuid4())
-        return self._write(session, resource_type, resource_id, resource, version_id=1, method="POST", new=True)
+        return self._write(session, resource_type, resource_id, resource, version_id=1, method="POST", new=True,
+                           previous=None)
 
     def create_many(self, session: Session, resources: Sequence[dict[str, Any]],
                     ids: Sequence[str] | None = None) -> list[StoredResource]:
@@ -194,9 +209,8 @@ class ResourceStore:
         for table, rows in ((self.R, current_rows), (self.V, version_rows), (self.I, index_rows)):
             if rows:  # one row as a plain statement: psycopg's executemany pipeline costs more than it saves
                 session.execute(insert(table.__table__), rows[0] if len(rows) == 1 else rows)
-        if self.on_change:
-            for item in stored:
-                self.on_change(session, item.resource_type, item.id)
+        for item in stored:
+            self._publish(session, item, None)
         return stored
 
     def update(self, session: Session, resource_type: str, resource_id: str, resource: dict[str, Any], *,
@@ -211,14 +225,14 @@ class ResourceStore:
             if if_match is not None:
                 raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist (If-Match given)")
             return self._write(session, resource_type, resource_id, resource, version_id=1, method="PUT",
-                               new=True), True
+                               new=True, previous=None), True
         if if_match is not None and if_match != row.version_id:
             raise PreconditionFailed(
                 f"{resource_type}/{resource_id} is at version {row.version_id}, not {if_match} (If-Match)")
         if row.deleted and not create_if_missing:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
         stored = self._write(session, resource_type, resource_id, resource, version_id=row.version_id + 1,
-                             method="PUT", new=False, expected=row.version_id)
+                             method="PUT", new=False, previous=self._stored(row))
         return stored, row.deleted
 
     def delete(self, session: Session, resource_type: str, resource_id: str, *,
@@ -240,12 +254,12 @@ class ResourceStore:
         session.exec(insert(self.V).values(resource_type=resource_type, id=resource_id, version_id=version_id,
                                            last_updated=now, deleted=True, method="DELETE", content=None))
         session.exec(delete(self.I).where(self.I.resource_type == resource_type, self.I.resource_id == resource_id))
-        if self.on_change:
-            self.on_change(session, resource_type, resource_id)
-        return StoredResource(resource_type, resource_id, version_id, now, True, None, "DELETE")
+        deleted = StoredResource(resource_type, resource_id, version_id, now, True, None, "DELETE")
+        self._publish(session, deleted, self._stored(row))
+        return deleted
 
     def _write(self, session: Session, resource_type: str, resource_id: str, resource: dict[str, Any], *,
-               version_id: int, method: str, new: bool, expected: int | None = None) -> StoredResource:
+               version_id: int, method: str, new: bool, previous: StoredResource | None) -> StoredResource:
         """One version: the current row, the history row and the index rows, as Core statements.
 
         Core rather than ORM statements because writes are the hot path of `$generate` and of the audit
@@ -259,9 +273,10 @@ class ResourceStore:
             if new:
                 session.execute(insert(current).values(resource_type=resource_type, id=resource_id, **values))
             else:
+                assert previous is not None
                 result = session.execute(update(current).where(
                     current.c.resource_type == resource_type, current.c.id == resource_id,
-                    current.c.version_id == expected).values(**values))
+                    current.c.version_id == previous.version_id).values(**values))
                 if result.rowcount != 1:
                     raise PreconditionFailed(f"{resource_type}/{resource_id} changed concurrently; re-read and retry")
             session.execute(insert(versions).values(resource_type=resource_type, id=resource_id,
@@ -270,9 +285,9 @@ class ResourceStore:
         except IntegrityError:
             raise Conflict(f"{resource_type}/{resource_id} was written concurrently; retry") from None
         self._reindex(session, resource_type, resource_id, resource, replace=not new)
-        if self.on_change:
-            self.on_change(session, resource_type, resource_id)
-        return StoredResource(resource_type, resource_id, version_id, now, False, content, method)
+        written = StoredResource(resource_type, resource_id, version_id, now, False, content, method)
+        self._publish(session, written, previous)
+        return written
 
     def _reindex(self, session: Session, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                  replace: bool = True) -> None:
