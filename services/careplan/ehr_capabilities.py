@@ -32,8 +32,8 @@ from services.careplan.delivery.capabilities import EhrCapabilities
 from services.careplan.delivery.errors import EhrError
 from services.careplan.delivery.payloads import US_CORE_CAREPLAN, US_CORE_DOCUMENT
 from services.careplan.delivery.request_plan import CurrentPlan, RequestPlan
+from services.fhir.deps import ContextDep
 from services.fhir.responses import FhirResponse
-from services.fhir.service import ContextDep
 
 EHR_CAPABILITIES_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/ehr-capabilities"
 DELIVERY_TYPES = ("CarePlan", "DocumentReference", "Provenance")

@@ -34,12 +34,12 @@ from services.careplan.intake import (
     stored_response_id,
 )
 from services.fhir.compartment import current_access, touched
+from services.fhir.deps import ContextDep, ServiceContext
 from services.fhir.jsonio import read_json
 from services.fhir.outcome import Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import fhir_base, resource_headers, write_response
 from services.fhir.scopes import required_scope
-from services.fhir.service import ContextDep, ServiceContext
 from services.fhir.store import StoredResource
 
 GENERATE_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/CarePlan-generate"

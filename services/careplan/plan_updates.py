@@ -37,10 +37,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.tables import AssessmentPlan
+from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.jsonio import loads, media_type, read_resource
 from services.fhir.outcome import BadRequest, Conflict, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
 from services.fhir.rest import fhir_base, version_from_etag, write_response
-from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
 from services.fhir.validation import r4_issues
 

@@ -41,10 +41,10 @@ from services.careplan.delivery.outbox import (
 )
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import PatientCompartment
+from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
-from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import as_utc, instant
 
 DELIVERY_CODES = "https://fhir.cicatrix.org/CodeSystem/careplan-delivery"

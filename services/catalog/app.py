@@ -27,10 +27,11 @@ from services.fhir.capability import (
     search_params_of,
 )
 from services.fhir.db import Migrations
+from services.fhir.deps import ServiceContext
 from services.fhir.fastread import install_read_route
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.outcome import Unprocessable
-from services.fhir.service import ServiceContext, build_app
+from services.fhir.service import build_app
 from services.fhir.store import ResourceStore
 
 VERSION = "0.1.0"

@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.bundles import history
+from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.jsonio import read_json
 from services.fhir.outcome import (
@@ -56,7 +57,6 @@ from services.fhir.references import is_placeholder, rewrite_references
 from services.fhir.responses import FhirResponse, etag
 from services.fhir.rest import fhir_base, version_from_etag
 from services.fhir.searchparams import parse_query
-from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import StoredResource, instant
 
 TRANSACTION_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}

@@ -26,13 +26,13 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from services.fhir.deps import SessionDep
 from services.fhir.jsonio import read_json
 from services.fhir.limits import InputLimits
 from services.fhir.outcome import BadRequest, NotFound, Unprocessable
 from services.fhir.parameters import OperationInput, ParamSpec, from_parameters, from_query, output, part
 from services.fhir.responses import FhirResponse
 from services.fhir.searchparams import normalise
-from services.fhir.service import SessionDep
 from services.fhir.store import ResourceStore, instant, utcnow
 
 MAX_EXPANSION = 10_000

@@ -19,13 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.bundles import history, searchset
+from services.fhir.deps import ContextDep, ServiceContext, SessionDep
 from services.fhir.jsonio import FORM_BODY_TYPE, media_type, read_json, read_resource
 from services.fhir.limits import limit
 from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import content_etag_response, fhir_base, read_response, version_from_etag, write_response
 from services.fhir.searchparams import SearchParamDef, parse_query
-from services.fhir.service import ContextDep, ServiceContext, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
 from services.fhir.validation import check_r4, r4_issues
 

@@ -13,13 +13,9 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
@@ -29,6 +25,7 @@ from services.fhir.audit import AuditMiddleware, AuditTrail
 from services.fhir.auth import AccessMiddleware, check_exposure, make_verifier
 from services.fhir.capability import CapabilityBuilder
 from services.fhir.db import Migrations, make_engine, ping
+from services.fhir.deps import ServiceContext
 from services.fhir.edge import FhirEdgeMiddleware
 from services.fhir.errors import install_error_handlers
 from services.fhir.observability import HttpMetrics, configure_logging
@@ -36,6 +33,8 @@ from services.fhir.outcome import Issue, ServiceUnavailable, operation_outcome
 from services.fhir.responses import FhirResponse, etag
 from services.fhir.settings import ServiceSettings
 from services.fhir.workpool import WorkPool
+
+__all__ = ["ServiceContext", "StartupHook", "build_app"]
 
 log = logging.getLogger("cicatrix.service")
 
@@ -54,39 +53,6 @@ def freeze_startup_heap() -> None:
         _heap_frozen = True
         gc.collect()
         gc.freeze()
-
-
-@dataclass
-class ServiceContext:
-    """What a running service holds: its settings, database engine and metrics."""
-
-    name: str
-    settings: ServiceSettings
-    engine: Engine
-    migrations: Migrations
-    metrics: HttpMetrics
-    capability: CapabilityBuilder
-    work: WorkPool
-    """Where handlers run their CPU work (planning, validation, searches): never on the event loop."""
-    capability_bytes: bytes = b""
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
-
-
-def get_context(request: Request) -> ServiceContext:
-    return request.app.state.ctx  # type: ignore[no-any-return]
-
-
-def get_session(request: Request):  # type: ignore[no-untyped-def]
-    """A session per request that rolls back unless the handler committed (unit-of-work default)."""
-    with get_context(request).session() as session:
-        yield session
-
-
-ContextDep = Annotated[ServiceContext, Depends(get_context)]
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,

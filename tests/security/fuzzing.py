@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from services.fhir.service import ServiceContext
+from services.fhir.deps import ServiceContext
 
 STORED_ROWS = {
     "catalog": "SELECT (SELECT count(*) FROM catalog_resource_version) + (SELECT count(*) FROM catalog_search_index)",

@@ -37,9 +37,9 @@ from services.careplan.settings import CareplanSettings
 from services.fhir.access import Principal
 from services.fhir.audit import AuditTrail
 from services.fhir.auth import InsecureExposure, is_loopback
+from services.fhir.deps import ContextDep, ServiceContext
 from services.fhir.jsonio import read_json
 from services.fhir.outcome import NotFound
-from services.fhir.service import ContextDep, ServiceContext
 
 log = logging.getLogger("cicatrix.cds")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from services.careplan.subscriptions.events import make_delivery_event_hook, make_plan_event_hook
 from services.careplan.subscriptions.notifier import Notifier
-from services.fhir.service import ServiceContext
+from services.fhir.deps import ServiceContext
 
 log = logging.getLogger("cicatrix.careplan.subscriptions")
 

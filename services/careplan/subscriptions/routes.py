@@ -39,11 +39,11 @@ from services.careplan.subscriptions.tables import DROPPED, EVENT, HANDSHAKE, OF
 from services.careplan.subscriptions.topics import BY_ID, TOPICS, topic_resource
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import current_access
+from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.jsonio import read_json, read_resource
 from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unprocessable
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
-from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import ResourceStore, as_utc, utcnow
 
 SEARCH_PARAMS = ("_id", "status", "url", "criteria", "_count")
