@@ -21,7 +21,7 @@ from services.careplan.ehr_capabilities import EHR_CAPABILITIES_DEFINITION, ehr_
 from services.careplan.generate import CarePlanner, PlanHook, PlanRepository
 from services.careplan.knowledge import Knowledge
 from services.careplan.operations import APPLY_DEFINITION, GENERATE_DEFINITION, operations_router
-from services.careplan.plan_updates import plan_updates_router
+from services.careplan.plan_updates import CarePlanChanges
 from services.careplan.searchparams import SEARCH_PARAMS, SORTABLE
 from services.careplan.security import access_policy, audit_trail, patient_compartment
 from services.careplan.settings import CareplanSettings
@@ -152,13 +152,13 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     delivery.register_metrics(app.state.ctx)
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
     app.include_router(ehr_capabilities_router(delivery))
-    app.include_router(plan_updates_router(store))
     app.include_router(subscriptions_router(store, poke=subscriptions.poke))
     # --- end delivery
     app.include_router(operations_router(planner, repository))
     app.include_router(cds_router(cds))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,
-                                        sortable=SORTABLE, **compartment.hooks())
+                                        sortable=SORTABLE, update_rules={"CarePlan": CarePlanChanges()},
+                                        **compartment.hooks())
     app.include_router(interactions.router())
     # reads by id ahead of FastAPI's routing, inside the audit trail and with the compartment checks; no cache:
     # patient data is read from the database every time

@@ -1,9 +1,11 @@
 """The FHIR RESTful interactions on resource types, as one router both services mount.
 
 read, vread, history-instance, search-type (GET and POST `_search`), create,
-update (If-Match required), delete and `$validate`, over a `ResourceStore`. A
+update (If-Match required), patch, delete and `$validate`, over a `ResourceStore`. A
 service chooses which types and interactions it offers and may add a write hook
-for its own business rules (the catalog's `url` + `version` uniqueness, say).
+for its own business rules (the catalog's `url` + `version` uniqueness, say). A type
+with an update rule (services.fhir.revisions) is updated and patched under that rule
+only, even where no other write is offered (a stored CarePlan's status, say).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from starlette.responses import Response
 
 from services.fhir.bundles import history, searchset
 from services.fhir.deps import ContextDep, ServiceContext, SessionDep
-from services.fhir.jsonio import FORM_BODY_TYPE, media_type, read_json, read_resource
+from services.fhir.jsonio import FORM_BODY_TYPE, loads, media_type, read_json, read_resource
 from services.fhir.limits import limit
-from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, operation_outcome
+from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, UnsupportedMediaType, operation_outcome
+from services.fhir.patch import JSON_PATCH, apply_json_patch
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import content_etag_response, fhir_base, read_response, version_from_etag, write_response
+from services.fhir.revisions import Change, UpdateRule, revise
 from services.fhir.searchparams import SearchParamDef, parse_query
 from services.fhir.store import ResourceStore, StoredResource
 from services.fhir.validation import check_r4, r4_issues
@@ -45,6 +49,8 @@ class ResourceInteractions:
     """May add criteria to a search (access control narrows searches this way)."""
     read_hook: Callable[[Request, StoredResource], None] | None = None
     includable: dict[str, Mapping[str, SearchParamDef]] = field(default_factory=dict)
+    update_rules: Mapping[str, UpdateRule] = field(default_factory=dict)
+    """Types updated and patched under their own rule (services.fhir.revisions), writable or not."""
 
     def __post_init__(self) -> None:
         self.includable = {t: {n: d for n, d in self.search_params.get(t, {}).items() if d.type == "reference"}
@@ -71,7 +77,26 @@ class ResourceInteractions:
             router.add_api_route("/{resource_type}", self.create, methods=["POST"], name="create")
             router.add_api_route("/{resource_type}/{resource_id}", self.update, methods=["PUT"], name="update")
             router.add_api_route("/{resource_type}/{resource_id}", self.delete, methods=["DELETE"], name="delete")
+        for resource_type in self.update_rules:
+            if resource_type not in self.writable:
+                router.add_api_route(f"/{resource_type}/{{resource_id}}", self._of_type(resource_type, self.update),
+                                     methods=["PUT"], name=f"update-{resource_type}")
+            router.add_api_route(f"/{resource_type}/{{resource_id}}", self._of_type(resource_type, self.patch),
+                                 methods=["PATCH"], name=f"patch-{resource_type}")
         return router
+
+    @staticmethod
+    def _of_type(resource_type: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """`handler` on one type's path: the other types of a service that writes only those with a rule keep
+        no write route at all."""
+
+        async def endpoint(resource_id: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+            result: Response = await handler(resource_type, resource_id, request, session, ctx)
+            return result
+
+        endpoint.__name__ = f"{handler.__name__}_{resource_type.lower()}"
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
 
     # ------------------------------------------------------------------- reads
 
@@ -184,15 +209,17 @@ class ResourceInteractions:
     async def update(self, resource_type: str, resource_id: str, request: Request, session: SessionDep,
                      ctx: ContextDep) -> Response:
         """Update an existing resource; If-Match with its current version is required."""
-        self.check_writable(resource_type)
-        if_match = version_from_etag(request.headers.get("if-match"))
-        if if_match is None:
-            raise BadRequest("Updates require an If-Match header with the current version, e.g. W/\"3\"",
-                             expression="If-Match", code="required")
+        rule = self.update_rules.get(resource_type)
+        if rule is None:
+            self.check_writable(resource_type)
+        if_match = _required_if_match(request)
         resource = await read_resource(request, expected_type=resource_type)
         if resource.get("id") != resource_id:
             raise BadRequest(f"The body's id '{resource.get('id')}' does not match the URL id '{resource_id}'",
                              expression=f"{resource_type}.id")
+        if rule is not None:
+            return await self._revise(rule, resource_type, resource_id, if_match, lambda _current: resource,
+                                      request, session, ctx)
         await ctx.work.run(check_r4, resource)
 
         def write() -> tuple[StoredResource, bool]:
@@ -204,6 +231,23 @@ class ResourceInteractions:
 
         stored, created = await run_in_threadpool(write)
         return write_response(request, stored, base=fhir_base(request, ctx.settings.BASE_URL), created=created)
+
+    async def patch(self, resource_type: str, resource_id: str, request: Request, session: SessionDep,
+                    ctx: ContextDep) -> Response:
+        """JSON Patch (RFC 6902) the current version; If-Match with it is required."""
+        rule = self.update_rules[resource_type]  # routed for the types with a rule only
+        if_match = _required_if_match(request)
+        if media_type(request) != JSON_PATCH:
+            raise UnsupportedMediaType(f"PATCH takes {JSON_PATCH} (RFC 6902)")
+        operations = loads(await request.body())
+        return await self._revise(rule, resource_type, resource_id, if_match,
+                                  lambda current: apply_json_patch(current, operations), request, session, ctx)
+
+    async def _revise(self, rule: UpdateRule, resource_type: str, resource_id: str, if_match: int, change: Change,
+                      request: Request, session: Session, ctx: ServiceContext) -> Response:
+        stored, _ = await run_in_threadpool(revise, self.store, session, rule, resource_type, resource_id, if_match,
+                                            change)
+        return write_response(request, stored, base=fhir_base(request, ctx.settings.BASE_URL), created=False)
 
     def delete(self, resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
         """Delete (a new, deleted version); later reads answer 410."""
@@ -243,6 +287,15 @@ class ResourceInteractions:
         self.check_type(resource_type)
         if resource_type not in self.writable:
             raise FhirError(f"{resource_type} cannot be written here", status=405, code="not-supported")
+
+
+def _required_if_match(request: Request) -> int:
+    """The version an update or patch names in If-Match; 400 without one (no blind overwrites)."""
+    if_match = version_from_etag(request.headers.get("if-match"))
+    if if_match is None:
+        raise BadRequest("Updates require an If-Match header with the current version, e.g. W/\"3\"",
+                         expression="If-Match", code="required")
+    return if_match
 
 
 def _resource_from_validate_body(body: Any) -> dict[str, Any]:
