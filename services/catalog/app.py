@@ -13,13 +13,13 @@ from fastapi import FastAPI
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from services.catalog.bundle_processing import BundleProcessor
 from services.catalog.content import load_content
 from services.catalog.searchparams import CATALOG_TYPES, SEARCH_PARAMS, SORTABLE
 from services.catalog.security import access_policy
 from services.catalog.settings import CatalogSettings
 from services.catalog.tables import CatalogResource, CatalogResourceVersion, CatalogSearchIndex
 from services.catalog.terminology import TerminologyOperations
+from services.fhir.batch_transaction import BundleProcessor
 from services.fhir.capability import (
     CapabilityBuilder,
     Operation,

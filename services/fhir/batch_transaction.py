@@ -1,8 +1,10 @@
 """Batch and transaction Bundles posted to `[base]` (R4 http.html#transaction), for bulk loads by writers.
 
 Every entry runs the checks of the single-resource interactions (`check_writable`,
-`check_write`: R4 validation plus the catalog's `url` + `version` uniqueness) over
-the same `ResourceStore`; nothing here re-implements them. Per method:
+`check_write`: R4 validation plus the service's write hook, such as the catalog's
+`url` + `version` uniqueness) over the same `ResourceStore`; nothing here
+re-implements them. A service offers it by including `BundleProcessor.router()`.
+Per method:
 
 - POST `Type` creates under a server-assigned id. `request.ifNoneExist` is a search
   on the type: no match creates, one match answers `200 OK` with it, several are 412.
