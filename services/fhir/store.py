@@ -5,6 +5,8 @@ bytes exactly as served), every past version, and the extracted search values. I
 implements the storage half of FHIR REST: read, vread, history, create, update with
 optimistic locking, delete, and search with keyset paging (links stay correct while
 other clients write, because a page is anchored on its last row, not an offset).
+Every version it writes is published, inside the writing transaction, to the
+listeners registered with `listen` (a read cache, the care-plan delivery outbox).
 
 It knows nothing about HTTP; routes in each service translate between the two.
 """
