@@ -47,6 +47,8 @@ log = logging.getLogger("cicatrix.careplan.delivery")
 
 
 class Dispatcher(Relay):
+    """The delivery relay: each claimed delivery is assembled, sent and recorded by the parts it holds."""
+
     channel = NOTIFY_CHANNEL
     name = "dispatcher"
 
