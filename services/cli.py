@@ -112,7 +112,7 @@ def up() -> int:
          f"http://127.0.0.1:{sandbox_port}/fhir/metadata"),
         ("catalog", [sys.executable, "-m", "services.cli", "serve", "catalog"], {},
          f"http://{catalog.HOST}:{catalog.PORT}/readyz"),
-        # delivery (issue 5): the embedded dispatcher delivers to the sandbox started here, whatever its port
+        # the embedded dispatcher delivers to the sandbox started here, whatever its port
         ("careplan", [sys.executable, "-m", "services.cli", "serve", "careplan"],
          {"CAREPLAN_EHR_BASE_URL": env.get("CAREPLAN_EHR_BASE_URL", f"http://127.0.0.1:{sandbox_port}/fhir")},
          f"http://{careplan.HOST}:{careplan.PORT}/readyz"),
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_parser.add_argument("--local", action="store_true", help="plan in-process, without a running stack")
     commands.add_parser("examples", help="regenerate the example plans in contracts/fhir/examples")
     commands.add_parser("openapi", help="regenerate the OpenAPI documents in contracts/openapi")
-    # --- delivery (issue 5): standalone delivery workers
+    # standalone delivery workers
     dispatch_parser = commands.add_parser("dispatch", help="deliver queued CarePlans to the EHR (a worker)")
     dispatch_parser.add_argument("--drain", action="store_true",
                                  help="exit once no delivery is pending instead of waiting for more")

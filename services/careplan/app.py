@@ -73,7 +73,7 @@ def capability() -> CapabilityBuilder:
         if resource_type == "CarePlan":
             operations = (Operation("generate", GENERATE_DEFINITION,
                                     "Create the CarePlan for a scar assessment (idempotent per assessment)"),)
-            interactions += ("update", "patch")  # delivery (issue 5): status changes, see plan_updates.py
+            interactions += ("update", "patch")  # status changes only, see plan_updates.py
         builder.add(ResourceCapability(type=resource_type, interactions=interactions,
                                        search_params=params, operations=operations))
     builder.add(ResourceCapability(
@@ -81,7 +81,7 @@ def capability() -> CapabilityBuilder:
         conditional_read="not-supported",
         documentation="PlanDefinitions live in the catalog; this service applies them",
         operations=(Operation("apply", APPLY_DEFINITION, "The CarePlan a protocol would produce; stores nothing"),)))
-    # --- delivery (issue 5): one Task per delivery of a CarePlan version to the EHR, see tasks.py
+    # delivery: one Task per delivery of a CarePlan version to the EHR, see tasks.py
     builder.add(ResourceCapability(
         type="Task", interactions=("read", "search-type"), versioning="versioned", read_history=False,
         conditional_read="not-supported",
@@ -90,7 +90,7 @@ def capability() -> CapabilityBuilder:
                        SearchParam("status", "token", "requested | in-progress | completed | failed | cancelled"),
                        SearchParam("_id", "token", "Logical id of the Task")),
         operations=(Operation("retry", RETRY_DEFINITION, "Re-queue a failed delivery"),)))
-    # --- subscriptions: topic-based (Subscriptions R5 Backport IG), see services/careplan/subscriptions
+    # subscriptions: topic-based (Subscriptions R5 Backport IG), see services/careplan/subscriptions
     builder.add(ResourceCapability(
         type="Basic", interactions=("read", "search-type"), versioning="no-version", read_history=False,
         conditional_read="not-supported",
@@ -124,7 +124,7 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     knowledge = Knowledge(catalog, condition_cache_bytes=settings.CONDITION_CACHE_BYTES)
     planner = CarePlanner(knowledge, settings.calendar(), settings.QUESTIONNAIRE_URL,
                           limits=AssessmentLimits.of(settings), run=work.run)
-    # --- delivery (issue 5): the outbox hook queues every CarePlan version in its own transaction
+    # the outbox hook queues every CarePlan version for delivery in the transaction that writes it
     delivery = EmbeddedDelivery(settings)
     hooks.append(delivery.enqueue)
     subscriptions = EmbeddedSubscriptions(settings)  # events in the transaction of the change that causes them
@@ -135,7 +135,7 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     async def close_catalog(_: ServiceContext) -> None:
         await catalog.close()
 
-    compartment = patient_compartment()  # security (issue 6): patient/ scopes, audit trail
+    compartment = patient_compartment()  # patient/ scopes and the audit trail
     trail = audit_trail(store, compartment)
     cds = CdsHooks(settings, planner, trail)
     app = build_app(name="careplan", title="Cicatrix care plans", settings=settings, migrations=MIGRATIONS,
@@ -153,7 +153,6 @@ def create_app(settings: CareplanSettings | None = None, *, plan_hooks: list[Pla
     app.include_router(tasks_router(compartment, poke=delivery.poke))  # before the generic /fhir/{type}/{id} routes
     app.include_router(ehr_capabilities_router(delivery))
     app.include_router(subscriptions_router(store, poke=subscriptions.poke))
-    # --- end delivery
     app.include_router(operations_router(planner, repository))
     app.include_router(cds_router(cds))
     interactions = ResourceInteractions(store=store, types=SERVED_TYPES, search_params=SEARCH_PARAMS,

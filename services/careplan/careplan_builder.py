@@ -16,7 +16,7 @@ from datetime import date, datetime
 from typing import Any
 
 from services.careplan.intake import Assessment
-from services.careplan.knowledge import codings, versioned
+from services.careplan.knowledge import versioned
 from services.careplan.narrative import clinic_breaks, home_care_sentence, narrative, series_sentence
 from services.careplan.planning import Communication, PlanDraft, PlannedActivity, Preparation
 from services.careplan.scheduling import Schedule
@@ -247,7 +247,3 @@ def kept_apart_notes(draft: PlanDraft, schedule: Schedule) -> list[str]:
 
 def _numbers(numbers: list[int]) -> str:
     return ", ".join(str(n) for n in numbers[:-1]) + (" and " if len(numbers) > 1 else "") + str(numbers[-1])
-
-
-def scar_codings(assessment: Assessment) -> list[dict[str, Any]]:
-    return codings({"coding": [assessment.scar_type]}) if assessment.scar_type else []

@@ -1,12 +1,13 @@
 """From assessment to stored CarePlan: the `$generate` and `$apply` use cases.
 
-`draft_plan` does the planning (intake checks, protocol, screening, schedule) and
-stores nothing: it is all `$apply` needs. `generate` adds what makes the plan a
-record: it stores the assessment and the plan in one transaction, answers a
-resubmitted assessment with the plan it already produced, and revokes the active
-plan of the same patient and body site that a reassessment replaces. Every CarePlan
-version the store writes is published to the plan hooks inside that same transaction
-(the delivery outbox is one), so nothing is written that is not also queued.
+`CarePlanner.draft_plan` does the planning (intake checks, protocol, screening,
+schedule) and stores nothing: it is all `$apply` needs. `PlanRepository.save` adds
+what makes the plan a record for `$generate` (services/careplan/operations.py): it
+stores the assessment and the plan in one transaction, answers a resubmitted
+assessment with the plan it already produced, and revokes the active plan of the
+same patient and body site that a reassessment replaces. Every CarePlan version the
+store writes is published to the plan hooks inside that same transaction (the
+delivery outbox is one), so nothing is written that is not also queued.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ the lease runs out they are due again and claimed as *ambiguous* (the remote end
 have received the earlier attempt).
 
 A queue table is a `LeaseColumns` model with an `id` and its group and order columns.
+
+Whatever queues work wakes the queue's relays with `notify`, in the transaction that queues it.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Text, and_, func, or_, select, update
+from sqlalchemy import DateTime, Text, and_, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 from sqlmodel import Field, Session, SQLModel
 
@@ -38,6 +41,18 @@ from services.fhir.store import as_utc, utcnow
 
 PENDING, SENDING = "pending", "sending"
 OPEN_STATES = (PENDING, SENDING)
+
+
+def notify(db: OrmSession | Connection, channel: str) -> None:
+    """Wake the relays that LISTEN on `channel` once the current transaction commits.
+
+    PostgreSQL delivers a NOTIFY only on commit, so no relay wakes before the row it is woken
+    for is visible. Other databases have no NOTIFY: there the relay's poll, and a poke after
+    a commit in the same process, wake it."""
+    dialect = db.get_bind().dialect if isinstance(db, OrmSession) else db.dialect
+    if dialect.name == "postgresql":
+        db.execute(text(f"NOTIFY {channel}"))
+
 
 def _when(**kwargs: Any) -> Any:
     return Field(sa_type=DateTime(timezone=True), **kwargs)

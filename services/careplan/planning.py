@@ -45,7 +45,6 @@ from services.careplan.knowledge import (
     codings,
     duration_days,
     extensions,
-    versioned,
 )
 from services.careplan.scheduling import UNRANKED, Rhythm
 
@@ -423,7 +422,3 @@ def screen_order(protocol: Protocol, assessment: Assessment, allergies: list[All
                                              if r in protocol.medications])
     _screen(activity, protocol, screening)
     return activity
-
-
-def protocol_canonical(protocol: Protocol) -> str:
-    return versioned(protocol.plan)

@@ -44,7 +44,7 @@ class Relay:
     """The loop; subclasses say what to claim (`_claim_work`) and how much is left (`_open_count`, `_next_due`)."""
 
     channel: str
-    """PostgreSQL NOTIFY channel that wakes this relay."""
+    """PostgreSQL NOTIFY channel that wakes this relay (what queues work calls `leases.notify` on it)."""
     name = "relay"
 
     def __init__(self, engine: Engine, *, worker: str | None, batch_size: int, poll_seconds: float,

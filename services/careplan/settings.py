@@ -33,7 +33,7 @@ class CareplanSettings(ServiceSettings):
     EHR_TOKEN: str | None = None
     """Static bearer token towards the EHR when EHR_AUTH=bearer."""
 
-    # --- delivery to the EHR (issue 5; see "Delivery to the EHR" in README.md) ----------------------------
+    # --- delivery to the EHR (see "Delivery to the EHR" in README.md) ----------------------------------------
     DISPATCHER: Literal["embedded", "off"] = "embedded"
     """Run the delivery dispatcher inside this process (`off` when `cicatrix dispatch` workers do it)."""
     EHR_DELIVERY: Literal["auto", "transaction", "individual", "document"] = "auto"

@@ -26,10 +26,10 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
-from sqlalchemy import and_, false, func, or_, select, text
+from sqlalchemy import and_, false, func, or_, select
 from starlette.responses import Response
 
-from services.careplan.delivery import claims as outbox
+from services.careplan.delivery import claims
 from services.careplan.delivery.outbox import (
     CANCELLED,
     COMPLETED,
@@ -39,6 +39,7 @@ from services.careplan.delivery.outbox import (
     SENDING,
     Delivery,
 )
+from services.careplan.leases import notify
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import PatientCompartment
 from services.fhir.deps import ContextDep, SessionDep
@@ -225,9 +226,8 @@ def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRou
         if delivery.state != FAILED:
             raise Conflict(f"Task/{task_id} is {task_status(delivery)}; only a failed delivery can be retried",
                            code="business-rule")
-        outbox.requeue(session, delivery)
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        claims.requeue(session, delivery)
+        notify(session, NOTIFY_CHANNEL)
         session.commit()
         if poke is not None:
             poke()

@@ -32,13 +32,6 @@ def dumps(resource: Any) -> bytes:
     return orjson.dumps(resource)
 
 
-def to_dict(resource: Any) -> dict[str, Any]:
-    """An R4B model or dict as a plain JSON dict."""
-    if isinstance(resource, FHIRAbstractModel):
-        return orjson.loads(dumps(resource))
-    return resource
-
-
 def _depth_exceeds(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:

@@ -29,7 +29,7 @@ from services.fhir.deps import ServiceContext
 from services.fhir.edge import FhirEdgeMiddleware
 from services.fhir.errors import install_error_handlers
 from services.fhir.observability import HttpMetrics, configure_logging
-from services.fhir.outcome import Issue, ServiceUnavailable, operation_outcome
+from services.fhir.outcome import ServiceUnavailable
 from services.fhir.responses import FhirResponse, etag
 from services.fhir.settings import ServiceSettings
 from services.fhir.workpool import WorkPool
@@ -160,7 +160,3 @@ def _add_operational_routes(app: FastAPI, ctx: ServiceContext, readiness: list[C
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers={"ETag": tag})
         return FhirResponse(ctx.capability_bytes, headers={"ETag": tag})
-
-
-def outcome_response(issues: list[Issue], status: int = 200) -> FhirResponse:
-    return FhirResponse(operation_outcome(issues), status_code=status)

@@ -1,4 +1,4 @@
-"""`make bench`: the performance figures of issue 7, measured against their baselines, as one Markdown table.
+"""`make bench`: the performance figures, measured against their baselines, as one Markdown table.
 
     python -m tests.bench [--figures 1,2,3,4,5,6,7,8,9,10] [--quick | --full]
 

@@ -1,4 +1,4 @@
-"""The fault matrix of issue 5: whatever the EHR does, it ends with exactly one copy of each plan.
+"""The delivery fault matrix: whatever the EHR does, it ends with exactly one copy of each plan.
 
 Each case runs on SQLite and PostgreSQL against the real EHR sandbox over HTTP, and checks both ends:
 the EHR's store (one CarePlan per plan identifier, one Provenance per delivery) and the Task state.

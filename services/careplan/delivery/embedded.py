@@ -14,10 +14,11 @@ import asyncio
 import logging
 from typing import Any
 
-from services.careplan.delivery.dispatcher import Dispatcher, FinishHook
+from services.careplan.delivery.dispatcher import Dispatcher
 from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.delivery.outbox import make_enqueue_hook
+from services.careplan.delivery.recording import FinishHook
 from services.careplan.delivery.request_plan import CurrentPlan, PlanSelector
 from services.fhir.service import ServiceContext
 

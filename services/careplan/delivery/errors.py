@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-"""Issue 5: connection errors, timeouts, 408, 429 and these 5xx are retried; every other 4xx is permanent."""
+"""Connection errors, timeouts, 408, 429 and these 5xx are retried; every other 4xx is permanent."""
 
 
 class EhrError(Exception):

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 import orjson
-from sqlalchemy import Index, Text, UniqueConstraint, event, text
+from sqlalchemy import Index, Text, UniqueConstraint, event
 from sqlmodel import Field, Session
 
-from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns
+from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns, notify
 from services.fhir.store import StoredResource, utcnow
 
 NOTIFY_CHANNEL = "careplan_delivery"
@@ -91,8 +91,7 @@ def make_enqueue_hook(on_commit: Callable[[], None] | None = None) -> Callable[[
     def enqueue(session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
         session.add(new_delivery(plan, previous))
         session.flush()
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        notify(session, NOTIFY_CHANNEL)
         if on_commit is not None:
             event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
 

@@ -45,6 +45,7 @@ from html import escape
 from typing import Any
 
 from services.careplan.careplan_builder import PLAN_IDENTIFIER_SYSTEM
+from services.fhir.references import map_references
 
 SUBMISSION_TAG_SYSTEM = "https://fhir.cicatrix.org/delivery"
 DEVICE_IDENTIFIER = {"system": "https://fhir.cicatrix.org/Device", "value": "careplan-service"}
@@ -107,15 +108,8 @@ class ReferenceRewriter:
         """Our CarePlan id -> the EHR's CarePlan id."""
 
     def rewrite(self, node: Any) -> Any:
-        if isinstance(node, list):
-            return [self.rewrite(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        out = {key: self.rewrite(value) for key, value in node.items()}
-        reference = node.get("reference")
-        if isinstance(reference, str):
-            out = self._reference(out, reference)
-        return out
+        """A copy of `node` with each of its references rewritten."""
+        return map_references(node, self._reference)
 
     def _reference(self, ref: dict[str, Any], reference: str) -> dict[str, Any]:
         if reference.startswith(("#", "urn:")) or "://" in reference or reference.count("/") != 1:

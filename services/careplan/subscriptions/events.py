@@ -4,7 +4,7 @@ Two hooks feed it:
 
 - the plan hook (`services.careplan.generate.PlanHook`), called by the plan repository in the
   transaction that writes a CarePlan version: `careplan-created`, `careplan-status-changed`;
-- the delivery finish hook (`services.careplan.delivery.dispatcher.FinishHook`), called in the
+- the delivery finish hook (`services.careplan.delivery.recording.FinishHook`), called in the
   transaction that records a delivery's final state: `careplan-delivery-completed` / `-failed`.
 
 One event is fanned out at once to every matching subscription: one UPDATE bumps each one's
@@ -23,11 +23,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, event, insert, or_, select, text, update
+from sqlalchemy import and_, event, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from services.careplan.delivery.outbox import Delivery
+from services.careplan.leases import notify
 from services.careplan.subscriptions.tables import ACTIVE, EVENT, Notification, Subscription
 from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
 from services.careplan.tables import CareplanResourceVersion
@@ -64,8 +65,7 @@ def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus
          "window_start": now, "next_attempt_at": now, "lease": 0, "ambiguous": False, "created": now,
          "updated": now, "row_version": 1}
         for sub_id, number in bumped])
-    if connection.dialect.name == "postgresql":
-        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    notify(connection, NOTIFY_CHANNEL)
     return len(bumped)
 
 

@@ -19,12 +19,12 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.careplan.leases import PENDING
+from services.careplan.leases import PENDING, notify
 from services.careplan.subscriptions.bundles import Event, notification_bundle, status_bundle
 from services.careplan.subscriptions.events import NOTIFY_CHANNEL
 from services.careplan.subscriptions.notifier import focus_resource
@@ -123,8 +123,7 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
             session.add(Notification(id=str(uuid.uuid4()), subscription_id=row.id, seq=0, kind=HANDSHAKE,
                                      topic=row.topic, occurred=now, window_start=now, next_attempt_at=now,
                                      created=now, updated=now))
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+            notify(session, NOTIFY_CHANNEL)
             session.commit()
             return row
 
