@@ -38,9 +38,10 @@ from starlette.responses import Response
 
 from services.careplan.generate import PlanHook
 from services.careplan.tables import AssessmentPlan
+from services.fhir.conditional import version_from_etag
 from services.fhir.jsonio import loads, media_type, read_resource
 from services.fhir.outcome import BadRequest, Conflict, Issue, PreconditionFailed, Unprocessable, UnsupportedMediaType
-from services.fhir.rest import fhir_base, version_from_etag, write_response
+from services.fhir.rest import fhir_base, write_response
 from services.fhir.service import ContextDep, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
 from services.fhir.validation import r4_issues

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.fhir import FHIR_JSON_UTF8
 from services.fhir.bytecache import CacheMetrics, digest
+from services.fhir.conditional import none_match, not_modified
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.searchparams import FHIR_ID
@@ -187,9 +188,8 @@ class ReadRoute(BaseRoute):
         hook = self.interactions.read_hook
         if hook is not None:
             hook(Request(scope, receive), stored)
-        if_none_match = _header(scope, b"if-none-match")
-        if if_none_match and any(tag.strip() in (etag(stored.version_id), f'"{stored.version_id}"', "*")
-                                 for tag in if_none_match.split(",")):
+        if not_modified(_header(scope, b"if-none-match"), _header(scope, b"if-modified-since"),
+                        headers[2][1].decode(), stored.last_updated):
             await send({"type": "http.response.start", "status": 304, "headers": headers[2:]})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -246,7 +246,7 @@ class SearchRoute(BaseRoute):
         else:
             found = await self.work.run(self._search, key, base, request, False)
         body, tag = found
-        if _header(scope, b"if-none-match") == tag:
+        if none_match(_header(scope, b"if-none-match"), tag):
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
             await send({"type": "http.response.body", "body": b""})
             return

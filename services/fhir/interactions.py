@@ -19,11 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.bundles import history, searchset
+from services.fhir.conditional import required_version, version_from_etag
 from services.fhir.jsonio import FORM_BODY_TYPE, media_type, read_json, read_resource
 from services.fhir.limits import limit
 from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
-from services.fhir.rest import content_etag_response, fhir_base, read_response, version_from_etag, write_response
+from services.fhir.rest import content_etag_response, fhir_base, read_response, write_response
 from services.fhir.searchparams import SearchParamDef, parse_query
 from services.fhir.service import ContextDep, ServiceContext, SessionDep
 from services.fhir.store import ResourceStore, StoredResource
@@ -185,10 +186,8 @@ class ResourceInteractions:
                      ctx: ContextDep) -> Response:
         """Update an existing resource; If-Match with its current version is required."""
         self.check_writable(resource_type)
-        if_match = version_from_etag(request.headers.get("if-match"))
-        if if_match is None:
-            raise BadRequest("Updates require an If-Match header with the current version, e.g. W/\"3\"",
-                             expression="If-Match", code="required")
+        if_match = required_version(request.headers.get("if-match"),
+                                    "Updates require an If-Match header with the current version, e.g. W/\"3\"")
         resource = await read_resource(request, expected_type=resource_type)
         if resource.get("id") != resource_id:
             raise BadRequest(f"The body's id '{resource.get('id')}' does not match the URL id '{resource_id}'",
