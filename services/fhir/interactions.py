@@ -1,7 +1,8 @@
 """The FHIR RESTful interactions on resource types, as one router both services mount.
 
-read, vread, history-instance, search-type (GET and POST `_search`), create,
-update (If-Match required), delete and `$validate`, over a `ResourceStore`. A
+vread, history-instance, search-type (GET and POST `_search`), create, update
+(If-Match required), delete and `$validate`, over a `ResourceStore`; the read
+itself is `fastread.ReadRoute`, ahead of this router. A
 service chooses which types and interactions it offers and may add a write hook
 for its own business rules (the catalog's `url` + `version` uniqueness, say).
 """
@@ -66,7 +67,8 @@ class ResourceInteractions:
                              name="vread")
         router.add_api_route("/{resource_type}/{resource_id}/_history", self.history, methods=["GET"],
                              name="history-instance")
-        router.add_api_route("/{resource_type}/{resource_id}", self.read, methods=["GET"], name="read")
+        router.add_api_route("/{resource_type}/{resource_id}", self.read, methods=["GET"], name="read",
+                             description="Read the current version (304 when If-None-Match names it).")
         router.add_api_route("/{resource_type}", self.search, methods=["GET"], name="search-type")
         if self.writable:
             router.add_api_route("/{resource_type}", self.create, methods=["POST"], name="create")
@@ -76,13 +78,11 @@ class ResourceInteractions:
 
     # ------------------------------------------------------------------- reads
 
-    def read(self, resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
-        """Read the current version (304 when If-None-Match names it)."""
+    def read(self, resource_type: str, resource_id: str) -> Response:
+        """The read in the OpenAPI document, answering only types not served here (404 not-supported): reads of
+        the served types are answered ahead of this router by `fastread.ReadRoute`, which every app installs."""
         self.check_type(resource_type)
-        stored = self.store.read(session, resource_type, resource_id)
-        if self.read_hook:
-            self.read_hook(request, stored)
-        return read_response(request, stored)
+        raise RuntimeError(f"A read of {resource_type}/{resource_id} reached FastAPI: install fastread.ReadRoute")
 
     def vread(self, resource_type: str, resource_id: str, version_id: str, request: Request,
               session: SessionDep) -> Response:
