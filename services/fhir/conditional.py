@@ -71,6 +71,8 @@ def none_match(header: str | None, current: str) -> bool:
     """Whether If-None-Match `header` names the representation whose ETag is `current` (or is `*`)."""
     if not header:
         return False
+    if header == current:  # what clients send: the ETag as they received it
+        return True
     opaque = _opaque(current)
     return any(item == "*" or item == opaque for item in _items(header))
 

@@ -197,8 +197,14 @@ class ReadRoute(BaseRoute):
         hook = self.interactions.read_hook
         if hook is not None:
             hook(Request(scope, receive), stored)
-        if not_modified(_header(scope, b"if-none-match"), _header(scope, b"if-modified-since"),
-                        headers[2][1].decode(), stored.last_updated):
+        if_none_match = if_modified_since = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match" and if_none_match is None:
+                if_none_match = value.decode("latin-1")
+            elif name == b"if-modified-since" and if_modified_since is None:
+                if_modified_since = value.decode("latin-1")
+        if (if_none_match or if_modified_since) and not_modified(if_none_match, if_modified_since,
+                                                                 headers[2][1].decode(), stored.last_updated):
             await send({"type": "http.response.start", "status": 304, "headers": headers[2:]})
             await send({"type": "http.response.body", "body": b""})
             return
