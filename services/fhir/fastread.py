@@ -178,6 +178,8 @@ class ReadRoute(BaseRoute):
             return Match.NONE, {}
         if request is None or request.interaction != "read" or request.resource_type not in self.types:
             return Match.NONE, {}
+        if len(scope["path"]) != len(self.prefix) + len(request.resource_type) + len(request.resource_id or "") + 2:
+            return Match.NONE, {}  # empty segments (`/fhir//T/id`, `T/id/`): FastAPI's answers (404, redirect)
         return Match.FULL, {"route": self, "endpoint": self.handle,
                             "path_params": {"resource_type": request.resource_type,
                                             "resource_id": request.resource_id}}

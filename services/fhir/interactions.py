@@ -2,9 +2,9 @@
 
 vread, history-instance, search-type (GET and POST `_search`), create, update
 (If-Match required), delete and `$validate`, over a `ResourceStore`; the read
-itself is `fastread.ReadRoute`, ahead of this router. A
-service chooses which types and interactions it offers and may add a write hook
-for its own business rules (the catalog's `url` + `version` uniqueness, say).
+itself is `fastread.ReadRoute`, ahead of this router. A service chooses which
+types and interactions it offers and may add a write hook for its own business
+rules (the catalog's `url` + `version` uniqueness, say).
 """
 
 from __future__ import annotations

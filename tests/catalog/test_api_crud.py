@@ -113,6 +113,14 @@ def test_head_answers_as_the_read_without_a_body(client: TestClient, r4_validato
     assert client.head("/fhir/ActivityDefinition/does-not-exist").status_code == 404
 
 
+def test_read_urls_with_empty_segments_are_not_reads(client: TestClient):
+    created = create(client, activity_definition())
+    url = f"/fhir/ActivityDefinition/{created['id']}"
+    assert client.get(url + "/", follow_redirects=False).status_code == 307
+    assert client.get(url.replace("/fhir/", "/fhir//"), follow_redirects=False).status_code == 404
+    assert client.get(url.replace(f"/{created['id']}", f"//{created['id']}"), follow_redirects=False).status_code == 404
+
+
 def test_read_of_an_unknown_id_is_404(client: TestClient, r4_validator: R4Validator):
     error(client.get("/fhir/ActivityDefinition/does-not-exist"), 404, r4_validator, "not-found")
 
