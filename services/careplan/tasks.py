@@ -42,6 +42,7 @@ from services.careplan.delivery.outbox import (
 from services.careplan.leases import notify
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import PatientCompartment
+from services.fhir.conditional import none_match
 from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound
 from services.fhir.responses import FhirResponse, etag, http_date
@@ -213,7 +214,7 @@ def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRou
             raise NotFound(f"Task/{task_id} is not known")
         task = render(delivery, ctx)
         compartment.check_read(request, task)  # before a 304 too: it would confirm the Task and its version
-        if request.headers.get("if-none-match") in (etag(delivery.row_version), f'"{delivery.row_version}"'):
+        if none_match(request.headers.get("if-none-match"), etag(delivery.row_version)):
             return Response(status_code=304, headers=headers(delivery))
         return FhirResponse(task, headers=headers(delivery))
 

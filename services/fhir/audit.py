@@ -49,7 +49,7 @@ from services.fhir.access import ACCESS_SCOPE_KEY, Access, Principal
 from services.fhir.auth import PRINCIPAL_SCOPE_KEY
 from services.fhir.compartment import TOUCHED_SCOPE_KEY, Checked, PatientCompartment, resource_of, touched
 from services.fhir.outcome import FhirError, ServiceUnavailable
-from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, parse
+from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, fhir_request
 from services.fhir.store import ResourceStore, StoredResource, instant, utcnow
 
 log = logging.getLogger("cicatrix.audit")
@@ -272,7 +272,7 @@ class AuditMiddleware:
 
     async def _record(self, scope: Scope, outcome: Outcome, body: bytes | None, *, swallow: bool = False) -> None:
         try:
-            request = parse(scope["method"], scope["path"])
+            request = fhir_request(scope)
         except InvalidId:
             request = None
         principal = _principal(scope)

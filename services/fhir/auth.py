@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.fhir.access import ACCESS_SCOPE_KEY, Access, AccessPolicy, Need, Principal
 from services.fhir.jsonio import loads
 from services.fhir.outcome import BadRequest, FhirError, Forbidden, ServiceUnavailable, Unauthorized
-from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, parse
+from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, fhir_request
 from services.fhir.settings import ServiceSettings
 from services.fhir.tokens import InvalidToken, JwksSource, KeysUnavailable, TokenPolicy, TokenVerifier
 
@@ -169,8 +169,9 @@ class AccessMiddleware:
 
 
 def _fhir_request(scope: Scope) -> FhirRequest | None:
+    """The edge's parse of the request (an invalid id is a 400 there already)."""
     try:
-        return parse(scope["method"], scope["path"])
+        return fhir_request(scope)
     except InvalidId as exc:
         raise BadRequest(f"'{exc.segment[:70]}' is not a valid FHIR id", expression="id") from None
 

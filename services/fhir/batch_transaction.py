@@ -43,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.bundles import history
+from services.fhir.conditional import entry_none_match, none_exist_query, version_from_etag
 from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.jsonio import read_json
@@ -57,7 +58,7 @@ from services.fhir.outcome import (
 )
 from services.fhir.references import is_placeholder, rewrite_references
 from services.fhir.responses import FhirResponse, etag
-from services.fhir.rest import fhir_base, version_from_etag
+from services.fhir.rest import fhir_base
 from services.fhir.searchparams import parse_query
 from services.fhir.store import StoredResource, instant
 
@@ -197,8 +198,7 @@ class BundleProcessor:
     def _conditional_match(self, session: Session, entry: Entry, request: Request) -> StoredResource | None:
         """The one resource `ifNoneExist` matches (None: create); 412 when several do."""
         where = f"{entry.where}.request.ifNoneExist"
-        condition = (entry.if_none_exist or "").split("?", 1)[-1]
-        pairs = parse_qsl(condition, keep_blank_values=True)
+        pairs = none_exist_query(entry.if_none_exist or "")
         if self.interactions.search_hook:
             pairs = self.interactions.search_hook(request, entry.resource_type, pairs)
         query = parse_query(entry.resource_type, pairs, self.interactions.search_params.get(entry.resource_type, {}))
@@ -268,7 +268,8 @@ class BundleProcessor:
             stored = self.store.read(session, entry.resource_type, entry.resource_id)
         if self.interactions.read_hook:
             self.interactions.read_hook(request, stored)
-        if entry.if_none_match and _names_version(entry.if_none_match, stored.version_id, entry.where):
+        if entry.if_none_match and entry_none_match(entry.if_none_match, stored.version_id,
+                                                    name=f"{entry.where}.request.ifNoneMatch"):
             return Result(304, stored=stored)
         return Result(200, stored=stored)
 
@@ -387,12 +388,6 @@ def _placeholder_targets(entries: Iterable[Entry], plans: dict[int, CreatePlan])
         elif entry.method == "PUT" and entry.resource_id:
             mapping[entry.full_url] = f"{entry.resource_type}/{entry.resource_id}"
     return mapping
-
-
-def _names_version(tag: str, version_id: int, where: str) -> bool:
-    if tag.strip() == "*":
-        return True
-    return version_from_etag(tag, name=f"{where}.request.ifNoneMatch") == version_id
 
 
 def _open_transaction(session: Session) -> None:

@@ -7,16 +7,17 @@ and a memory stream per request) that:
 - answers 406 for FHIR requests whose Accept/_format asks for something other than JSON;
 - answers 413 before parsing when Content-Length is over the limit, and stops a
   streamed body as soon as it passes the limit;
-- answers 400 when a FHIR URL has something other than a FHIR id where an id goes;
+- parses the FHIR URL once (`routes.fhir_request`: what access control, the audit trail and the read
+  route read), answering 400 when it has something other than a FHIR id where an id goes;
 - turns any exception that escaped the handlers into a generic 500 OperationOutcome,
   logging the traceback server-side only;
-- records Prometheus metrics by route template and one access-log line without PHI;
+- records Prometheus metrics by route template and one access-log line without PHI (the route
+  template and the parsed interaction);
 - adds `X-Content-Type-Options: nosniff` to every response.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -30,18 +31,9 @@ from services.fhir.media import check_acceptable
 from services.fhir.observability import AccessLog, HttpMetrics, request_id_var
 from services.fhir.outcome import BadRequest, FhirError, InternalError, PayloadTooLarge
 from services.fhir.responses import error_response
-from services.fhir.routes import InvalidId, parse
+from services.fhir.routes import REQUEST_SCOPE_KEY, InvalidId, parse_cached
 
 log = logging.getLogger("cicatrix.access")
-_parse_cached = functools.lru_cache(maxsize=4096)(lambda method, path, prefix: parse(method, path, prefix=prefix))
-
-
-def _parse(method: str, path: str, prefix: str) -> object:
-    """The same URLs come again and again (reads of popular resources): parse each once. Invalid ids still
-    raise every time, and long paths are not kept (the cache stays small whatever clients send)."""
-    if len(path) > 200:
-        return parse(method, path, prefix=prefix)
-    return _parse_cached(method, path, prefix)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -93,7 +85,9 @@ class FhirEdgeMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe(scope["method"], template, status_holder[0], elapsed)
-            self.access_log.request(scope["method"], template, status_holder[0], elapsed, request_id)
+            parsed = scope.get(REQUEST_SCOPE_KEY)
+            self.access_log.request(scope["method"], template, status_holder[0], elapsed, request_id,
+                                    parsed.interaction if parsed is not None else None)
             request_id_var.reset(token)
 
     def _early_rejection(self, scope: Scope, headers: dict[str, str]) -> FhirError | None:
@@ -106,12 +100,14 @@ class FhirEdgeMiddleware:
             format_param = parse_qs(raw_query.decode("latin-1")).get("_format", [None])[0] if raw_query else None
             try:
                 check_acceptable(headers.get("accept"), format_param)
-                _parse(scope["method"], scope["path"], self.fhir_prefix)
+                scope[REQUEST_SCOPE_KEY] = parse_cached(scope["method"], scope["path"], prefix=self.fhir_prefix)
             except FhirError as error:
                 return error
             except InvalidId as invalid:
                 return BadRequest(f"'{invalid.segment[:70]}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})",
                                   expression="id")
+        else:
+            scope[REQUEST_SCOPE_KEY] = None
         return None
 
     def _limited(self, receive: Receive) -> Receive:

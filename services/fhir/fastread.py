@@ -1,17 +1,19 @@
-"""The read interaction (`GET [base]/[type]/[id]`) served ahead of FastAPI's routing.
+"""The read interaction (`GET` and `HEAD [base]/[type]/[id]`), served ahead of FastAPI's routing.
 
 Reads by id are what integration engines do most, and FastAPI's per-request work (dependency
 solving, parameter validation, a worker-thread hop for a sync endpoint) costs more than reading
-the stored bytes does. `ReadRoute` is a plain Starlette route placed first in the app's route list:
+the stored bytes does. `ReadRoute` is the read handler of the types `ResourceInteractions` serves:
+a plain Starlette route placed first in the app's route list.
 
-- it claims only a GET of `/fhir/<served type>/<valid id>`; anything else (an unknown type, an id
-  that is not a FHIR id, `$operations`, `_search`, other methods) falls through to the FastAPI
-  routes unchanged, so their answers stay what they were;
+- it claims the requests the edge parsed as a read (`routes.fhir_request`) of a served type;
+  anything else (an unknown type, `$operations`, `_search`, other methods) falls through to the
+  FastAPI routes unchanged, so their answers stay what they were;
 - it sits inside every middleware (the edge's request id, 406, metrics and access log, access
   control and the audit trail), and runs the interactions' `read_hook` (compartment checks) on
-  what it serves; 404/410 and other errors are the same `FhirError`s, rendered by the same
-  OperationOutcome handlers;
-- it answers with the stored bytes and the ETag / Last-Modified / 304 rules of `read_response`.
+  what it serves, before any 304; 404/410 and other errors are the same `FhirError`s, rendered by
+  the same OperationOutcome handlers;
+- it answers with the stored bytes, ETag and Last-Modified, and 304 by `conditional.not_modified`;
+  a HEAD gets the same status and headers without the body.
 
 With a `ReadCache` the current version of a resource is kept in memory (the catalog's knowledge
 changes rarely and is read constantly): a write in this process drops the entry when it is made
@@ -30,18 +32,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.orm import Session as OrmSession
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URLPath
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from services.fhir import FHIR_JSON_UTF8
 from services.fhir.bytecache import CacheMetrics, digest
+from services.fhir.conditional import none_match, not_modified
+from services.fhir.interactions import ResourceInteractions
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
-from services.fhir.searchparams import FHIR_ID
+from services.fhir.routes import InvalidId, fhir_request
+from services.fhir.service import ServiceContext
 from services.fhir.store import StoredResource
 from services.fhir.workpool import WorkPool
 
@@ -146,39 +154,43 @@ def _headers(stored: StoredResource) -> list[tuple[bytes, bytes]]:
 
 
 class ReadRoute(BaseRoute):
-    """`GET /fhir/{resource_type}/{resource_id}` for the types `interactions` serves (see the module doc)."""
+    """`GET|HEAD /fhir/{resource_type}/{resource_id}` for the types `interactions` serves (see the module doc)."""
 
     path = path_format = "/fhir/{resource_type}/{resource_id}"
     name = "read"
 
-    def __init__(self, interactions: Any, sessions: Callable[[], Any], cache: ReadCache | None = None,
-                 prefix: str = "/fhir") -> None:
+    def __init__(self, interactions: ResourceInteractions, sessions: Callable[[], Session],
+                 cache: ReadCache | None = None, prefix: str = "/fhir") -> None:
         self.interactions = interactions
         self.sessions = sessions
         self.types = frozenset(interactions.types)
         self.cache = cache
-        self.prefix = prefix + "/"
+        self.prefix = prefix
         if cache is not None:
             interactions.store.listen(lambda session, new, _: cache.changed(session, new.resource_type, new.id))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             return Match.NONE, {}
-        path: str = scope["path"]
-        if not path.startswith(self.prefix):
+        try:
+            request = fhir_request(scope, prefix=self.prefix)
+        except InvalidId:
             return Match.NONE, {}
-        parts = path[len(self.prefix):].split("/")
-        if len(parts) != 2 or parts[0] not in self.types or not FHIR_ID.match(parts[1]):
+        if request is None or request.interaction != "read" or request.resource_type not in self.types:
             return Match.NONE, {}
+        if len(scope["path"]) != len(self.prefix) + len(request.resource_type) + len(request.resource_id or "") + 2:
+            return Match.NONE, {}  # empty segments (`/fhir//T/id`, `T/id/`): FastAPI's answers (404, redirect)
         return Match.FULL, {"route": self, "endpoint": self.handle,
-                            "path_params": {"resource_type": parts[0], "resource_id": parts[1]}}
+                            "path_params": {"resource_type": request.resource_type,
+                                            "resource_id": request.resource_id}}
 
-    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
         key = (params["resource_type"], params["resource_id"])
+        found: tuple[StoredResource, list[tuple[bytes, bytes]]]
         if self.cache is None:
             found = await run_in_threadpool(self._load, key)
         else:
@@ -187,14 +199,19 @@ class ReadRoute(BaseRoute):
         hook = self.interactions.read_hook
         if hook is not None:
             hook(Request(scope, receive), stored)
-        if_none_match = _header(scope, b"if-none-match")
-        if if_none_match and any(tag.strip() in (etag(stored.version_id), f'"{stored.version_id}"', "*")
-                                 for tag in if_none_match.split(",")):
+        if_none_match = if_modified_since = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match" and if_none_match is None:
+                if_none_match = value.decode("latin-1")
+            elif name == b"if-modified-since" and if_modified_since is None:
+                if_modified_since = value.decode("latin-1")
+        if (if_none_match or if_modified_since) and not_modified(if_none_match, if_modified_since,
+                                                                 headers[2][1].decode(), stored.last_updated):
             await send({"type": "http.response.start", "status": 304, "headers": headers[2:]})
             await send({"type": "http.response.body", "body": b""})
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": stored.content})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else stored.content})
 
     def _load(self, key: tuple[str, str]) -> tuple[StoredResource, list[tuple[bytes, bytes]]]:
         generation = self.cache.generation if self.cache is not None else 0
@@ -215,8 +232,8 @@ class SearchRoute(BaseRoute):
     path = path_format = "/fhir/{resource_type}"
     name = "search-type"
 
-    def __init__(self, interactions: Any, sessions: Callable[[], Any], cache: ReadCache, base_url: str | None,
-                 work: WorkPool, prefix: str = "/fhir") -> None:
+    def __init__(self, interactions: ResourceInteractions, sessions: Callable[[], Session], cache: ReadCache,
+                 base_url: str | None, work: WorkPool, prefix: str = "/fhir") -> None:
         self.interactions = interactions
         self.sessions = sessions
         self.work = work
@@ -232,7 +249,7 @@ class SearchRoute(BaseRoute):
             return Match.NONE, {}
         return Match.FULL, {"route": self, "endpoint": self.handle, "path_params": {"resource_type": resource_type}}
 
-    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -246,7 +263,7 @@ class SearchRoute(BaseRoute):
         else:
             found = await self.work.run(self._search, key, base, request, False)
         body, tag = found
-        if _header(scope, b"if-none-match") == tag:
+        if none_match(_header(scope, b"if-none-match"), tag):
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -273,10 +290,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def install_read_route(app: Any, interactions: Any, *, cache_seconds: float = 0.0) -> ReadRoute:
+def install_read_route(app: FastAPI, interactions: ResourceInteractions, *, cache_seconds: float = 0.0) -> ReadRoute:
     """Put the read route first in `app`'s routes; with `cache_seconds` > 0, cache reads (and, where searches
     do not depend on the caller, searches too)."""
-    ctx = app.state.ctx
+    ctx: ServiceContext = app.state.ctx
     cache = ReadCache(cache_seconds) if cache_seconds > 0 else None
     if cache is not None:
         CacheMetrics([cache]).register(ctx.metrics.registry)

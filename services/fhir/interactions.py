@@ -1,11 +1,12 @@
 """The FHIR RESTful interactions on resource types, as one router both services mount.
 
-read, vread, history-instance, search-type (GET and POST `_search`), create,
-update (If-Match required), patch, delete and `$validate`, over a `ResourceStore`. A
-service chooses which types and interactions it offers and may add a write hook
-for its own business rules (the catalog's `url` + `version` uniqueness, say). A type
-with an update rule (services.fhir.revisions) is updated and patched under that rule
-only, even where no other write is offered (a stored CarePlan's status, say).
+vread, history-instance, search-type (GET and POST `_search`), create,
+update (If-Match required), patch, delete and `$validate`, over a `ResourceStore`;
+the read itself is `fastread.ReadRoute`, ahead of this router. A service chooses
+which types and interactions it offers and may add a write hook for its own
+business rules (the catalog's `url` + `version` uniqueness, say). A type with an
+update rule (services.fhir.revisions) is updated and patched under that rule only,
+even where no other write is offered (a stored CarePlan's status, say).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.bundles import history, searchset
+from services.fhir.conditional import required_version, version_from_etag
 from services.fhir.deps import ContextDep, ServiceContext, SessionDep
 from services.fhir.jsonio import FORM_BODY_TYPE, loads, media_type, read_json, read_resource
 from services.fhir.limits import limit
 from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, UnsupportedMediaType, operation_outcome
 from services.fhir.patch import JSON_PATCH, apply_json_patch
 from services.fhir.responses import FhirResponse
-from services.fhir.rest import content_etag_response, fhir_base, read_response, version_from_etag, write_response
+from services.fhir.rest import content_etag_response, fhir_base, read_response, write_response
 from services.fhir.revisions import Change, UpdateRule, revise
 from services.fhir.searchparams import SearchParamDef, parse_query
 from services.fhir.store import ResourceStore, StoredResource
@@ -71,7 +73,8 @@ class ResourceInteractions:
                              name="vread")
         router.add_api_route("/{resource_type}/{resource_id}/_history", self.history, methods=["GET"],
                              name="history-instance")
-        router.add_api_route("/{resource_type}/{resource_id}", self.read, methods=["GET"], name="read")
+        router.add_api_route("/{resource_type}/{resource_id}", self.read, methods=["GET"], name="read",
+                             description="Read the current version (304 when If-None-Match names it).")
         router.add_api_route("/{resource_type}", self.search, methods=["GET"], name="search-type")
         if self.writable:
             router.add_api_route("/{resource_type}", self.create, methods=["POST"], name="create")
@@ -100,13 +103,11 @@ class ResourceInteractions:
 
     # ------------------------------------------------------------------- reads
 
-    def read(self, resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
-        """Read the current version (304 when If-None-Match names it)."""
+    def read(self, resource_type: str, resource_id: str) -> Response:
+        """The read in the OpenAPI document, answering only types not served here (404 not-supported): reads of
+        the served types are answered ahead of this router by `fastread.ReadRoute`, which every app installs."""
         self.check_type(resource_type)
-        stored = self.store.read(session, resource_type, resource_id)
-        if self.read_hook:
-            self.read_hook(request, stored)
-        return read_response(request, stored)
+        raise RuntimeError(f"A read of {resource_type}/{resource_id} reached FastAPI: install fastread.ReadRoute")
 
     def vread(self, resource_type: str, resource_id: str, version_id: str, request: Request,
               session: SessionDep) -> Response:
@@ -291,11 +292,8 @@ class ResourceInteractions:
 
 def _required_if_match(request: Request) -> int:
     """The version an update or patch names in If-Match; 400 without one (no blind overwrites)."""
-    if_match = version_from_etag(request.headers.get("if-match"))
-    if if_match is None:
-        raise BadRequest("Updates require an If-Match header with the current version, e.g. W/\"3\"",
-                         expression="If-Match", code="required")
-    return if_match
+    return required_version(request.headers.get("if-match"),
+                            "Updates require an If-Match header with the current version, e.g. W/\"3\"")
 
 
 def _resource_from_validate_body(body: Any) -> dict[str, Any]:

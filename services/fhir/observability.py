@@ -123,19 +123,22 @@ class AccessLog:
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self.flush)
 
-    def request(self, method: str, route: str, status: int, seconds: float, request_id: str | None) -> None:
+    def request(self, method: str, route: str, status: int, seconds: float, request_id: str | None,
+                interaction: str | None = None) -> None:
+        """One line; `interaction` is the FHIR interaction the edge parsed (`read`, `search-type`, ...)."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         ms = round(seconds * 1000, 2)
+        named = {"interaction": interaction} if interaction else {}
         handler = _only_json_stream(logger)
         if handler is None:
-            logger.info("request", extra={"method": method, "route": route, "status": status, "ms": ms})
+            logger.info("request", extra={"method": method, "route": route, **named, "status": status, "ms": ms})
             return
         self._handler = handler
         entry = {"ts": timestamp(time.time()), "level": "info", "logger": logger.name, "msg": "request",
                  **({"request_id": request_id} if request_id else {}),
-                 "method": method, "route": route, "status": status, "ms": ms}
+                 "method": method, "route": route, **named, "status": status, "ms": ms}
         self._lines.append(orjson.dumps(entry).decode())
         if len(self._lines) >= self.batch:
             self.flush()

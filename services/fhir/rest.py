@@ -1,32 +1,20 @@
 """HTTP conventions of FHIR REST (R4 http.html) that every route shares.
 
-ETag / If-Match / If-None-Match, Location and Last-Modified on writes, `Prefer:
-return=...`, and the public base URL used in links.
+ETag and Last-Modified on every resource answer (their preconditions are `conditional`'s),
+Location on writes, `Prefer: return=...`, and the public base URL used in links.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.fhir.outcome import BadRequest, operation_outcome
+from services.fhir.conditional import none_match, not_modified
+from services.fhir.outcome import operation_outcome
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.store import StoredResource
-
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
-
-
-def version_from_etag(header: str | None, *, name: str = "If-Match") -> int | None:
-    """'W/"3"' -> 3; a header that is present but unreadable is a 400."""
-    if header is None:
-        return None
-    match = _ETAG.match(header)
-    if not match:
-        raise BadRequest(f"{name} must be a version ETag such as W/\"3\", not '{header}'", expression=name)
-    return int(match.group(1))
 
 
 def fhir_base(request: Request, configured: str | None) -> str:
@@ -41,12 +29,10 @@ def resource_headers(stored: StoredResource) -> dict[str, str]:
 
 
 def read_response(request: Request, stored: StoredResource) -> Response:
-    """200 with the stored bytes, or 304 when the client's If-None-Match already names this version."""
+    """200 with the stored bytes, or 304 when the client's copy is this version (`conditional.not_modified`)."""
     headers = resource_headers(stored)
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and any(
-        tag.strip() in (headers["ETag"], f'"{stored.version_id}"', "*") for tag in if_none_match.split(",")
-    ):
+    if not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since"),
+                    headers["ETag"], stored.last_updated):
         return Response(status_code=304, headers=headers)
     return FhirResponse(stored.content, headers=headers)
 
@@ -75,6 +61,6 @@ def content_etag_response(request: Request, body: bytes) -> Response:
 
     This is what lets the care-plan service revalidate its cached protocols cheaply."""
     tag = content_etag(body)
-    if request.headers.get("if-none-match") == tag:
+    if none_match(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
     return FhirResponse(body, headers={"ETag": tag})

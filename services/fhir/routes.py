@@ -1,8 +1,9 @@
 """What a FHIR REST request names, read from its method and URL (R4 http.html).
 
-One parser of the FHIR URL grammar, so that the edge (id validation), access
-control (which scope a request needs) and the audit trail (what was touched, and
-how) agree on what a request is without each re-reading paths:
+The one parser of the FHIR URL grammar. The edge parses each request once and keeps the
+result in the ASGI scope (`fhir_request`); access control (which scope a request needs),
+the audit trail (what was touched, and how) and the read route (which requests it answers)
+read it from there, and batch/transaction entries go through `parse_entry_url`:
 
     [base]                        POST batch / transaction
     [base]/[type]                 GET search-type, POST create
@@ -13,20 +14,27 @@ how) agree on what a request is without each re-reading paths:
     [base]/[type]/[id]/_history/[vid]  GET vread
     [base]/$op, [base]/[type]/$op, [base]/[type]/[id]/$op   operation
 
-Anything else under the base is `None`: no interaction this server knows of.
+HEAD is parsed as GET. Anything else under the base is `None`: no interaction this server
+knows of. FastAPI's route table still dispatches the requests the read route does not take.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from starlette.types import Scope
 
 from services.fhir.searchparams import FHIR_ID
 
 FHIR_PREFIX = "/fhir"
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 OPERATION = re.compile(r"^\$[A-Za-z][A-Za-z0-9\-]{0,63}$")
+REQUEST_SCOPE_KEY = "cicatrix.fhir_request"
+CACHED_PATH_LENGTH = 200
+"""Paths up to this long are parsed once per process (`parse_cached`); longer ones every time."""
 
 # interaction -> the SMART permission letter it needs (operations are decided per service)
 LETTER = {"read": "r", "vread": "r", "history-instance": "r", "search-type": "s", "history-type": "s",
@@ -111,6 +119,30 @@ def _on_type(method: str, resource_type: str, rest: list[str]) -> FhirRequest | 
     if len(tail) == 1 and OPERATION.match(tail[0]):
         return FhirRequest("operation", resource_type, resource_id, operation=tail[0][1:])
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_once(method: str, path: str, prefix: str) -> FhirRequest | None:
+    return parse(method, path, prefix=prefix)
+
+
+def parse_cached(method: str, path: str, *, prefix: str = FHIR_PREFIX) -> FhirRequest | None:
+    """`parse`, remembered: the same URLs come again and again (reads of popular resources). Invalid ids
+    still raise every time, and long paths are not kept (the cache stays small whatever clients send)."""
+    if len(path) > CACHED_PATH_LENGTH:
+        return parse(method, path, prefix=prefix)
+    return _parse_once(method, path, prefix)
+
+
+def fhir_request(scope: Scope, *, prefix: str = FHIR_PREFIX) -> FhirRequest | None:
+    """The request's parse, kept in its ASGI scope: the edge puts it there; parsed here (once) when the
+    request did not cross the edge. Raises InvalidId."""
+    if REQUEST_SCOPE_KEY in scope:
+        known: FhirRequest | None = scope[REQUEST_SCOPE_KEY]
+        return known
+    request = parse_cached(scope["method"], scope["path"], prefix=prefix)
+    scope[REQUEST_SCOPE_KEY] = request
+    return request
 
 
 def parse_entry_url(method: str, url: str, *, prefix: str = FHIR_PREFIX) -> FhirRequest | None:

@@ -24,6 +24,7 @@ from services.fhir.access import AccessPolicy
 from services.fhir.audit import AuditMiddleware, AuditTrail
 from services.fhir.auth import AccessMiddleware, check_exposure, make_verifier
 from services.fhir.capability import CapabilityBuilder
+from services.fhir.conditional import none_match
 from services.fhir.db import Migrations, make_engine, ping
 from services.fhir.deps import ServiceContext
 from services.fhir.edge import FhirEdgeMiddleware
@@ -100,7 +101,7 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match",
-                                          "If-None-Exist", "Prefer", "X-Request-Id"],
+                                          "If-Modified-Since", "If-None-Exist", "Prefer", "X-Request-Id"],
                            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-Id", "WWW-Authenticate"])
     _add_operational_routes(app, ctx, readiness or [])
     return app
@@ -157,6 +158,6 @@ def _add_operational_routes(app: FastAPI, ctx: ServiceContext, readiness: list[C
         if not ctx.capability_bytes:
             ctx.capability_bytes = ctx.capability.build_bytes(ctx.settings.BASE_URL)
         tag = etag(hashlib.sha256(ctx.capability_bytes).hexdigest()[:16])
-        if request.headers.get("if-none-match") == tag:
+        if none_match(request.headers.get("if-none-match"), tag):
             return Response(status_code=304, headers={"ETag": tag})
         return FhirResponse(ctx.capability_bytes, headers={"ETag": tag})

@@ -78,6 +78,49 @@ def test_read_answers_304_when_if_none_match_names_the_current_version(client: T
     assert client.get(url, headers={"If-None-Match": 'W/"1"'}).status_code == 200
 
 
+def test_if_none_match_lists_and_star_answer_304_on_reads_and_searches(client: TestClient):
+    created = create(client, activity_definition())
+    url = f"/fhir/ActivityDefinition/{created['id']}"
+    assert client.get(url, headers={"If-None-Match": 'W/"7", "1"'}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": "*"}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": 'W/"7", W/"8"'}).status_code == 200
+    search = client.get("/fhir/ActivityDefinition")
+    tag = search.headers["etag"]
+    assert client.get("/fhir/ActivityDefinition", headers={"If-None-Match": f'W/"x", {tag}'}).status_code == 304
+
+
+def test_read_answers_304_when_not_modified_since_its_last_update(client: TestClient):
+    created = create(client, activity_definition())
+    url = f"/fhir/ActivityDefinition/{created['id']}"
+    last_modified = client.get(url).headers["last-modified"]
+    assert client.get(url, headers={"If-Modified-Since": last_modified}).status_code == 304
+    assert client.get(url, headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).status_code == 200
+    assert client.get(url, headers={"If-Modified-Since": "not a date"}).status_code == 200
+    both = {"If-Modified-Since": last_modified, "If-None-Match": 'W/"9"'}
+    assert client.get(url, headers=both).status_code == 200  # If-None-Match decides
+
+
+def test_head_answers_as_the_read_without_a_body(client: TestClient, r4_validator: R4Validator):
+    created = create(client, activity_definition())
+    url = f"/fhir/ActivityDefinition/{created['id']}"
+    read = client.get(url)
+    head = client.head(url)
+    assert head.status_code == 200
+    assert head.content == b""
+    for name in ("etag", "last-modified", "content-type", "content-length"):
+        assert head.headers[name] == read.headers[name]
+    assert client.head(url, headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert client.head("/fhir/ActivityDefinition/does-not-exist").status_code == 404
+
+
+def test_read_urls_with_empty_segments_are_not_reads(client: TestClient):
+    created = create(client, activity_definition())
+    url = f"/fhir/ActivityDefinition/{created['id']}"
+    assert client.get(url + "/", follow_redirects=False).status_code == 307
+    assert client.get(url.replace("/fhir/", "/fhir//"), follow_redirects=False).status_code == 404
+    assert client.get(url.replace(f"/{created['id']}", f"//{created['id']}"), follow_redirects=False).status_code == 404
+
+
 def test_read_of_an_unknown_id_is_404(client: TestClient, r4_validator: R4Validator):
     error(client.get("/fhir/ActivityDefinition/does-not-exist"), 404, r4_validator, "not-found")
 

@@ -100,3 +100,15 @@ def test_nothing_is_written_below_the_logger_level(json_logger):
     access.request("GET", "/fhir/metadata", 200, 0.001, None)
     access.flush()
     assert stream.getvalue() == ""
+
+
+def test_a_line_names_the_interaction_the_edge_parsed(json_logger):
+    logger, stream = json_logger
+    only_json(logger, stream)
+    access = AccessLog(logger.name)
+    access.request("GET", "/fhir/{resource_type}/{resource_id}", 200, 0.001, "req-a", "read")
+    access.request("GET", "/healthz", 200, 0.001, "req-b")
+    access.flush()
+    named, unnamed = lines(stream)
+    assert named["interaction"] == "read" and named["route"] == "/fhir/{resource_type}/{resource_id}"
+    assert "interaction" not in unnamed

@@ -39,6 +39,7 @@ from services.careplan.subscriptions.tables import DROPPED, EVENT, HANDSHAKE, OF
 from services.careplan.subscriptions.topics import BY_ID, TOPICS, topic_resource
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import current_access
+from services.fhir.conditional import none_match
 from services.fhir.deps import ContextDep, SessionDep
 from services.fhir.jsonio import read_json, read_resource
 from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unprocessable
@@ -168,7 +169,7 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
     def read_subscription(subscription_id: str, request: Request, session: SessionDep) -> Response:
         """One subscription, with its current status (and error)."""
         row = visible(session, request, subscription_id)
-        if request.headers.get("if-none-match") == etag(row.row_version):
+        if none_match(request.headers.get("if-none-match"), etag(row.row_version)):
             return Response(status_code=304, headers=headers(row))
         return FhirResponse(render(row), headers=headers(row))
 
