@@ -45,11 +45,11 @@ from starlette.types import Receive, Scope, Send
 from services.fhir import FHIR_JSON_UTF8
 from services.fhir.bytecache import CacheMetrics, digest
 from services.fhir.conditional import none_match, not_modified
+from services.fhir.deps import ServiceContext
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.routes import InvalidId, fhir_request
-from services.fhir.service import ServiceContext
 from services.fhir.store import StoredResource
 from services.fhir.workpool import WorkPool
 

@@ -35,7 +35,7 @@ from services.fhir.responses import FhirResponse, etag
 from services.fhir.settings import ServiceSettings
 from services.fhir.workpool import WorkPool
 
-__all__ = ["ServiceContext", "StartupHook", "build_app"]
+__all__ = ["StartupHook", "build_app"]
 
 log = logging.getLogger("cicatrix.service")
 

@@ -20,7 +20,7 @@ from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.delivery.outbox import make_enqueue_hook
 from services.careplan.delivery.recording import FinishHook
 from services.careplan.delivery.request_plan import CurrentPlan, PlanSelector
-from services.fhir.service import ServiceContext
+from services.fhir.deps import ServiceContext
 
 log = logging.getLogger("cicatrix.careplan.delivery")
 
