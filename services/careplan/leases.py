@@ -26,7 +26,7 @@ Whatever queues work wakes the queue's relays with `notify`, in the transaction 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -138,6 +138,19 @@ class LeasedQueue:
             session.commit()
         rows.sort(key=lambda row: (as_utc(row.next_attempt_at), getattr(row, self.order)))
         return rows
+
+    def renew(self, engine: Engine, *, worker: str, ids: Sequence[str], lease_seconds: float) -> int:
+        """Extend the lease on rows `worker` is still working on, so that a live worker's slow attempt is
+        never taken over and sent a second time; a dead worker's rows come back one lease after its last
+        renewal. Returns how many rows were still the worker's."""
+        if not ids:
+            return 0
+        table = self.model.__table__
+        with engine.begin() as connection:
+            result = connection.execute(
+                update(table).where(table.c.id.in_(list(ids)), table.c.claimed_by == worker, table.c.state == SENDING)
+                .values(claimed_until=utcnow() + timedelta(seconds=lease_seconds)))
+        return int(result.rowcount)
 
     def finish(self, engine: Engine, row_id: str, lease: int, *, then: AfterFinish | None = None,
                **values: Any) -> bool:

@@ -11,6 +11,8 @@ notifier), embedded in the careplan app or run by `cicatrix dispatch`:
 Everything a row needs is read from the database for each attempt and every outcome
 is written back by the subclass before the next claim, so the process can be killed
 at any moment: rows it held come back after their lease (see `services.careplan.leases`).
+While it lives, it renews the lease of its in-flight rows every third of the lease, so
+an attempt slower than the lease is never taken over and sent twice.
 
 `stop()` stops claiming, lets in-flight work finish for `grace_seconds`, then cancels
 the rest; a subclass releases a cancelled row at once for another worker.
@@ -48,8 +50,9 @@ class Relay:
     name = "relay"
 
     def __init__(self, engine: Engine, *, worker: str | None, batch_size: int, poll_seconds: float,
-                 grace_seconds: float) -> None:
+                 grace_seconds: float, lease_seconds: float) -> None:
         self.engine = engine
+        self.lease_seconds = lease_seconds
         self.worker = worker or worker_name()
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -63,6 +66,10 @@ class Relay:
 
     def _claim_work(self, limit: int) -> list[tuple[str, Work]]:
         """Claim up to `limit` rows (runs in a worker thread); (row key, the coroutine that works it) each."""
+        raise NotImplementedError
+
+    def _renew_work(self, keys: list[str]) -> None:
+        """Extend the lease on the rows behind `keys`, all in flight here (runs in a worker thread)."""
         raise NotImplementedError
 
     def _open_count(self) -> int:
@@ -92,7 +99,7 @@ class Relay:
         """Work until `stop()`; with `until_idle`, return once nothing is pending or in flight."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        background = self._background()
+        background = self._background() + [asyncio.create_task(self._keep_leases())]
         if self.engine.dialect.name == "postgresql":
             background.append(asyncio.create_task(self._listen()))
         log.info(f"{self.name} started", extra={"worker": self.worker})
@@ -121,11 +128,17 @@ class Relay:
         except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
             log.warning("claiming failed; will try again", extra={"error": type(exc).__name__, "relay": self.name})
             return 0
+        started = 0
         for key, work in claimed:
+            if key in self._in_flight:  # its lease lapsed (renewal failed): never two attempts at once
+                log.warning("claimed a row already in flight here; left to its running attempt",
+                            extra={"relay": self.name})
+                continue
+            started += 1
             task = asyncio.create_task(work())
             self._in_flight[key] = task
             task.add_done_callback(lambda _t, key=key: self._done(key))
-        return len(claimed)
+        return started
 
     def _done(self, key: str) -> None:
         self._in_flight.pop(key, None)
@@ -146,6 +159,19 @@ class Relay:
         assert self._wake is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _keep_leases(self) -> None:
+        """Renew the lease on what is in flight every third of the lease; a failure is retried next time."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            keys = list(self._in_flight)
+            if not keys:
+                continue
+            try:
+                await asyncio.to_thread(self._renew_work, keys)
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
+                log.warning("renewing leases failed; will try again", extra={"error": type(exc).__name__,
+                                                                             "relay": self.name})
 
     async def _drain(self) -> None:
         """Shutdown: give in-flight work the grace period, then cancel it (subclasses release their rows)."""

@@ -49,7 +49,8 @@ class CareplanSettings(ServiceSettings):
     """First retry delay; doubles per attempt, with jitter, up to DELIVERY_BACKOFF_MAX_SECONDS."""
     DELIVERY_BACKOFF_MAX_SECONDS: float = 600.0
     DELIVERY_LEASE_SECONDS: float = 120.0
-    """How long a claimed delivery stays with its worker; a killed worker's deliveries are taken over after it."""
+    """How long a claimed delivery stays with its worker without renewal (a live worker renews it every third of
+    it): a killed worker's deliveries are taken over this long after its last renewal."""
     DELIVERY_BATCH_SIZE: int = 8
     """Deliveries one dispatcher works on at once."""
     DELIVERY_POLL_SECONDS: float = 5.0

@@ -57,8 +57,8 @@ class Dispatcher(Relay):
                  rng: random.Random | None = None, finish_hooks: list[FinishHook] | None = None) -> None:
         super().__init__(engine, worker=worker, batch_size=settings.DELIVERY_BATCH_SIZE,
                          poll_seconds=settings.DELIVERY_POLL_SECONDS,
-                         grace_seconds=settings.DISPATCHER_SHUTDOWN_GRACE_SECONDS)
-        self.lease_seconds: float = settings.DELIVERY_LEASE_SECONDS
+                         grace_seconds=settings.DISPATCHER_SHUTDOWN_GRACE_SECONDS,
+                         lease_seconds=settings.DELIVERY_LEASE_SECONDS)
         self.client = client or EhrClient.from_settings(settings)
         self.plans = PlanSelector.from_settings(settings)
         self.assembler = JobAssembler()
@@ -72,6 +72,9 @@ class Dispatcher(Relay):
 
     def _background(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._read_capabilities())]
+
+    def _renew_work(self, keys: list[str]) -> None:
+        claims.QUEUE.renew(self.engine, worker=self.worker, ids=keys, lease_seconds=self.lease_seconds)
 
     def _open_count(self) -> int:
         return claims.open_count(self.engine)

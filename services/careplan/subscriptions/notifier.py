@@ -68,6 +68,8 @@ from services.fhir.store import ResourceStore, as_utc, utcnow
 log = logging.getLogger("cicatrix.careplan.subscriptions")
 
 QUEUE = LeasedQueue(Notification, group="subscription_id", order="seq")
+HEARTBEAT = "heartbeat:"
+"""Key prefix of a heartbeat in flight (a Subscription row, not a leased notification)."""
 """A subscription's notifications go out one at a time, in event-number order (the handshake, 0, first)."""
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -101,7 +103,8 @@ class Notifier(Relay):
                  rng: random.Random | None = None, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(engine, worker=worker, batch_size=settings.SUBSCRIPTION_BATCH_SIZE,
                          poll_seconds=settings.SUBSCRIPTION_POLL_SECONDS,
-                         grace_seconds=settings.DISPATCHER_SHUTDOWN_GRACE_SECONDS)
+                         grace_seconds=settings.DISPATCHER_SHUTDOWN_GRACE_SECONDS,
+                         lease_seconds=settings.SUBSCRIPTION_LEASE_SECONDS)
         self.settings = settings
         self.rng = rng or random.Random()
         self.base = service_base(settings)
@@ -119,6 +122,10 @@ class Notifier(Relay):
         await self.client.aclose()
 
     # ----------------------------------------------------------------- relay hooks
+
+    def _renew_work(self, keys: list[str]) -> None:
+        notifications = [key for key in keys if not key.startswith(HEARTBEAT)]
+        QUEUE.renew(self.engine, worker=self.worker, ids=notifications, lease_seconds=self.lease_seconds)
 
     def _open_count(self) -> int:
         return QUEUE.open_count(self.engine)
@@ -143,7 +150,7 @@ class Notifier(Relay):
                 jobs = [exc] * len(claimed)
             work += [(row.id, partial(self._process, row, job)) for row, job in zip(claimed, jobs, strict=True)]
         if len(claimed) < limit:
-            work += [(f"heartbeat:{row.id}", partial(self._heartbeat, row))
+            work += [(f"{HEARTBEAT}{row.id}", partial(self._heartbeat, row))
                      for row in self._claim_heartbeats(limit - len(claimed))]
         return work
 
