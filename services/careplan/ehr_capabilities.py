@@ -25,7 +25,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.responses import Response
 
 from services.careplan.delivery.capabilities import EhrCapabilities
@@ -33,6 +32,7 @@ from services.careplan.delivery.errors import EhrError
 from services.careplan.delivery.payloads import US_CORE_CAREPLAN, US_CORE_DOCUMENT
 from services.careplan.delivery.request_plan import CurrentPlan, RequestPlan
 from services.fhir.deps import ContextDep
+from services.fhir.interaction_table import Entry, Permission
 from services.fhir.responses import FhirResponse
 
 EHR_CAPABILITIES_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/ehr-capabilities"
@@ -41,11 +41,10 @@ PLANNED_SEARCHES = frozenset({"identifier", "patient", "type", "_tag", "target"}
 """The search parameters a request plan can use (the rest of a long list says nothing here)."""
 
 
-def ehr_capabilities_router(delivery: Any) -> APIRouter:
-    """`delivery`: the app's EmbeddedDelivery, which holds (or reads) the current request plan."""
-    router = APIRouter(prefix="/fhir", tags=["delivery"])
+def ehr_capabilities_entries(delivery: Any) -> list[Entry]:
+    """`delivery`: the app's EmbeddedDelivery, which holds (or reads) the current request plan. The answer holds
+    no patient data, but no patient's either: it needs `Task.r`, as the deliveries themselves."""
 
-    @router.get("/$ehr-capabilities", name="ehr-capabilities")
     async def ehr_capabilities(ctx: ContextDep) -> Response:
         """What the EHR declares and the requests the dispatcher sends it (a Parameters resource)."""
         ehr = ctx.settings.EHR_BASE_URL
@@ -57,7 +56,9 @@ def ehr_capabilities_router(delivery: Any) -> APIRouter:
                 {"name": "error", "valueString": f"the EHR's CapabilityStatement could not be read: {exc}"}]})
         return FhirResponse(plan_parameters(current, ehr=ehr))
 
-    return router
+    return [Entry("$ehr-capabilities", ehr_capabilities, method="GET", permission=Permission("r", "Task"),
+                  definition=EHR_CAPABILITIES_DEFINITION, tag="delivery",
+                  documentation="What the EHR declares and the requests the dispatcher sends it (its request plan)")]
 
 
 def plan_parameters(current: CurrentPlan, *, ehr: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -35,6 +35,7 @@ from services.careplan.intake import (
 )
 from services.fhir.compartment import current_access, touched
 from services.fhir.deps import ContextDep, ServiceContext
+from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import read_json
 from services.fhir.outcome import Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
@@ -46,10 +47,9 @@ GENERATE_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/CarePlan-ge
 APPLY_DEFINITION = "https://fhir.cicatrix.org/OperationDefinition/PlanDefinition-apply"
 
 
-def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRouter:
-    router = APIRouter(prefix="/fhir", tags=["operations"])
+def operation_entries(planner: CarePlanner, repository: PlanRepository) -> list[Entry]:
+    """`$generate` needs `CarePlan.c` (it stores a plan), `$apply` `CarePlan.r` (it computes one, stores nothing)."""
 
-    @router.post("/CarePlan/$generate", name="generate")
     async def generate(request: Request, ctx: ContextDep) -> Response:
         """Create the CarePlan for an assessment (idempotent per assessment)."""
         parsed = await planner.run(_checked, planner, parse_generate, await read_json(request))
@@ -72,22 +72,28 @@ def operations_router(planner: CarePlanner, repository: PlanRepository) -> APIRo
         stored, created = await run_in_threadpool(save)
         return write_response(request, stored, base=base, created=created)
 
-    @router.post("/PlanDefinition/$apply", name="apply-type")
     async def apply(request: Request) -> Response:
         """The CarePlan a protocol would produce for an assessment; stores nothing."""
         parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
         return _applied(await planner.draft_plan(parsed, status="draft"))
 
-    @router.post("/PlanDefinition/{plan_id}/$apply", name="apply-instance")
-    async def apply_instance(plan_id: str, request: Request) -> Response:
+    async def apply_instance(resource_id: str, request: Request) -> Response:
         """$apply of one catalog PlanDefinition by id."""
         parsed = await planner.run(_checked, planner, parse_apply, await read_json(request))
-        protocol = await planner.knowledge.protocol_by_id(plan_id)
+        protocol = await planner.knowledge.protocol_by_id(resource_id)
         if protocol is None:
-            raise NotFound(f"The catalog has no PlanDefinition/{plan_id}")
+            raise NotFound(f"The catalog has no PlanDefinition/{resource_id}")
         return _applied(await planner.draft_plan(parsed, status="draft", protocol=protocol))
 
-    return router
+    applies = "The CarePlan a protocol would produce; stores nothing"
+    return [Entry("$generate", generate, ("CarePlan",), method="POST", permission=Permission("c"),
+                  definition=GENERATE_DEFINITION, tag="operations",
+                  documentation="Create the CarePlan for a scar assessment (idempotent per assessment)"),
+            Entry("$apply", apply, ("PlanDefinition",), method="POST", permission=Permission("r", "CarePlan"),
+                  definition=APPLY_DEFINITION, documentation=applies, tag="operations"),
+            Entry("$apply", apply_instance, ("PlanDefinition",), method="POST", instance=True,
+                  permission=Permission("r", "CarePlan"), definition=APPLY_DEFINITION, documentation=applies,
+                  tag="operations")]
 
 
 def _checked(planner: CarePlanner, parse: Callable[[Any], GenerateRequest], body: Any) -> GenerateRequest:

@@ -2,18 +2,11 @@
 
 CarePlans, assessments, delivery Tasks and the AuditEvents that name them are
 patient data: a `patient/` scope reaches only its own patient's, every access is
-audited, and nothing is cached downstream. The operations need:
-
-    CarePlan/$generate          CarePlan.c    (stores a plan)
-    PlanDefinition/$apply       CarePlan.r    (computes a plan, stores nothing)
-    Task/{id}/$retry            Task.u        (re-queues a delivery)
-    $ehr-capabilities           Task.r        (the delivery's request plan; no patient data, but no patient's either)
-    Subscription/{id}/$status   Subscription.r
-    Subscription/{id}/$events   Subscription.r  (full-resource content: read access to what it carries)
+audited, and nothing is cached downstream. The operations need what the interaction
+table says of them (`$generate` CarePlan.c, `$apply` CarePlan.r, `$retry` Task.u, ...).
 
 Subscriptions count as patient data: a `patient/` scope may create, read, search and
 delete them, and they stay limited to the token's patient (see subscriptions/resource.py).
-    {type}/$validate            {type}.c
 """
 
 from __future__ import annotations
@@ -23,28 +16,20 @@ from services.careplan.subscriptions.resource import subscription_patients
 from services.fhir.access import AccessPolicy
 from services.fhir.audit import AuditTrail
 from services.fhir.compartment import PatientCompartment
+from services.fhir.interaction_table import InteractionTable
 from services.fhir.store import ResourceStore
 
 PATIENT_DATA = frozenset({"CarePlan", "QuestionnaireResponse", "Task", "AuditEvent", "Subscription"})
 PATIENT_MANAGED = frozenset({"Subscription"})
 """A patient/ scope may also create, delete and run operations on these; their handlers keep them to its patient."""
-OPERATIONS = {
-    ("CarePlan", "generate"): ("*", "c"),
-    ("PlanDefinition", "apply"): ("CarePlan", "r"),
-    ("Task", "retry"): ("*", "u"),
-    ("*", "ehr-capabilities"): ("Task", "r"),
-    ("*", "validate"): ("*", "c"),
-    ("Subscription", "status"): ("Subscription", "r"),
-    ("Subscription", "events"): ("Subscription", "r"),
-}
 
 
 def patient_compartment() -> PatientCompartment:
     return PatientCompartment(PATIENT_DATA, SEARCH_PARAMS, patients_of={"Subscription": subscription_patients})
 
 
-def access_policy(compartment: PatientCompartment) -> AccessPolicy:
-    return AccessPolicy(operations=OPERATIONS, patient_data=PATIENT_DATA,
+def access_policy(compartment: PatientCompartment, table: InteractionTable) -> AccessPolicy:
+    return AccessPolicy(operations=table.operation_rules(), patient_data=PATIENT_DATA,
                         patient_searchable=compartment.searchable | PATIENT_MANAGED, patient_managed=PATIENT_MANAGED)
 
 

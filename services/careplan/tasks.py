@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlalchemy import and_, false, func, or_, select
 from starlette.responses import Response
 
@@ -44,6 +44,7 @@ from services.fhir.bundles import ignored_parameter, page_size, rendered_searchs
 from services.fhir.compartment import PatientCompartment
 from services.fhir.conditional import none_match
 from services.fhir.deps import ContextDep, SessionDep
+from services.fhir.interaction_table import Entry, Permission
 from services.fhir.outcome import BadRequest, Conflict, Issue, NotFound
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
@@ -163,10 +164,9 @@ def task_resource(delivery: Delivery, *, ehr_base: str, max_attempts: int, max_a
     return task
 
 
-def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRouter:
-    """The Task routes; `compartment` keeps `patient/` tokens to their own Tasks, `poke()` wakes an in-process
-    dispatcher after a `$retry`."""
-    router = APIRouter(prefix="/fhir", tags=["delivery"])
+def task_entries(compartment: PatientCompartment, *, poke: Any = None) -> list[Entry]:
+    """The Task interactions; `compartment` keeps `patient/` tokens to their own Tasks, `poke()` wakes an
+    in-process dispatcher after a `$retry`."""
 
     def render(delivery: Delivery, ctx: Any) -> dict[str, Any]:
         settings = ctx.settings
@@ -177,7 +177,6 @@ def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRou
     def headers(delivery: Delivery) -> dict[str, str]:
         return {"ETag": etag(delivery.row_version), "Last-Modified": http_date(as_utc(delivery.updated))}
 
-    @router.get("/Task", name="search-task")
     def search_tasks(request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """Deliveries, by the plan they deliver (`focus`), Task `status` or `_id`."""
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
@@ -206,26 +205,24 @@ def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRou
                                     params=[(k, v) for k, v in pairs if k in SEARCH_PARAMS], warnings=warnings)
         return FhirResponse(bundle)
 
-    @router.get("/Task/{task_id}", name="read-task")
-    def read_task(task_id: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+    def read_task(resource_id: str, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """One delivery's Task (304 when If-None-Match names its version)."""
-        delivery = session.get(Delivery, task_id)
+        delivery = session.get(Delivery, resource_id)
         if delivery is None:
-            raise NotFound(f"Task/{task_id} is not known")
+            raise NotFound(f"Task/{resource_id} is not known")
         task = render(delivery, ctx)
         compartment.check_read(request, task)  # before a 304 too: it would confirm the Task and its version
         if none_match(request.headers.get("if-none-match"), etag(delivery.row_version)):
             return Response(status_code=304, headers=headers(delivery))
         return FhirResponse(task, headers=headers(delivery))
 
-    @router.post("/Task/{task_id}/$retry", name="retry-task")
-    def retry_task(task_id: str, session: SessionDep, ctx: ContextDep) -> Response:
+    def retry_task(resource_id: str, session: SessionDep, ctx: ContextDep) -> Response:
         """Re-queue a failed delivery with a fresh attempt budget (after the cause was fixed)."""
-        delivery = session.get(Delivery, task_id, with_for_update=session.get_bind().dialect.name == "postgresql")
+        delivery = session.get(Delivery, resource_id, with_for_update=session.get_bind().dialect.name == "postgresql")
         if delivery is None:
-            raise NotFound(f"Task/{task_id} is not known")
+            raise NotFound(f"Task/{resource_id} is not known")
         if delivery.state != FAILED:
-            raise Conflict(f"Task/{task_id} is {task_status(delivery)}; only a failed delivery can be retried",
+            raise Conflict(f"Task/{resource_id} is {task_status(delivery)}; only a failed delivery can be retried",
                            code="business-rule")
         claims.requeue(session, delivery)
         notify(session, NOTIFY_CHANNEL)
@@ -234,4 +231,7 @@ def tasks_router(compartment: PatientCompartment, *, poke: Any = None) -> APIRou
             poke()
         return FhirResponse(render(delivery, ctx), headers=headers(delivery))
 
-    return router
+    return [Entry("read", read_task, ("Task",), tag="delivery"),
+            Entry("search-type", search_tasks, ("Task",), tag="delivery"),
+            Entry("$retry", retry_task, ("Task",), method="POST", instance=True, permission=Permission("u"),
+                  definition=RETRY_DEFINITION, documentation="Re-queue a failed delivery", tag="delivery")]

@@ -20,15 +20,10 @@ from services.catalog.settings import CatalogSettings
 from services.catalog.tables import CatalogResource, CatalogResourceVersion, CatalogSearchIndex
 from services.catalog.terminology import TerminologyOperations
 from services.fhir.batch_transaction import BundleProcessor
-from services.fhir.capability import (
-    CapabilityBuilder,
-    Operation,
-    ResourceCapability,
-    search_params_of,
-)
+from services.fhir.capability import CapabilityBuilder, ResourceCapability, search_params_of
 from services.fhir.db import Migrations
 from services.fhir.deps import ServiceContext
-from services.fhir.fastread import install_read_route
+from services.fhir.interaction_table import InteractionTable
 from services.fhir.interactions import ResourceInteractions
 from services.fhir.outcome import Unprocessable
 from services.fhir.service import build_app
@@ -60,27 +55,26 @@ def canonical_is_unique(session: Session, resource: dict[str, Any], resource_id:
 
 
 def capability() -> CapabilityBuilder:
-    builder = CapabilityBuilder(
+    """Who the catalog is in its CapabilityStatement; what it serves comes from its interaction table."""
+    return CapabilityBuilder(
         name="CicatrixCatalog", title="Catalog", software_version=VERSION,
-        description="Scar-treatment knowledge: modalities, preparations, protocols and the scar assessment.",
-        system_interactions=("batch", "transaction"),
-    )
-    for resource_type in CATALOG_TYPES:
-        params = search_params_of(SEARCH_PARAMS.get(resource_type, {}).values())
-        operations = [Operation("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate")]
-        if resource_type == "ValueSet":
-            operations += [Operation("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"),
-                           Operation("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code")]
-        if resource_type == "CodeSystem":
-            operations.append(Operation("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup"))
-        includes = tuple(f"{resource_type}:{d.name}" for d in SEARCH_PARAMS[resource_type].values()
-                         if d.type == "reference")
-        builder.add(ResourceCapability(
-            type=resource_type,
-            interactions=("read", "vread", "history-instance", "search-type", "create", "update", "delete"),
-            search_params=params, operations=tuple(operations), search_include=includes,
-        ))
-    return builder
+        description="Scar-treatment knowledge: modalities, preparations, protocols and the scar assessment.")
+
+
+def interaction_table(store: ResourceStore, settings: CatalogSettings) -> InteractionTable:
+    """Every interaction the catalog serves: the same RESTful ones on each of its types, batch and transaction,
+    and the terminology operations."""
+    table = InteractionTable(tuple(ResourceCapability(
+        type=resource_type, search_params=search_params_of(SEARCH_PARAMS.get(resource_type, {}).values()),
+        search_include=tuple(f"{resource_type}:{d.name}" for d in SEARCH_PARAMS[resource_type].values()
+                             if d.type == "reference")) for resource_type in CATALOG_TYPES))
+    interactions = ResourceInteractions(store=store, types=CATALOG_TYPES, search_params=SEARCH_PARAMS,
+                                        sortable=SORTABLE, writable=CATALOG_TYPES,
+                                        before_write=canonical_is_unique)
+    table.add(interactions.entries(cache_seconds=settings.READ_CACHE_SECONDS))
+    table.add(TerminologyOperations(store).entries())
+    table.add(BundleProcessor(interactions).entries())
+    return table
 
 
 def load_shipped_content(session: Session, store: ResourceStore, settings: CatalogSettings) -> None:
@@ -99,16 +93,10 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
                     load_shipped_content(session, store, settings)
             await run_in_threadpool(run)
 
+    table = interaction_table(store, settings)
     app = build_app(name="catalog", title="Cicatrix catalog", settings=settings, migrations=MIGRATIONS,
-                    capability=capability(), startup=[load], access=access_policy(settings))
+                    capability=capability(), table=table, startup=[load], access=access_policy(settings, table))
     app.state.ctx.extras["store"] = store
-    interactions = ResourceInteractions(store=store, types=CATALOG_TYPES, search_params=SEARCH_PARAMS,
-                                        sortable=SORTABLE, writable=CATALOG_TYPES,
-                                        before_write=canonical_is_unique)
-    app.include_router(TerminologyOperations(store).router())  # before `{type}/{id}` reads take `$expand`
-    app.include_router(BundleProcessor(interactions).router())
-    app.include_router(interactions.router())
-    install_read_route(app, interactions, cache_seconds=settings.READ_CACHE_SECONDS)  # ahead of FastAPI routing
     return app
 
 

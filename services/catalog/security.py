@@ -3,22 +3,16 @@
 The catalog holds treatment knowledge, not patient data: reads need `<Type>.r`,
 searches `<Type>.s` (or nothing with CATALOG_ALLOW_ANONYMOUS_READ=true), writes
 `.c`/`.u`/`.d`, and a batch or transaction what each of its entries needs. The
-terminology operations read (`ValueSet.r`, `CodeSystem.r`); `$validate` is for
-writers (`<Type>.c`).
+operations need what the interaction table says: the terminology operations read
+(`ValueSet.r`, `CodeSystem.r`); `$validate` is for writers (`<Type>.c`).
 """
 
 from __future__ import annotations
 
 from services.catalog.settings import CatalogSettings
 from services.fhir.access import AccessPolicy
-
-OPERATIONS = {
-    ("ValueSet", "*"): ("*", "r"),
-    ("CodeSystem", "*"): ("*", "r"),
-    ("ConceptMap", "*"): ("*", "r"),
-    ("*", "validate"): ("*", "c"),
-}
+from services.fhir.interaction_table import InteractionTable
 
 
-def access_policy(settings: CatalogSettings) -> AccessPolicy:
-    return AccessPolicy(operations=OPERATIONS, anonymous_read=settings.ALLOW_ANONYMOUS_READ)
+def access_policy(settings: CatalogSettings, table: InteractionTable) -> AccessPolicy:
+    return AccessPolicy(operations=table.operation_rules(), anonymous_read=settings.ALLOW_ANONYMOUS_READ)

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.fhir.deps import SessionDep
+from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import read_json
 from services.fhir.limits import InputLimits
 from services.fhir.outcome import BadRequest, NotFound, Unprocessable
@@ -413,19 +414,16 @@ class TerminologyOperations:
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
 
-    def router(self) -> APIRouter:
-        """Mounted before the resource routes, so `ValueSet/$expand` is not read as a resource id."""
-        router = APIRouter(prefix="/fhir", tags=["terminology"])
-        routes = (("/ValueSet/$expand", self.expand, "ValueSet-expand"),
-                  ("/ValueSet/{resource_id}/$expand", self.expand_instance, "ValueSet-expand-instance"),
-                  ("/ValueSet/$validate-code", self.validate_code, "ValueSet-validate-code"),
-                  ("/ValueSet/{resource_id}/$validate-code", self.validate_code_instance,
-                   "ValueSet-validate-code-instance"),
-                  ("/CodeSystem/$lookup", self.lookup, "CodeSystem-lookup"))
-        for path, handler, name in routes:
-            for method in ("GET", "POST"):  # one route per method: distinct OpenAPI operation ids
-                router.add_api_route(path, handler, methods=[method], name=f"{name}-{method.lower()}")
-        return router
+    def entries(self) -> list[Entry]:
+        """Each operation by GET and by POST (one route per method: distinct OpenAPI operation ids); they read."""
+        hl7 = "http://hl7.org/fhir/OperationDefinition/"
+        operations = (("ValueSet", "$expand", self.expand, False), ("ValueSet", "$expand", self.expand_instance, True),
+                      ("ValueSet", "$validate-code", self.validate_code, False),
+                      ("ValueSet", "$validate-code", self.validate_code_instance, True),
+                      ("CodeSystem", "$lookup", self.lookup, False))
+        return [Entry(name, handler, (resource_type,), method=method, instance=instance, permission=Permission("r"),
+                      definition=f"{hl7}{resource_type}-{name[1:]}", tag="terminology")
+                for resource_type, name, handler, instance in operations for method in ("GET", "POST")]
 
     # -- routes -------------------------------------------------------------------------------------
 

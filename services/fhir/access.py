@@ -7,8 +7,8 @@ compartment), and whether anonymous reads are allowed. `decide` applies them:
 - read, vread and history-instance need `<Type>.r`; search and history-type
   `<Type>.s`; create `.c`; update and patch `.u`; delete `.d` (SMART v2 letters,
   v1 forms understood, see `services.fhir.scopes`);
-- an operation needs what the policy lists for it; an operation it does not list
-  is refused (a new route must be given a rule before tokens can reach it);
+- an operation needs what the service's interaction table says of it
+  (services.fhir.interaction_table); an operation it does not list is refused;
 - a batch/transaction needs, for every entry, what that entry's request needs;
 - `system/` and `user/` scopes reach every resource of the type (this server has no
   per-user permissions of its own to narrow `user/` further); a `patient/` scope on
@@ -103,9 +103,8 @@ class Need:
 @dataclass(frozen=True)
 class AccessPolicy:
     operations: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    """(resource type or `*`, operation name or `*`) -> (type whose permission it needs, `*` for its own; letter).
-
-    The most specific key wins: (type, name), then (`*`, name), then (type, `*`)."""
+    """(resource type, or `*` for a route that takes any type; operation name) -> (type whose permission it
+    needs, `*` for its own; letter): `InteractionTable.operation_rules`. (type, name) wins over (`*`, name)."""
     patient_data: frozenset[str] = frozenset()
     """Types in a patient's compartment: `patient/` scopes reach only the token's patient there."""
     patient_searchable: frozenset[str] = frozenset()
@@ -128,8 +127,7 @@ class AccessPolicy:
 
     def _operation_need(self, request: FhirRequest) -> Need:
         on, name = request.resource_type or "*", request.operation or ""
-        rule = next((self.operations[key] for key in ((on, name), ("*", name), (on, "*")) if key in self.operations),
-                    None)
+        rule = next((self.operations[key] for key in ((on, name), ("*", name)) if key in self.operations), None)
         if rule is None:
             raise Forbidden(f"No access rule covers the ${request.operation} operation")
         rule_type, letter = rule

@@ -3,7 +3,7 @@
 Every entry runs the checks of the single-resource interactions (`check_writable`,
 `check_write`: R4 validation plus the service's write hook, such as the catalog's
 `url` + `version` uniqueness) over the same `ResourceStore`; nothing here
-re-implements them. A service offers it by including `BundleProcessor.router()`.
+re-implements them. A service offers it by adding `BundleProcessor.entries()` to its interaction table.
 Per method:
 
 - POST `Type` creates under a server-assigned id. `request.ifNoneExist` is a search
@@ -37,11 +37,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from services.fhir import interaction_table
 from services.fhir.bundles import history
 from services.fhir.conditional import entry_none_match, none_exist_query, version_from_etag
 from services.fhir.deps import ContextDep, SessionDep
@@ -115,11 +116,8 @@ class BundleProcessor:
         self.interactions = interactions
         self.store = interactions.store
 
-    def router(self) -> APIRouter:
-        router = APIRouter(prefix="/fhir", tags=["system"])
-        router.add_api_route("", self.process, methods=["POST"], name="batch-transaction")
-        router.add_api_route("/", self.process, methods=["POST"], include_in_schema=False)
-        return router
+    def entries(self) -> list[interaction_table.Entry]:
+        return [interaction_table.Entry(kind, self.process, tag="system") for kind in ("batch", "transaction")]
 
     async def process(self, request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """Process a batch or a transaction Bundle; answer the matching -response Bundle."""

@@ -1,7 +1,8 @@
 """CapabilityStatement builder.
 
-Each service declares what it implements as data (`ResourceCapability` rows) and
-the builder turns that into the R4 CapabilityStatement served at `/fhir/metadata`,
+Each service describes its types as data (`ResourceCapability` rows), its interaction
+table (services.fhir.interaction_table) adds the interactions and operations it routes,
+and the builder turns that into the R4 CapabilityStatement served at `/fhir/metadata`,
 so the statement can only list what the routes really do. The statement is built
 and checked against the R4B model once, at start-up, and served as stored bytes.
 """
@@ -38,7 +39,8 @@ class Operation:
 @dataclass(frozen=True)
 class ResourceCapability:
     type: str
-    interactions: tuple[str, ...]
+    interactions: tuple[str, ...] = ()
+    """Filled in from the interaction table, as `operations` are."""
     search_params: tuple[SearchParam, ...] = ()
     operations: tuple[Operation, ...] = ()
     versioning: str = "versioned-update"

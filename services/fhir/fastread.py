@@ -3,7 +3,8 @@
 Reads by id are what integration engines do most, and FastAPI's per-request work (dependency
 solving, parameter validation, a worker-thread hop for a sync endpoint) costs more than reading
 the stored bytes does. `ReadRoute` is the read handler of the types `ResourceInteractions` serves:
-a plain Starlette route placed first in the app's route list.
+a plain Starlette route that the interaction table (services.fhir.interaction_table) puts first in the
+app's route list, from the read entry of those types (`FastReads`).
 
 - it claims the requests the edge parsed as a read (`routes.fhir_request`) of a served type;
   anything else (an unknown type, `$operations`, `_search`, other methods) falls through to the
@@ -32,7 +33,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session
@@ -46,14 +46,18 @@ from services.fhir import FHIR_JSON_UTF8
 from services.fhir.bytecache import CacheMetrics, digest
 from services.fhir.conditional import none_match, not_modified
 from services.fhir.deps import ServiceContext
-from services.fhir.interactions import ResourceInteractions
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.routes import InvalidId, fhir_request
-from services.fhir.store import StoredResource
+from services.fhir.store import ResourceStore, StoredResource
 from services.fhir.workpool import WorkPool
 
 _CHANGED = "cicatrix.read_cache.changed"
+
+ReadHook = Callable[[Request, StoredResource], None]
+"""Runs on every resource a read serves, before any 304 (the compartment checks)."""
+SearchBundle = Callable[[str, list[tuple[str, str]], Request, Session, str], bytes]
+"""(type, query pairs, request, session, base) -> the searchset Bundle's bytes."""
 
 
 class ReadCache:
@@ -154,20 +158,19 @@ def _headers(stored: StoredResource) -> list[tuple[bytes, bytes]]:
 
 
 class ReadRoute(BaseRoute):
-    """`GET|HEAD /fhir/{resource_type}/{resource_id}` for the types `interactions` serves (see the module doc)."""
+    """`GET|HEAD /fhir/{resource_type}/{resource_id}` for `types` (see the module doc)."""
 
     path = path_format = "/fhir/{resource_type}/{resource_id}"
     name = "read"
 
-    def __init__(self, interactions: ResourceInteractions, sessions: Callable[[], Session],
-                 cache: ReadCache | None = None, prefix: str = "/fhir") -> None:
-        self.interactions = interactions
+    def __init__(self, store: ResourceStore, types: frozenset[str], read_hook: ReadHook | None,
+                 sessions: Callable[[], Session], cache: ReadCache | None = None, prefix: str = "/fhir") -> None:
+        self.store = store
+        self.types = types
+        self.read_hook = read_hook
         self.sessions = sessions
-        self.types = frozenset(interactions.types)
         self.cache = cache
         self.prefix = prefix
-        if cache is not None:
-            interactions.store.listen(lambda session, new, _: cache.changed(session, new.resource_type, new.id))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
@@ -196,7 +199,7 @@ class ReadRoute(BaseRoute):
         else:
             found = await self.cache.fetch(("read", *key), lambda: self._load(key))
         stored, headers = found
-        hook = self.interactions.read_hook
+        hook = self.read_hook
         if hook is not None:
             hook(Request(scope, receive), stored)
         if_none_match = if_modified_since = None
@@ -216,7 +219,7 @@ class ReadRoute(BaseRoute):
     def _load(self, key: tuple[str, str]) -> tuple[StoredResource, list[tuple[bytes, bytes]]]:
         generation = self.cache.generation if self.cache is not None else 0
         with self.sessions() as session:
-            stored = self.interactions.store.read(session, *key)  # 404 / 410 / 400 as FhirErrors
+            stored = self.store.read(session, *key)  # 404 / 410 / 400 as FhirErrors
         headers = _headers(stored)
         if self.cache is not None:
             self.cache.put(("read", *key), (stored, headers), len(stored.content or b""), generation)
@@ -232,14 +235,14 @@ class SearchRoute(BaseRoute):
     path = path_format = "/fhir/{resource_type}"
     name = "search-type"
 
-    def __init__(self, interactions: ResourceInteractions, sessions: Callable[[], Session], cache: ReadCache,
-                 base_url: str | None, work: WorkPool, prefix: str = "/fhir") -> None:
-        self.interactions = interactions
+    def __init__(self, types: frozenset[str], search: SearchBundle, sessions: Callable[[], Session],
+                 cache: ReadCache, base_url: str | None, work: WorkPool, prefix: str = "/fhir") -> None:
+        self.search = search
         self.sessions = sessions
         self.work = work
         self.cache = cache
         self.base_url = base_url
-        self.paths = {f"{prefix}/{t}": t for t in interactions.types}
+        self.paths = {f"{prefix}/{t}": t for t in types}
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] != "GET":
@@ -276,7 +279,7 @@ class SearchRoute(BaseRoute):
         generation = self.cache.generation
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
         with self.sessions() as session:
-            body = self.interactions.search_bundle(key[1], pairs, request, session, base)
+            body = self.search(key[1], pairs, request, session, base)
         found = (body, content_etag(body))
         if cacheable:
             self.cache.put(key, found, len(body), generation)
@@ -290,15 +293,28 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def install_read_route(app: FastAPI, interactions: ResourceInteractions, *, cache_seconds: float = 0.0) -> ReadRoute:
-    """Put the read route first in `app`'s routes; with `cache_seconds` > 0, cache reads (and, where searches
-    do not depend on the caller, searches too)."""
-    ctx: ServiceContext = app.state.ctx
-    cache = ReadCache(cache_seconds) if cache_seconds > 0 else None
-    if cache is not None:
-        CacheMetrics([cache]).register(ctx.metrics.registry)
-    route = ReadRoute(interactions, ctx.session, cache)
-    app.router.routes.insert(0, route)
-    if cache is not None and interactions.search_hook is None:
-        app.router.routes.insert(1, SearchRoute(interactions, ctx.session, cache, ctx.settings.BASE_URL, ctx.work))
-    return route
+class FastReads:
+    """The routes ahead of FastAPI for one group of types: the read, and with a cache the search where searches
+    do not depend on who asks (`search` given). Made with the group's entries; their routes are made when the
+    interaction table installs those entries in an app."""
+
+    def __init__(self, store: ResourceStore, types: frozenset[str], read_hook: ReadHook | None,
+                 search: SearchBundle | None, *, cache_seconds: float = 0.0) -> None:
+        self.store = store
+        self.types = types
+        self.read_hook = read_hook
+        self.search = search
+        self.cache = ReadCache(cache_seconds) if cache_seconds > 0 else None
+        if self.cache is not None:
+            cache = self.cache
+            store.listen(lambda session, new, _: cache.changed(session, new.resource_type, new.id))
+
+    def read_route(self, ctx: ServiceContext) -> BaseRoute:
+        if self.cache is not None:
+            CacheMetrics([self.cache]).register(ctx.metrics.registry)
+        return ReadRoute(self.store, self.types, self.read_hook, ctx.session, self.cache)
+
+    def search_route(self, ctx: ServiceContext) -> BaseRoute | None:
+        if self.cache is None or self.search is None:
+            return None
+        return SearchRoute(self.types, self.search, ctx.session, self.cache, ctx.settings.BASE_URL, ctx.work)

@@ -1,8 +1,8 @@
-"""The FHIR RESTful interactions on resource types, as one router both services mount.
+"""The FHIR RESTful interactions on resource types, as entries of each service's interaction table.
 
 vread, history-instance, search-type (GET and POST `_search`), create,
 update (If-Match required), patch, delete and `$validate`, over a `ResourceStore`;
-the read itself is `fastread.ReadRoute`, ahead of this router. A service chooses
+the read itself is `fastread.ReadRoute`, ahead of FastAPI's routing. A service chooses
 which types and interactions it offers and may add a write hook for its own
 business rules (the catalog's `url` + `version` uniqueness, say). A type with an
 update rule (services.fhir.revisions) is updated and patched under that rule only,
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -24,6 +24,8 @@ from starlette.responses import Response
 from services.fhir.bundles import history, searchset
 from services.fhir.conditional import required_version, version_from_etag
 from services.fhir.deps import ContextDep, ServiceContext, SessionDep
+from services.fhir.fastread import FastReads
+from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import FORM_BODY_TYPE, loads, media_type, read_json, read_resource
 from services.fhir.limits import limit
 from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, UnsupportedMediaType, operation_outcome
@@ -35,6 +37,7 @@ from services.fhir.searchparams import SearchParamDef, parse_query
 from services.fhir.store import ResourceStore, StoredResource
 from services.fhir.validation import check_r4, r4_issues
 
+VALIDATE_DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 WriteHook = Callable[[Session, dict[str, Any], str | None], None]
 """Called with (session, resource, id or None for create) before a write; raises FhirError to refuse it."""
 
@@ -63,30 +66,33 @@ class ResourceInteractions:
             raise NotFound(f"Resource type '{resource_type}' is not served here; see /fhir/metadata",
                            expression="resourceType", code="not-supported")
 
-    # ------------------------------------------------------------------ router
+    # ----------------------------------------------------------------- entries
 
-    def router(self) -> APIRouter:
-        router = APIRouter(prefix="/fhir", tags=["resources"])
-        router.add_api_route("/{resource_type}/$validate", self.validate, methods=["POST"], name="validate")
-        router.add_api_route("/{resource_type}/_search", self.search_post, methods=["POST"], name="search-post")
-        router.add_api_route("/{resource_type}/{resource_id}/_history/{version_id}", self.vread, methods=["GET"],
-                             name="vread")
-        router.add_api_route("/{resource_type}/{resource_id}/_history", self.history, methods=["GET"],
-                             name="history-instance")
-        router.add_api_route("/{resource_type}/{resource_id}", self.read, methods=["GET"], name="read",
-                             description="Read the current version (304 when If-None-Match names it).")
-        router.add_api_route("/{resource_type}", self.search, methods=["GET"], name="search-type")
+    def entries(self, *, cache_seconds: float = 0.0) -> list[Entry]:
+        """This group's entries for the service's interaction table. Each route takes the type from the path
+        and answers the types it does not serve with 404 not-supported; the read (and, with `cache_seconds`,
+        the search) is answered ahead of FastAPI by `fastread`. Types with an update rule are updated and
+        patched on their own paths, so that the others keep no write route at all."""
+        fast = FastReads(self.store, frozenset(self.types), self.read_hook,
+                         self.search_bundle if self.search_hook is None else None, cache_seconds=cache_seconds)
+        served = tuple(self.types)
+        entries = [Entry("$validate", self.validate, served, by_type=True, method="POST",
+                         permission=Permission("c"), definition=VALIDATE_DEFINITION),
+                   Entry("search-type", self.search_post, served, by_type=True, method="POST"),
+                   Entry("vread", self.vread, served, by_type=True),
+                   Entry("history-instance", self.history, served, by_type=True),
+                   Entry("read", self.read, served, by_type=True, ahead=fast.read_route),
+                   Entry("search-type", self.search, served, by_type=True, ahead=fast.search_route)]
         if self.writable:
-            router.add_api_route("/{resource_type}", self.create, methods=["POST"], name="create")
-            router.add_api_route("/{resource_type}/{resource_id}", self.update, methods=["PUT"], name="update")
-            router.add_api_route("/{resource_type}/{resource_id}", self.delete, methods=["DELETE"], name="delete")
+            writable = tuple(self.writable)
+            entries += [Entry("create", self.create, writable, by_type=True),
+                        Entry("update", self.update, writable, by_type=True),
+                        Entry("delete", self.delete, writable, by_type=True)]
         for resource_type in self.update_rules:
             if resource_type not in self.writable:
-                router.add_api_route(f"/{resource_type}/{{resource_id}}", self._of_type(resource_type, self.update),
-                                     methods=["PUT"], name=f"update-{resource_type}")
-            router.add_api_route(f"/{resource_type}/{{resource_id}}", self._of_type(resource_type, self.patch),
-                                 methods=["PATCH"], name=f"patch-{resource_type}")
-        return router
+                entries.append(Entry("update", self._of_type(resource_type, self.update), (resource_type,)))
+            entries.append(Entry("patch", self._of_type(resource_type, self.patch), (resource_type,)))
+        return entries
 
     @staticmethod
     def _of_type(resource_type: str, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,8 +110,9 @@ class ResourceInteractions:
     # ------------------------------------------------------------------- reads
 
     def read(self, resource_type: str, resource_id: str) -> Response:
-        """The read in the OpenAPI document, answering only types not served here (404 not-supported): reads of
-        the served types are answered ahead of this router by `fastread.ReadRoute`, which every app installs."""
+        """Read the current version (304 when If-None-Match names it)."""
+        # The read in the OpenAPI document, answering only types not served here (404 not-supported): reads of
+        # the served types are answered ahead of FastAPI by `fastread.ReadRoute`, installed from the read entry.
         self.check_type(resource_type)
         raise RuntimeError(f"A read of {resource_type}/{resource_id} reached FastAPI: install fastread.ReadRoute")
 

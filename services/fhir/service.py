@@ -2,8 +2,9 @@
 
 `build_app` wires what both services share: the edge middleware (request ids,
 406/413, metrics, access log), OperationOutcome error handlers, the health and
-metrics endpoints, `/fhir/metadata`, and a start-up that applies migrations when
-the embedded default asks for it. A service adds its own routers and start-up work.
+metrics endpoints, `/fhir/metadata`, the routes and CapabilityStatement of the
+service's interaction table, and a start-up that applies migrations when the embedded
+default asks for it. A service brings its table and its own start-up work.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from services.fhir.db import Migrations, make_engine, ping
 from services.fhir.deps import ServiceContext
 from services.fhir.edge import FhirEdgeMiddleware
 from services.fhir.errors import install_error_handlers
+from services.fhir.interaction_table import InteractionTable
 from services.fhir.observability import HttpMetrics, configure_logging
 from services.fhir.outcome import ServiceUnavailable
 from services.fhir.responses import FhirResponse, etag
@@ -57,15 +59,17 @@ def freeze_startup_heap() -> None:
 
 
 def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: Migrations,
-              capability: CapabilityBuilder, startup: list[StartupHook] | None = None,
+              capability: CapabilityBuilder, table: InteractionTable, startup: list[StartupHook] | None = None,
               shutdown: list[StartupHook] | None = None, access: AccessPolicy | None = None,
               audit: AuditTrail | None = None, own_auth_prefixes: tuple[str, ...] = (),
               readiness: list[Callable[[], str | None]] | None = None, work: WorkPool | None = None) -> FastAPI:
-    """The service's app; `access` is its authorisation policy, `audit` its trail if it holds patient data,
+    """The service's app, serving the interactions of `table` and declaring them in `capability` (which says who
+    the service is); `access` is its authorisation policy, `audit` its trail if it holds patient data,
     `own_auth_prefixes` the paths outside the FHIR API whose routes authenticate their callers themselves;
     `readiness`: checks /readyz adds to the database's, each returning why the service is not ready, or None;
     `work` the pool its handlers run CPU work in (one from the settings when not given)."""
     configure_logging(settings.LOG_LEVEL)
+    table.declare(capability)
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
                          migrations=migrations, metrics=metrics, capability=capability,
@@ -104,6 +108,8 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
                                           "If-Modified-Since", "If-None-Exist", "Prefer", "X-Request-Id"],
                            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-Id", "WWW-Authenticate"])
     _add_operational_routes(app, ctx, readiness or [])
+    table.install(app, ctx)  # after `/fhir/metadata`, which `[base]/{resource_type}` would take
+    app.state.table = table
     return app
 
 

@@ -1,9 +1,11 @@
-"""Every interaction and operation a CapabilityStatement declares reaches a handler of the service.
+"""A service's CapabilityStatement, routes and access rules say the same: they come from one interaction table.
 
 A declared interaction is routed when a request for it, on an id that does not exist and with an empty
 body, is answered by the handler (404 not-found, 400, 200) rather than by routing: not 405, not
 `not-supported`, not "No FHIR interaction". A declared operation is routed when a documented route whose path
-names it (`$name`) takes its URL, at system, type or instance level."""
+names it (`$name`) takes its URL, at system, type or instance level. The other way round, every route under the
+FHIR base (documented, or answering ahead of FastAPI) serves an interaction the statement declares, and every
+entry of the table has an access rule."""
 
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from services.fhir.access import AccessPolicy
+from services.fhir.auth import AccessMiddleware
+from services.fhir.fastread import ReadRoute, SearchRoute
+from services.fhir.interaction_table import InteractionTable
+from services.fhir.routes import FhirRequest, parse
 from tests.support.apps import FHIR_JSON, careplan_app, catalog_app, running
 
 REQUESTS = {
@@ -72,3 +79,50 @@ def test_every_declared_interaction_and_operation_is_routed(client: TestClient) 
         if not _operation_routed(client.app, operation, [f"/fhir/${operation}"]):  # type: ignore[arg-type]
             unrouted.append(f"${operation}")
     assert unrouted == []
+
+
+def _declares(rest: dict[str, Any], request: FhirRequest) -> bool:
+    """Whether the statement's `rest` declares what `request` asks for."""
+    if request.resource_type is None:
+        if request.interaction == "batch":
+            return bool({i["code"] for i in rest.get("interaction", [])} & {"batch", "transaction"})
+        return request.operation in {o["name"] for o in rest.get("operation", [])}
+    resource = next((r for r in rest["resource"] if r["type"] == request.resource_type), {})
+    if request.interaction == "operation":
+        return request.operation in {o["name"] for o in resource.get("operation", [])}
+    return request.interaction in {i["code"] for i in resource.get("interaction", [])}
+
+
+def _requests(method: str, template: str, types: list[str]) -> list[FhirRequest]:
+    """The requests a route's path template takes: one per type where the type is a parameter."""
+    paths = [template.replace("{resource_type}", t) for t in types] if "{resource_type}" in template else [template]
+    parsed = [parse(method, re.sub(r"\{version_id\}", "1", re.sub(r"\{[a-z_]+id\}", "x", p))) for p in paths]
+    assert None not in parsed, f"{method} {template} is no FHIR interaction"
+    return [request for request in parsed if request is not None]
+
+
+def test_every_route_serves_a_declared_interaction(client: TestClient) -> None:
+    """A route whose path takes the type from the URL declares its interaction for one type at least (the others
+    it answers 404 not-supported)."""
+    rest = client.get("/fhir/metadata").json()["rest"][0]
+    types = [r["type"] for r in rest["resource"]]
+    app: FastAPI = client.app  # type: ignore[assignment]  # TestClient.app is the app
+    routed = [(method.upper(), path) for path, methods in app.openapi()["paths"].items()
+              if path.startswith("/fhir") and path != "/fhir/metadata" for method in methods]
+    routed += [("GET", route.path) for route in app.routes if isinstance(route, ReadRoute | SearchRoute)]
+    undeclared = [f"{method} {path}" for method, path in routed
+                  if not any(_declares(rest, r) for r in _requests(method, path, types))]
+    assert undeclared == []
+    fast = [route for route in app.routes if isinstance(route, ReadRoute)]
+    assert fast and all(_declares(rest, FhirRequest("read", t, "x")) for route in fast for t in route.types)
+
+
+def test_every_table_entry_has_an_access_rule(client: TestClient) -> None:
+    app: FastAPI = client.app  # type: ignore[assignment]
+    table: InteractionTable = app.state.table
+    policy: AccessPolicy = next(m.kwargs["policy"] for m in app.user_middleware if m.cls is AccessMiddleware)
+    for entry in table.entries:
+        for request in _requests(entry.http_method, "/fhir" + entry.path, list(entry.types)):
+            assert request.interaction == ("operation" if entry.is_operation else entry.interaction) or (
+                request.interaction == "batch" and entry.interaction == "transaction"), entry.name
+            assert policy.needs(request) or request.interaction == "batch", entry.name  # a Bundle: its entries'

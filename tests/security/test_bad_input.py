@@ -19,7 +19,7 @@ from tests.careplan.conftest import example
 from tests.support.apps import FHIR_JSON, careplan_app, catalog_app, running
 
 SERVED_TYPE = {"catalog": "ActivityDefinition", "careplan": "CarePlan"}
-NOT_JSON = {"/fhir/{resource_type}/_search", "/fhir/Task/{task_id}/$retry"}
+NOT_JSON = {"/fhir/{resource_type}/_search", "/fhir/Task/{resource_id}/$retry"}
 """Routes that take no JSON body (a form; nothing)."""
 INVALID_IDS = ("bad!id", "x" * 65, "semi;colon", "space here", "ü-umlaut")
 
@@ -86,7 +86,7 @@ def test_every_json_body_route_refuses_deep_nesting(services, plan_id, service, 
         if path in NOT_JSON:
             continue
         media = "application/json-patch+json" if method == "patch" else "application/fhir+json"
-        url = fill(path, service, ids={"plan_id": plan_id, "resource_id": plan_id, "service_id": "scar-plan"})
+        url = fill(path, service, ids={"resource_id": plan_id, "service_id": "scar-plan"})
         response = client.request(method.upper(), url, content=deep(MAX_JSON_DEPTH + 40),
                                   headers={"content-type": media, "if-match": 'W/"1"'})
         body = assert_outcome(response, 400)

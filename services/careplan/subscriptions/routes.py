@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlalchemy import func, select, update
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -41,19 +41,24 @@ from services.fhir.bundles import ignored_parameter, page_size, rendered_searchs
 from services.fhir.compartment import current_access
 from services.fhir.conditional import none_match
 from services.fhir.deps import ContextDep, SessionDep
+from services.fhir.interaction_table import Entry, Handler, Permission
 from services.fhir.jsonio import read_json, read_resource
 from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unprocessable
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
 from services.fhir.store import ResourceStore, as_utc, utcnow
 
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
+STATUS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-status"
+EVENTS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-events"
 SEARCH_PARAMS = ("_id", "status", "url", "criteria", "_count")
 MAX_COUNT = 200
 """Subscriptions per search answer."""
 
 
-def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | None = None) -> APIRouter:
-    router = APIRouter(prefix="/fhir", tags=["subscriptions"])
+def subscription_entries(store: ResourceStore, *, poke: Callable[[], None] | None = None) -> list[Entry]:
+    """Topics are read like knowledge; subscriptions are patient data (services/careplan/security.py), and their
+    operations need `Subscription.r`."""
 
     def headers(row: Subscription) -> dict[str, str]:
         return {"ETag": etag(row.row_version), "Last-Modified": http_date(as_utc(row.updated))}
@@ -69,7 +74,6 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
             raise Gone(f"Subscription/{subscription_id} was deleted")
         return row
 
-    @router.get("/Basic", name="search-topics")
     def search_topics(request: Request, ctx: ContextDep) -> Response:
         """The SubscriptionTopics this service publishes (as the backport IG represents them in R4)."""
         base = fhir_base(request, ctx.settings.BASE_URL)
@@ -87,15 +91,13 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
                                 "search": {"mode": "match"}} for t in topics]
         return FhirResponse(bundle)
 
-    @router.get("/Basic/{topic_id}", name="read-topic")
-    def read_topic(topic_id: str) -> Response:
+    def read_topic(resource_id: str) -> Response:
         """One SubscriptionTopic."""
-        topic = BY_ID.get(topic_id)
+        topic = BY_ID.get(resource_id)
         if topic is None:
-            raise NotFound(f"Basic/{topic_id} is not known (this service serves its SubscriptionTopics as Basic)")
+            raise NotFound(f"Basic/{resource_id} is not known (this service serves its SubscriptionTopics as Basic)")
         return FhirResponse(topic_resource(topic), headers={"ETag": etag(1)})
 
-    @router.post("/Subscription", name="create-subscription")
     async def create_subscription(request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """Subscribe to a topic; the handshake follows, then notifications."""
         resource = await read_resource(request, expected_type="Subscription")
@@ -136,7 +138,6 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
                             headers=headers(row) | {"Location": f"{base}/Subscription/{row.id}/_history/"
                                                                 f"{row.row_version}"})
 
-    @router.get("/Subscription", name="search-subscription")
     def search_subscriptions(request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """Subscriptions by `status`, `url` (endpoint), `criteria` (topic) or `_id`."""
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
@@ -165,18 +166,16 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
                                     params=[(k, v) for k, v in pairs if k in SEARCH_PARAMS], warnings=warnings)
         return FhirResponse(bundle)
 
-    @router.get("/Subscription/{subscription_id}", name="read-subscription")
-    def read_subscription(subscription_id: str, request: Request, session: SessionDep) -> Response:
+    def read_subscription(resource_id: str, request: Request, session: SessionDep) -> Response:
         """One subscription, with its current status (and error)."""
-        row = visible(session, request, subscription_id)
+        row = visible(session, request, resource_id)
         if none_match(request.headers.get("if-none-match"), etag(row.row_version)):
             return Response(status_code=304, headers=headers(row))
         return FhirResponse(render(row), headers=headers(row))
 
-    @router.delete("/Subscription/{subscription_id}", name="delete-subscription")
-    def delete_subscription(subscription_id: str, request: Request, session: SessionDep) -> Response:
+    def delete_subscription(resource_id: str, request: Request, session: SessionDep) -> Response:
         """Stop a subscription: nothing more is sent, what is queued is dropped."""
-        row = visible(session, request, subscription_id)
+        row = visible(session, request, resource_id)
         now = utcnow()
         notes = Notification.__table__
         session.execute(update(notes).where(notes.c.subscription_id == row.id, notes.c.state == PENDING)
@@ -188,24 +187,20 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
         session.commit()
         return Response(status_code=204)
 
-    @router.post("/Subscription/{subscription_id}/$status", name="subscription-status-post")
-    @router.get("/Subscription/{subscription_id}/$status", name="subscription-status")
-    async def subscription_status(subscription_id: str, request: Request, session: SessionDep,
+    async def subscription_status(resource_id: str, request: Request, session: SessionDep,
                                   ctx: ContextDep) -> Response:
         """The subscription's status, event count and error (backport $status)."""
         await operation_parameters(request)  # none are defined, but a POST body is still checked as Parameters
-        row = await run_in_threadpool(visible, session, request, subscription_id)
+        row = await run_in_threadpool(visible, session, request, resource_id)
         return FhirResponse(status_bundle(row, base=fhir_base(request, ctx.settings.BASE_URL)))
 
-    @router.post("/Subscription/{subscription_id}/$events", name="subscription-events-post")
-    @router.get("/Subscription/{subscription_id}/$events", name="subscription-events")
-    async def subscription_events(subscription_id: str, request: Request, session: SessionDep,
+    async def subscription_events(resource_id: str, request: Request, session: SessionDep,
                                   ctx: ContextDep) -> Response:
         """Past events by number, to fill a gap a receiver noticed (backport $events)."""
         params = await operation_parameters(request)
 
         def answer() -> dict[str, Any]:
-            row = visible(session, request, subscription_id)
+            row = visible(session, request, resource_id)
             since, until = _number(params, "eventsSinceNumber", 1), _number(params, "eventsUntilNumber", None)
             content = params.get("content") or row.content
             if content not in CONTENTS:
@@ -229,7 +224,21 @@ def subscriptions_router(store: ResourceStore, *, poke: Callable[[], None] | Non
 
         return FhirResponse(await run_in_threadpool(answer))
 
-    return router
+    def operation(name: str, handler: Handler, method: str, definition: str, documentation: str) -> Entry:
+        return Entry(name, handler, ("Subscription",), method=method, instance=True, permission=Permission("r"),
+                     definition=definition, documentation=documentation, tag="subscriptions")
+
+    status, events = "The subscription's status, event count and error", "Past events by event number"
+    return [Entry("read", read_topic, ("Basic",), tag="subscriptions"),
+            Entry("search-type", search_topics, ("Basic",), tag="subscriptions"),
+            Entry("create", create_subscription, ("Subscription",), tag="subscriptions"),
+            Entry("read", read_subscription, ("Subscription",), tag="subscriptions"),
+            Entry("search-type", search_subscriptions, ("Subscription",), tag="subscriptions"),
+            Entry("delete", delete_subscription, ("Subscription",), tag="subscriptions"),
+            operation("$status", subscription_status, "GET", STATUS_DEFINITION, status),
+            operation("$status", subscription_status, "POST", STATUS_DEFINITION, status),
+            operation("$events", subscription_events, "GET", EVENTS_DEFINITION, events),
+            operation("$events", subscription_events, "POST", EVENTS_DEFINITION, events)]
 
 
 async def operation_parameters(request: Request) -> dict[str, str]:
