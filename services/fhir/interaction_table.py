@@ -118,6 +118,7 @@ class Entry:
         method = (self.http_method.lower(),) if self.http_method != _METHODS.get(self.interaction) else ()
         return "-".join((*on, self.interaction.lstrip("$"), *level, *method))
 
+
 @dataclass
 class InteractionTable:
     """A service's entries and the types they are on (see the module doc)."""

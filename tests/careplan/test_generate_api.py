@@ -151,7 +151,7 @@ def test_capability_statement_lists_the_operations(careplan, r4_validator):
     statement = careplan.get("/fhir/metadata").json()
     r4_validator.assert_valid(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert [o["name"] for o in resources["CarePlan"]["operation"]] == ["generate"]
+    assert [o["name"] for o in resources["CarePlan"]["operation"]] == ["generate", "validate"]
     assert [o["name"] for o in resources["PlanDefinition"]["operation"]] == ["apply"]
 
 

@@ -96,7 +96,7 @@ def _declares(rest: dict[str, Any], request: FhirRequest) -> bool:
 def _requests(method: str, template: str, types: list[str]) -> list[FhirRequest]:
     """The requests a route's path template takes: one per type where the type is a parameter."""
     paths = [template.replace("{resource_type}", t) for t in types] if "{resource_type}" in template else [template]
-    parsed = [parse(method, re.sub(r"\{version_id\}", "1", re.sub(r"\{[a-z_]+id\}", "x", p))) for p in paths]
+    parsed = [parse(method, re.sub(r"\{[a-z_]+\}", "x", p)) for p in paths]
     assert None not in parsed, f"{method} {template} is no FHIR interaction"
     return [request for request in parsed if request is not None]
 
