@@ -194,9 +194,9 @@ def _takes(general: str, specific: str) -> bool:
 
 
 def _summary(entries: list[Entry]) -> str:
-    """`read on any type`, `$expand on ValueSet instance`, `batch | transaction on the system`."""
+    """`read on CarePlan, Task`, `$expand on ValueSet instance`, `batch | transaction on the system`."""
     first = entries[0]
-    where = ("any type" if first.by_type else first.types[0]) if first.types else "the system"
+    where = ", ".join(first.types) or "the system"
     return f"{' | '.join(e.interaction for e in entries)} on {where}{' instance' if first.instance else ''}"
 
 
