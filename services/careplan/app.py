@@ -68,7 +68,7 @@ def capability() -> CapabilityBuilder:
     )
     for resource_type in SERVED_TYPES:
         params = search_params_of(SEARCH_PARAMS.get(resource_type, {}).values())
-        operations = ()
+        operations: tuple[Operation, ...] = ()
         interactions: tuple[str, ...] = ("read", "vread", "history-instance", "search-type")
         if resource_type == "CarePlan":
             operations = (Operation("generate", GENERATE_DEFINITION,

@@ -397,7 +397,9 @@ def _open_transaction(session: Session) -> None:
     SAVEPOINT taken before that becomes the outermost transaction, and releasing it
     commits on the spot. PostgreSQL needs nothing."""
     connection = session.connection()
-    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None, "a Connection checked out of the pool holds its DBAPI connection"
+    if connection.dialect.name == "sqlite" and not dbapi_connection.in_transaction:
         connection.exec_driver_sql("BEGIN")
 
 
