@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine with Python 3.11+, Node.js 20+ and make:
 #   make up    start catalog, careplan and the EHR sandbox locally
-#   make test  run the whole test suite
+#   make test  run the static checks (make lint), then the whole test suite
 # Every install step lives here and is idempotent: a second run only checks stamps.
 
 PYTHON ?= python3
@@ -28,12 +28,15 @@ $(PY_STAMP): pyproject.toml
 up: deps
 	$(BIN)/cicatrix up
 
-test: deps
-	$(BIN)/ruff check services tests
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
+# ruff, mypy (strict, configured in pyproject.toml), the import contracts ([tool.importlinter]) and dead code
 lint: deps
 	$(BIN)/ruff check services tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/vulture services --min-confidence 80
 
 fuzz: deps
 	CICATRIX_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests -m fuzz

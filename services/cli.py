@@ -19,14 +19,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from services.fhir.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "tools" / "ehr-sandbox" / "server.js"
 
 
-def _settings(service: str):  # type: ignore[no-untyped-def]
+def _settings(service: str) -> ServiceSettings:
     if service == "catalog":
         from services.catalog.settings import CatalogSettings
         return CatalogSettings()
@@ -60,14 +64,16 @@ def serve(service: str) -> int:
     return 0
 
 
-def _prepare_once(service: str, settings) -> None:  # type: ignore[no-untyped-def]
+def _prepare_once(service: str, settings: ServiceSettings) -> None:
     """With several workers, migrate and load the catalog content here, once, instead of in every worker at the
     same moment; the workers are told (through their environment) that it is done."""
     prefix = service.upper()
     if settings.AUTO_MIGRATE:
         migrate([service])
         os.environ[f"{prefix}_AUTO_MIGRATE"] = "false"
-    if service == "catalog" and settings.LOAD_CONTENT:
+    from services.catalog.settings import CatalogSettings
+
+    if isinstance(settings, CatalogSettings) and settings.LOAD_CONTENT:
         from sqlmodel import Session
 
         from services.catalog.app import load_shipped_content, make_store
@@ -158,11 +164,11 @@ def up() -> int:
         print("Cicatrix stopped.", flush=True)
 
 
-def _plan_request(path: Path, start: str | None) -> dict:  # type: ignore[type-arg]
+def _plan_request(path: Path, start: str | None) -> dict[str, Any]:
     """A file holding $generate Parameters, or a bare QuestionnaireResponse (its subject becomes the subject)."""
     import json
 
-    body = json.loads(path.read_text())
+    body: dict[str, Any] = json.loads(path.read_text())
     if body.get("resourceType") == "QuestionnaireResponse":
         subject = (body.get("subject") or {}).get("reference", "Patient/unknown")
         body = {"resourceType": "Parameters", "parameter": [
@@ -184,14 +190,14 @@ def plan(path: Path, start: str | None, local: bool) -> int:
         from services.careplan.examples import plan_example
         from services.careplan.local import local_planner
 
-        async def run() -> tuple[str, dict]:  # type: ignore[type-arg]
+        async def run() -> tuple[str, dict[str, Any]]:
             async with local_planner() as planner:
                 return await plan_example(planner, request)
 
         kind, resource = asyncio.run(run())
     else:
         settings = _settings("careplan")
-        apply_body = {"resourceType": "Parameters", "parameter": []}
+        apply_body: dict[str, Any] = {"resourceType": "Parameters", "parameter": []}
         for parameter in request["parameter"]:
             if parameter["name"] == "assessment":
                 apply_body["parameter"].append({"name": "data", "resource": {
@@ -212,7 +218,7 @@ def plan(path: Path, start: str | None, local: bool) -> int:
     return 0 if kind == "careplan" else 1
 
 
-def _outcome_text(outcome: dict) -> str:  # type: ignore[type-arg]
+def _outcome_text(outcome: dict[str, Any]) -> str:
     lines = ["The assessment was refused:"]
     for issue in outcome.get("issue", []):
         where = ", ".join(issue.get("expression", []))

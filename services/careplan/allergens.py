@@ -82,7 +82,8 @@ def ingredients(medication: dict[str, object]) -> Ingredients:
     code = medication.get("code") or {}
     assert isinstance(code, dict)
     entries: list[tuple[str, list[dict[str, str]]]] = [(code.get("text", ""), codings(code))]
-    for ingredient in medication.get("ingredient", []) or []:  # type: ignore[attr-defined]
+    listed = medication.get("ingredient")
+    for ingredient in listed if isinstance(listed, list) else []:
         concept = ingredient.get("itemCodeableConcept") or {}
         texts = [concept.get("text", "")] + [c.get("display", "") for c in codings(concept)]
         entries.extend((text, codings(concept)) for text in texts if text)

@@ -89,7 +89,7 @@ def _item_by_link_id(node: dict[str, Any]) -> str | None:
     left, right = arguments[0]["children"]
     if left.get("text") != "linkId" or right.get("children", [{}])[0].get("type") != "LiteralTerm":
         return None
-    literal = right["text"]
+    literal: str = right["text"]
     if not (literal.startswith("'") and literal.endswith("'")) or "\\" in literal or len(literal) < 2:
         return None
     return literal[1:-1]

@@ -120,7 +120,8 @@ def _activities(activity: PlannedActivity, schedule: Schedule, start: date, end:
         return [{"detail": _clean(detail)}]
     if activity.is_home_care:
         dosage = (definition.get("dosage") or [{}])[0]
-        repeat = dict((dosage.get("timing") or {}).get("repeat") or {"frequency": 1, "period": 1, "periodUnit": "d"})
+        repeat: dict[str, Any] = dict((dosage.get("timing") or {}).get("repeat")
+                                      or {"frequency": 1, "period": 1, "periodUnit": "d"})
         repeat["boundsPeriod"] = {"start": start.isoformat(), "end": end.isoformat()}
         detail |= {"status": "not-started", "scheduledTiming": {"repeat": repeat},
                    "description": f"{activity.title}. {dosage.get('text', '')}".strip()}
@@ -129,7 +130,7 @@ def _activities(activity: PlannedActivity, schedule: Schedule, start: date, end:
     else:
         sessions = schedule.sessions.get(activity.key, [])
         rhythm = activity.rhythm
-        repeat: dict[str, Any] = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()}}
+        repeat = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()}}
         if rhythm is not None:
             period = int(rhythm.period) if float(rhythm.period).is_integer() else rhythm.period
             repeat |= {"frequency": rhythm.frequency, "period": period, "periodUnit": rhythm.period_unit}

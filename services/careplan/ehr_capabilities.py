@@ -31,6 +31,7 @@ from services.careplan.delivery.capabilities import EhrCapabilities
 from services.careplan.delivery.errors import EhrError
 from services.careplan.delivery.payloads import US_CORE_CAREPLAN, US_CORE_DOCUMENT
 from services.careplan.delivery.request_plan import CurrentPlan, RequestPlan
+from services.careplan.settings import careplan_settings
 from services.fhir.deps import ContextDep
 from services.fhir.interaction_table import Entry, Permission
 from services.fhir.responses import FhirResponse
@@ -47,7 +48,7 @@ def ehr_capabilities_entries(delivery: Any) -> list[Entry]:
 
     async def ehr_capabilities(ctx: ContextDep) -> Response:
         """What the EHR declares and the requests the dispatcher sends it (a Parameters resource)."""
-        ehr = ctx.settings.EHR_BASE_URL
+        ehr = careplan_settings(ctx.settings).EHR_BASE_URL
         try:
             current = await delivery.request_plan()
         except EhrError as exc:  # the EHR's state, reported as such: this service itself is fine

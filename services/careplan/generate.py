@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import false, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from services.careplan import plausibility
 from services.careplan.assessment_limits import DEFAULT_LIMITS, AssessmentLimits
@@ -99,8 +99,9 @@ class CarePlanner:
         assessment = await self.run(check_assessment, request, questionnaire, value_sets)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
-        return await self.run(self._plan, request, questionnaire, assessment, protocol, today, status,
-                              assessment_reference, identifier, created)  # type: ignore[no-any-return]
+        result: PlanResult = await self.run(self._plan, request, questionnaire, assessment, protocol, today, status,
+                                            assessment_reference, identifier, created)
+        return result
 
     def _plan(self, request: GenerateRequest, questionnaire: dict[str, Any], assessment: Assessment,
               protocol: Protocol, today: date, status: str, assessment_reference: str | None,
@@ -142,10 +143,10 @@ class CarePlanner:
             for name in (versioned(activity.definition), activity.definition.get("url", "")):
                 keys_by_canonical.setdefault(name, []).append(activity.key)
         procedures = symmetric_conflicts([
-            Procedure(key=a.key, rhythm=a.rhythm, min_interval_days=a.min_interval_days,  # type: ignore[arg-type]
+            Procedure(key=a.key, rhythm=rhythm, min_interval_days=a.min_interval_days,
                       not_same_day=frozenset(k for c in a.not_same_day for k in keys_by_canonical.get(c, [])),
                       apart_days=a.apart_days, rank=a.rank)
-            for a in planned])
+            for a in planned if (rhythm := a.rhythm) is not None])
         course = draft.course
         end = add_months(start, course.months_high) if course and course.months_high else None
         try:
@@ -241,7 +242,7 @@ class PlanRepository:
         """Plan hook: keeps `AssessmentPlan.active` in step with a changed plan's status (a new plan's row is
         written with it), so that the unique index sees every activation; a second active plan fails the write."""
         if previous is not None:
-            session.execute(update(AssessmentPlan).where(AssessmentPlan.careplan_id == stored.id)
+            session.execute(update(AssessmentPlan).where(col(AssessmentPlan.careplan_id) == stored.id)
                             .values(active=stored.parsed().get("status") == "active"))
 
     @staticmethod
@@ -256,7 +257,8 @@ class PlanRepository:
 
     def _active_plan_for_site(self, session: Session, subject: str, body_site: str) -> StoredResource | None:
         row = session.scalars(select(AssessmentPlan).where(
-            AssessmentPlan.subject == subject, AssessmentPlan.body_site == body_site, AssessmentPlan.active,
+            col(AssessmentPlan.subject) == subject, col(AssessmentPlan.body_site) == body_site,
+            col(AssessmentPlan.active),
         )).first()
         return self.store.read(session, "CarePlan", row.careplan_id) if row else None
 

@@ -72,12 +72,12 @@ class Assessment:
         return values[0] if values else None
 
     @property
-    def scar_type(self) -> dict[str, Any]:
-        return self.one("scar-type")
+    def scar_type(self) -> dict[str, Any] | None:
+        return _coding(self.one("scar-type"))
 
     @property
-    def body_site(self) -> dict[str, Any]:
-        return self.one("body-site")
+    def body_site(self) -> dict[str, Any] | None:
+        return _coding(self.one("body-site"))
 
     @property
     def key(self) -> str:
@@ -103,6 +103,10 @@ class Assessment:
         for allergy in found:
             unique.setdefault((allergy.system, allergy.code, allergy.name), allergy)
         return list(unique.values())
+
+
+def _coding(answer: Any) -> dict[str, Any] | None:
+    return answer if isinstance(answer, dict) else None
 
 
 def assessment_key(response: dict[str, Any]) -> str | None:
@@ -256,10 +260,12 @@ def _resource(parameter: dict[str, Any], where: str, kind: str) -> dict[str, Any
 
 
 def _date(parameter: dict[str, Any], where: str) -> date:
-    value = parameter.get("valueDate") or parameter.get("valueDateTime", "")[:10] or parameter.get("valueString")
+    moment = parameter.get("valueDateTime")
+    value = parameter.get("valueDate") or (moment[:10] if isinstance(moment, str) else None) \
+        or parameter.get("valueString")
     try:
-        return date.fromisoformat(value)
-    except (TypeError, ValueError):
+        return date.fromisoformat(value if isinstance(value, str) else "")
+    except ValueError:
         raise BadRequest(f"{where}: start must be a date (YYYY-MM-DD)", expression=f"{where}.value") from None
 
 

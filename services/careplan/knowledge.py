@@ -9,7 +9,8 @@ are compiled once per protocol version and reused for every assessment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,6 @@ import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
 from services.careplan.answer_conditions import ConditionResults
-from services.careplan.catalog_client import CatalogClient
 from services.fhir.outcome import Unprocessable
 
 EXT = "https://fhir.cicatrix.org/StructureDefinition/"
@@ -35,6 +35,13 @@ PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
 Expression = Callable[[Any, dict[str, Any]], list[Any]]
 
 
+class CatalogReader(typing.Protocol):
+    """What knowledge needs of the catalog: the JSON of one REST read or search. The HTTP client
+    (catalog_client.CatalogClient) is one; the plan's domain never sees how the catalog is reached."""
+
+    async def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any: ...
+
+
 def canonical_url(canonical: str) -> str:
     return canonical.split("|", 1)[0]
 
@@ -45,7 +52,7 @@ def versioned(resource: dict[str, Any]) -> str:
 
 def extensions(element: dict[str, Any], url: str) -> list[Any]:
     """The values of `element`'s extensions with this url (value[x] whatever its type)."""
-    values = []
+    values: list[Any] = []
     for extension in element.get("extension", []):
         if extension.get("url") == url:
             values.extend(v for k, v in extension.items() if k.startswith("value"))
@@ -132,7 +139,7 @@ class Protocol:
 class Knowledge:
     """Fetches protocols, the Questionnaire and value sets from the catalog (through its cache)."""
 
-    def __init__(self, catalog: CatalogClient, *, condition_cache_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, catalog: CatalogReader, *, condition_cache_bytes: int = 16 * 1024 * 1024) -> None:
         self.catalog = catalog
         self.expressions = ExpressionCache(results=ConditionResults(condition_cache_bytes))
 

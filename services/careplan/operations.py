@@ -65,7 +65,8 @@ def operation_entries(planner: CarePlanner, repository: PlanRepository) -> list[
         result = await planner.draft_plan(parsed, status=parsed.status, identifier=identifier,
                                           assessment_reference=reference)
 
-        def save():  # type: ignore[no-untyped-def]
+        def save() -> tuple[StoredResource, bool]:
+            assert identifier is not None, "check_assessment refuses assessments without id or identifier"
             with ctx.session() as session:
                 return repository.save(session, result, careplan_id=identifier)
 

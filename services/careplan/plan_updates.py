@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from services.careplan.tables import AssessmentPlan
 from services.fhir.outcome import Conflict, FhirError, Issue, Unprocessable
@@ -90,9 +90,9 @@ class CarePlanChanges:
 
 def _active_plan_of_site(session: Session, plan_id: str) -> str | None:
     """The active plan of the patient and body site `plan_id` was made for."""
-    row = session.scalars(select(AssessmentPlan).where(AssessmentPlan.careplan_id == plan_id)).first()
+    row = session.scalars(select(AssessmentPlan).where(col(AssessmentPlan.careplan_id) == plan_id)).first()
     if row is None:
         return None
-    return session.scalars(select(AssessmentPlan.careplan_id).where(
-        AssessmentPlan.subject == row.subject, AssessmentPlan.body_site == row.body_site,
-        AssessmentPlan.active)).first()
+    return session.scalars(select(col(AssessmentPlan.careplan_id)).where(
+        col(AssessmentPlan.subject) == row.subject, col(AssessmentPlan.body_site) == row.body_site,
+        col(AssessmentPlan.active))).first()

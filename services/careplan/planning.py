@@ -92,7 +92,8 @@ class Preparation:
     @property
     def name(self) -> str:
         code = self.medication.get("code") or {}
-        return code.get("text") or next((c.get("display") for c in codings(code)), self.reference)
+        name: str = code.get("text") or next((c["display"] for c in codings(code) if c.get("display")), self.reference)
+        return name
 
 
 @dataclass

@@ -44,11 +44,12 @@ def constraints(questionnaire: dict[str, Any]) -> list[Constraint]:
             continue
         parts = {e.get("url"): next((v for k, v in e.items() if k.startswith("value")), None)
                  for e in extension.get("extension", [])}
-        if not parts.get("expression"):
+        expression, human = parts.get("expression"), parts.get("human")
+        if not expression or not isinstance(expression, str):
             continue
         link = LINK_ID.search(parts.get("location") or "")
         found.append(Constraint(key=parts.get("key") or "", severity=parts.get("severity") or "error",
-                                expression=parts["expression"], human=parts.get("human") or parts["expression"],
+                                expression=expression, human=human if human and isinstance(human, str) else expression,
                                 link_id=link.group(1) if link else None))
     return found
 
@@ -78,9 +79,11 @@ def check(questionnaire: dict[str, Any], response: dict[str, Any], patient: dict
           run: Run, today: date) -> list[Issue]:
     """The warnings of the Questionnaire's constraints; raises 422 with every violated error constraint."""
     age = age_in_months((patient or {}).get("birthDate"), assessment_day(response, today))
-    variables = {"resource": response, "context": response, "patientAgeMonths": [] if age is None else age}
+    variables: dict[str, Any] = {"resource": response, "context": response,
+                                 "patientAgeMonths": [] if age is None else age}
     items = {item.get("linkId"): i for i, item in enumerate(response.get("item", []))}
-    errors, warnings = [], []
+    errors: list[Issue] = []
+    warnings: list[Issue] = []
     for rule in constraints(questionnaire):
         try:
             holds = run(rule.expression, response, variables) == [True]

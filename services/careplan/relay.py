@@ -26,8 +26,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -35,7 +37,7 @@ from services.fhir.store import utcnow
 
 log = logging.getLogger("cicatrix.careplan.relay")
 
-Work = Callable[[], Awaitable[None]]
+Work = Callable[[], Coroutine[Any, Any, None]]
 
 
 def worker_name() -> str:
@@ -137,10 +139,10 @@ class Relay:
             started += 1
             task = asyncio.create_task(work())
             self._in_flight[key] = task
-            task.add_done_callback(lambda _t, key=key: self._done(key))
+            task.add_done_callback(partial(self._done, key))
         return started
 
-    def _done(self, key: str) -> None:
+    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)
         if self._wake is not None:
             self._wake.set()

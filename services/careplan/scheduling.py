@@ -220,8 +220,8 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
             result.left_over = tuple(deferred)
             break
         result.series.append(Series(len(result.series) + 1, start, placed, tuple(deferred), tuple(truncated)))
-        for key, days in placed.items():
-            result.sessions[key].extend(_moments(days, key, book.booked, calendar))
+        for key, placed_days in placed.items():
+            result.sessions[key].extend(_moments(placed_days, key, book.booked, calendar))
         waiting = Counter({key: waiting[key] + 1 for key in deferred})
         end = max(d[-1] for d in placed.values())
         next_start = end + timedelta(days=course.break_days + 1)

@@ -321,6 +321,12 @@ class CareplanSettings(ServiceSettings):
         )
 
 
+def careplan_settings(settings: ServiceSettings) -> CareplanSettings:
+    """The care-plan service's own settings, which its ServiceContext holds as the shared base class."""
+    assert isinstance(settings, CareplanSettings), "the care-plan service runs on CareplanSettings"
+    return settings
+
+
 @lru_cache(maxsize=8)
 def public_holidays(country: str, subdivision: str) -> Container[date]:
     """The country's (and subdivision's) public holidays; years are computed on first use and kept.

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import Request
 from sqlalchemy import and_, false, func, or_, select
+from sqlmodel import col
 from starlette.responses import Response
 
 from services.careplan.delivery import claims
@@ -62,9 +63,9 @@ _TASK_STATUS = {COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled"
 def _status_clause(code: str) -> Any:
     """The outbox rows whose Task has status `code` (the inverse of `task_status`)."""
     if code == "requested":
-        return and_(Delivery.state == PENDING, Delivery.attempts == 0)
+        return and_(col(Delivery.state) == PENDING, col(Delivery.attempts) == 0)
     if code == "in-progress":
-        return or_(Delivery.state == SENDING, and_(Delivery.state == PENDING, Delivery.attempts > 0))
+        return or_(col(Delivery.state) == SENDING, and_(col(Delivery.state) == PENDING, col(Delivery.attempts) > 0))
     state = {v: k for k, v in _TASK_STATUS.items() if k != SENDING}.get(code)
     return Delivery.state == state if state else false()
 
@@ -189,17 +190,17 @@ def task_entries(compartment: PatientCompartment, *, poke: Any = None) -> list[E
                 plan_id = reference.rsplit("/", 1)[-1]
                 if "/" in reference and not reference.split("/")[-2] == "CarePlan":
                     raise BadRequest("focus must reference a CarePlan", expression="focus")
-                stmt = stmt.where(Delivery.careplan_id == plan_id)
+                stmt = stmt.where(col(Delivery.careplan_id) == plan_id)
             elif name == "status":
                 stmt = stmt.where(or_(false(), *[_status_clause(code.strip()) for code in value.split(",")]))
             elif name == "_id":
-                stmt = stmt.where(Delivery.id.in_(value.split(",")))
+                stmt = stmt.where(col(Delivery.id).in_(value.split(",")))
             elif name == "_count":
                 count = page_size(value, MAX_COUNT)
             elif name != "_format":
                 warnings.append(ignored_parameter(name))
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        rows = session.scalars(stmt.order_by(Delivery.created, Delivery.careplan_version).limit(count)).all()
+        rows = session.scalars(stmt.order_by(col(Delivery.created), col(Delivery.careplan_version)).limit(count)).all()
         bundle = rendered_searchset(fhir_base(request, ctx.settings.BASE_URL), "Task",
                                     [render(row, ctx) for row in rows], total=total,
                                     params=[(k, v) for k, v in pairs if k in SEARCH_PARAMS], warnings=warnings)

@@ -26,7 +26,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.fhir.deps import SessionDep
+from services.fhir.deps import ServiceContext, SessionDep
 from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import read_json
 from services.fhir.limits import InputLimits
@@ -485,7 +485,7 @@ class TerminologyOperations:
             return self.store.read(session, "ValueSet", resource_id).parsed()
         inline = inputs.get("valueSet")
         if inline is not None:
-            if inline.get("resourceType") != "ValueSet":
+            if not isinstance(inline, dict) or inline.get("resourceType") != "ValueSet":
                 raise BadRequest("Parameter 'valueSet' must be a ValueSet", expression=inputs.expression("valueSet"))
             return inline
         url = inputs.get("url")
@@ -555,7 +555,7 @@ async def _inputs(request: Request, specs: Sequence[ParamSpec], ignored: Sequenc
     if request.method == "GET":
         return from_query(parse_qsl(request.url.query, keep_blank_values=True), specs, ignored=ignored)
     body = await read_json(request)
-    ctx = request.app.state.ctx
+    ctx: ServiceContext = request.app.state.ctx
     InputLimits.of(ctx.settings).check_parameters(body)
     return await ctx.work.run(lambda: from_parameters(body, specs, ignored=ignored))  # R4 validation: CPU
 

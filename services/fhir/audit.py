@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +141,7 @@ class AuditTrail:
         if request.target:
             shared[request.target] = None
         by_patient: dict[str, dict[str, None]] = {}
-        returned = list(_resources(body))
+        returned: list[Mapping[str, Any]] = list(_resources(body))
         seen = {_reference(r) for r in returned}
         returned += [resource_of(item) for item in looked_at or () if _reference(item) not in seen]
         for resource in returned:

@@ -60,6 +60,7 @@ from services.fhir.outcome import (
 from services.fhir.references import is_placeholder, rewrite_references
 from services.fhir.responses import FhirResponse, etag
 from services.fhir.rest import fhir_base
+from services.fhir.routes import InvalidId, parse_entry_url
 from services.fhir.searchparams import parse_query
 from services.fhir.store import StoredResource, instant
 
@@ -321,30 +322,31 @@ def _relative(url: str, base: str, where: str) -> str:
     return url.lstrip("/")
 
 
+ENTRY_INTERACTIONS = {"POST": ("create",), "PUT": ("update",), "DELETE": ("delete",),
+                      "GET": ("read", "vread", "history-instance", "search-type")}
+"""What an entry's method may name in a Bundle served here (no operations, no system-level entries)."""
+
+
 def _entry_target(index: int, method: str, url: str) -> Entry:
-    """What the url names for this method: a type, an instance, a version, a history or a search."""
+    """What the url names for this method, read by the one FHIR URL parser (`routes.parse_entry_url`):
+    a type, an instance, a version, a history or a search."""
     where = f"Bundle.entry[{index}].request.url"
-    path, _, query = url.partition("?")
-    segments = path.strip("/").split("/")
-    entry = Entry(index=index, method=method, url=url, resource_type=segments[0], query=query)
-    if method == "POST" and len(segments) == 1 and not query:
-        return entry
-    if method in ("PUT", "DELETE") and query:
+    query = url.partition("?")[2]
+    try:
+        named = parse_entry_url(method, url)
+    except InvalidId as exc:
+        raise BadRequest(f"'{exc.segment}' in '{url}' is not a FHIR id", expression=where) from None
+    if named is not None and query and method in ("PUT", "DELETE"):
         raise BadRequest(f"Conditional {method.lower()} ('{url}') is not supported; name the resource as Type/id",
                          expression=where, code="not-supported")
-    if method in ("PUT", "DELETE") and len(segments) == 2:
-        entry.resource_id = segments[1]
-        return entry
-    if method == "GET" and not query and 2 <= len(segments) <= 4 and (len(segments) == 2 or segments[2] == "_history"):
-        entry.resource_id = segments[1]
-        entry.history = len(segments) == 3
-        entry.version_id = segments[3] if len(segments) == 4 else None
-        return entry
-    if method == "GET" and len(segments) == 1:
-        return entry
-    shapes = {"POST": "Type", "PUT": "Type/id", "DELETE": "Type/id",
-              "GET": "Type/id, Type/id/_history[/vid] or Type?query"}
-    raise BadRequest(f"A {method} entry's url must be {shapes[method]}, not '{url}'", expression=where)
+    if (named is None or named.resource_type is None or named.interaction not in ENTRY_INTERACTIONS[method]
+            or (query and named.interaction != "search-type")):
+        shapes = {"POST": "Type", "PUT": "Type/id", "DELETE": "Type/id",
+                  "GET": "Type/id, Type/id/_history[/vid] or Type?query"}
+        raise BadRequest(f"A {method} entry's url must be {shapes[method]}, not '{url}'", expression=where)
+    return Entry(index=index, method=method, url=url, resource_type=named.resource_type,
+                 resource_id=named.resource_id, version_id=named.version_id,
+                 history=named.interaction == "history-instance", query=query)
 
 
 def _entry_resource(raw: dict[str, Any], entry: Entry) -> dict[str, Any]:
@@ -395,7 +397,9 @@ def _open_transaction(session: Session) -> None:
     SAVEPOINT taken before that becomes the outermost transaction, and releasing it
     commits on the spot. PostgreSQL needs nothing."""
     connection = session.connection()
-    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None, "a Connection checked out of the pool holds its DBAPI connection"
+    if connection.dialect.name == "sqlite" and not dbapi_connection.in_transaction:
         connection.exec_driver_sql("BEGIN")
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import create_engine
 
 log = logging.getLogger("cicatrix.db")
@@ -29,7 +32,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -75,8 +78,9 @@ def ping(engine: Engine) -> None:
         connection.execute(text("SELECT 1"))
 
 
-def run_migrations_from_env(context, target_metadata) -> None:  # type: ignore[no-untyped-def]
-    """Body of each service's Alembic env.py: online migrations on the engine the caller passed."""
+def run_migrations_from_env(context: ModuleType, target_metadata: MetaData) -> None:
+    """Body of each service's Alembic env.py: online migrations on the engine the caller passed (`context` is
+    alembic.context, the module that stands for the running migration environment)."""
     engine: Engine = context.config.attributes["engine"]
     version_table: str = context.config.attributes["version_table"]
     with engine.begin() as connection:

@@ -9,53 +9,20 @@ Unexpected exceptions are logged with their traceback and answered with a generi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from services.fhir.outcome import FhirError, Issue
+from services.fhir.outcome import FhirError, validation_issues
 from services.fhir.responses import FhirResponse, error_response
 
 log = logging.getLogger("cicatrix.errors")
 
-# pydantic error types -> FHIR issue-type codes
-_ISSUE_CODES = {
-    "missing": "required",
-    "json_invalid": "structure",
-    "json_type": "structure",
-    "extra_forbidden": "structure",
-    "string_too_long": "too-long",
-    "too_long": "too-long",
-}
-
 _HTTP_ISSUE_CODES = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                      406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly",
                      415: "not-supported", 429: "throttled", 503: "transient"}
-
-
-def _expression(location: Sequence[Any]) -> str:
-    """pydantic's loc tuple as a FHIRPath-like expression: ('query', '_count') -> '_count'."""
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
-    return text or "body"
-
-
-def validation_issues(errors: Sequence[dict[str, Any]], *, prefix: str = "") -> list[Issue]:
-    """pydantic errors as OperationOutcome issues, one per error."""
-    issues = []
-    for error in errors:
-        where = _expression(error.get("loc", ()))
-        if prefix:
-            where = f"{prefix}.{where}" if where != "body" else prefix
-        issues.append(Issue(code=_ISSUE_CODES.get(error.get("type", ""), "invalid"),
-                            diagnostics=f"{where}: {error.get('msg', 'invalid value')}", expression=(where,)))
-    return issues
 
 
 async def _fhir_error(_: Request, exc: Exception) -> FhirResponse:

@@ -306,9 +306,9 @@ def _required_if_match(request: Request) -> int:
 def _resource_from_validate_body(body: Any) -> dict[str, Any]:
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         for parameter in body.get("parameter", []):
-            if isinstance(parameter, dict) and parameter.get("name") == "resource" and isinstance(
-                    parameter.get("resource"), dict):
-                return parameter["resource"]
+            resource = parameter.get("resource") if isinstance(parameter, dict) else None
+            if isinstance(resource, dict) and parameter.get("name") == "resource":
+                return resource
         raise BadRequest("$validate Parameters need a 'resource' parameter", expression="Parameters.parameter")
     if not isinstance(body, dict) or "resourceType" not in body:
         raise BadRequest("$validate takes a resource or Parameters with a 'resource'", code="structure")

@@ -97,7 +97,7 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # The JSON lines carry none of these, and finding them costs more than writing a line (logging HOWTO,
     # "Optimization"): no caller frame lookup, no thread or process names.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # uvicorn's access log prints full URLs, whose query strings may hold patient ids; we log our own.
     logging.getLogger("uvicorn.access").disabled = True

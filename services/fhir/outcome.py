@@ -3,6 +3,8 @@
 Every failure a client can see is an OperationOutcome with the right HTTP status.
 Errors are raised deep (storage, search parsing, intake checks) as a `FhirError`
 and rendered once, at the edge, by the handlers in `services.fhir.errors`.
+pydantic's validation errors become issues here too (`validation_issues`), so that
+checking a resource needs no web framework.
 
     FhirError                     400 unless a subclass says otherwise
     ├── BadRequest                400  invalid / structure / value
@@ -23,7 +25,7 @@ and rendered once, at the edge, by the handlers in `services.fhir.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +142,35 @@ class InternalError(FhirError):
 
 class ServiceUnavailable(FhirError):
     status, code = 503, "transient"
+
+
+# pydantic error types -> FHIR issue-type codes
+_ISSUE_CODES = {
+    "missing": "required",
+    "json_invalid": "structure",
+    "json_type": "structure",
+    "extra_forbidden": "structure",
+    "string_too_long": "too-long",
+    "too_long": "too-long",
+}
+
+
+def _expression(location: Sequence[Any]) -> str:
+    """pydantic's loc tuple as a FHIRPath-like expression: ('query', '_count') -> '_count'."""
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"
+
+
+def validation_issues(errors: Sequence[Mapping[str, Any]], *, prefix: str = "") -> list[Issue]:
+    """pydantic errors as OperationOutcome issues, one per error."""
+    issues = []
+    for error in errors:
+        where = _expression(error.get("loc", ()))
+        if prefix:
+            where = f"{prefix}.{where}" if where != "body" else prefix
+        issues.append(Issue(code=_ISSUE_CODES.get(error.get("type", ""), "invalid"),
+                            diagnostics=f"{where}: {error.get('msg', 'invalid value')}", expression=(where,)))
+    return issues

@@ -48,8 +48,11 @@ _compiled_cache: dict[str, Callable[[Any], list[Any]]] = {}
 
 def _compile(expression: str) -> Callable[[Any], list[Any]]:
     if expression not in _compiled_cache:
-        _compiled_cache[expression] = _simple_path(expression) or fhirpathpy.compile(
-            expression, model=fhirpath_models["r4"])
+        compiled = _simple_path(expression)
+        if compiled is None:
+            path = fhirpathpy.compile(expression, model=fhirpath_models["r4"])
+            compiled = lambda resource: path(resource, None)  # noqa: E731 - the one-argument shape of _simple_path
+        _compiled_cache[expression] = compiled
     return _compiled_cache[expression]
 
 
@@ -66,7 +69,8 @@ def _simple_path(expression: str) -> Callable[[Any], list[Any]] | None:
     of one type (`A.b.where(reference.startsWith('Patient/'))`, the `patient` parameters)."""
     if " | " in expression:
         branches = [_simple_path(branch.strip()) for branch in expression.split(" | ")]
-        return _union(branches) if all(branches) else None  # type: ignore[arg-type]
+        walked = [branch for branch in branches if branch is not None]
+        return _union(walked) if len(walked) == len(branches) else None
     prefixed = _REFERENCE_PREFIX.match(expression)
     if prefixed:
         inner = _simple_path(prefixed.group(1))

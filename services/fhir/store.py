@@ -36,7 +36,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlalchemy.orm import Mapped
+from sqlmodel import Session, col
 
 from services.fhir.outcome import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
 from services.fhir.searchparams import (
@@ -77,7 +78,8 @@ class StoredResource:
 
     def parsed(self) -> dict[str, Any]:
         assert self.content is not None
-        return orjson.loads(self.content)
+        resource: dict[str, Any] = orjson.loads(self.content)
+        return resource
 
 
 WriteListener = Callable[[Session, StoredResource, StoredResource | None], None]
@@ -276,7 +278,7 @@ class ResourceStore:
                 session.execute(insert(current).values(resource_type=resource_type, id=resource_id, **values))
             else:
                 assert previous is not None
-                result = session.execute(update(current).where(
+                result = session.exec(update(current).where(
                     current.c.resource_type == resource_type, current.c.id == resource_id,
                     current.c.version_id == previous.version_id).values(**values))
                 if result.rowcount != 1:
@@ -329,7 +331,7 @@ class ResourceStore:
         order = [(expr.desc() if desc != backwards else expr.asc()) for expr, desc in keys]
         stmt = (select(R.resource_type, R.id, R.version_id, R.last_updated, R.content, *[k for k, _ in keys])
                 .where(*where).order_by(*order).limit(query.count + 1))
-        rows = session.exec(stmt).all()
+        rows = session.execute(stmt).all()
         more = len(rows) > query.count
         rows = list(rows[: query.count])
         if backwards:
@@ -349,7 +351,7 @@ class ResourceStore:
     def _criterion(self, resource_type: str, criterion: Criterion) -> ColumnElement[bool]:
         R, I = self.R, self.I
         if criterion.name == "_id":
-            clause = R.id.in_(criterion.values)
+            clause = col(R.id).in_(criterion.values)
             return not_(clause) if criterion.modifier == "not" else clause
         if criterion.name == "_lastUpdated":
             return or_(*[_date_clause(R.last_updated, R.last_updated, criterion.name, v) for v in criterion.values])
@@ -365,27 +367,27 @@ class ResourceStore:
         I = self.I
         if criterion.type == "string":
             if criterion.modifier == "exact":
-                return I.value == value
+                return col(I.value) == value
             pattern = _like_escape(normalise(value))
             if criterion.modifier == "contains":
-                return I.norm.like(f"%{pattern}%", escape="\\")
-            return I.norm.like(f"{pattern}%", escape="\\")
+                return col(I.norm).like(f"%{pattern}%", escape="\\")
+            return col(I.norm).like(f"{pattern}%", escape="\\")
         if criterion.type == "token":
             if "|" in value:
                 system, code = value.split("|", 1)
                 if not system:
                     return and_(I.system.is_(None), I.value == code)
                 if not code:
-                    return I.system == system
+                    return col(I.system) == system
                 return and_(I.system == system, I.value == code)
-            return I.value == value
+            return col(I.value) == value
         if criterion.type == "reference":
             if "/" in value or "://" in value:
-                return I.value == value
-            return or_(I.value == value, I.value.like(f"%/{_like_escape(value)}", escape="\\"))
+                return col(I.value) == value
+            return or_(col(I.value) == value, col(I.value).like(f"%/{_like_escape(value)}", escape="\\"))
         if criterion.type == "date":
             return _date_clause(I.low, I.high, criterion.name, value)
-        return I.value == value  # uri: exact match
+        return col(I.value) == value  # uri: exact match
 
     def _sort_expressions(self, query: SearchQuery) -> list[tuple[Any, bool]]:
         R, I = self.R, self.I
@@ -483,7 +485,8 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _date_clause(low_col: Any, high_col: Any, name: str, value: str) -> ColumnElement[bool]:
+def _date_clause(low_col: Mapped[datetime | None], high_col: Mapped[datetime | None], name: str,
+                 value: str) -> ColumnElement[bool]:
     prefix, low, high = parse_date_criterion(name, value)
     if prefix == "eq":
         return and_(low_col >= low, high_col <= high)

@@ -15,8 +15,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, LargeBinary
+from sqlalchemy import DateTime, LargeBinary, Table, inspect
 from sqlmodel import Field, SQLModel
+
+
+def core_table(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for statements on columns alone. SQLModel sets `__table__` on every
+    table model but does not declare it, so type checkers know the table only through the mapper."""
+    table = inspect(model).local_table
+    assert isinstance(table, Table), f"{model.__name__} is not a table model"
+    return table
 
 
 class ResourceColumns(SQLModel):

@@ -118,8 +118,8 @@ class JwksSource:
             raise KeysUnavailable("the token issuer's key set cannot be fetched", retry_after=self._retry_at - now)
         fetching = self._fetching
         if fetching is None or fetching.done() or fetching.get_loop() is not asyncio.get_running_loop():
-            self._fetching = asyncio.ensure_future(self._fetch())
-        return await asyncio.shield(self._fetching)
+            fetching = self._fetching = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(fetching)
 
     async def _fetch(self) -> list[dict[str, Any]]:
         assert self.url is not None

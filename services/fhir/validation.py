@@ -16,8 +16,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
-from services.fhir.errors import validation_issues
-from services.fhir.outcome import BadRequest, Issue
+from services.fhir.outcome import BadRequest, Issue, validation_issues
 
 R4B_ONLY_ELEMENTS = frozenset({"subjectCanonical"})
 R4B_ONLY_TYPES = frozenset({"Ingredient", "ClinicalUseDefinition", "AdministrableProductDefinition",
@@ -122,6 +121,10 @@ def _empty(node: Any, path: str) -> Iterator[str]:
                 yield from _empty(value, where)
 
 
+def _strings(values: object) -> frozenset[str]:
+    return frozenset(v for v in values if isinstance(v, str)) if isinstance(values, list) else frozenset()
+
+
 def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
     """Missing required primitives, and codes outside a required binding (recorded as enum_values)."""
     for name, field in type(model).model_fields.items():
@@ -133,7 +136,7 @@ def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
                         diagnostics=f"{path}.{alias}: this element is required")
         if value is None or name == "fhir_comments":
             continue
-        allowed = R4_REQUIRED_CODES.get(f"{type(model).__name__}.{alias}") or extra.get("enum_values")
+        allowed = R4_REQUIRED_CODES.get(f"{type(model).__name__}.{alias}") or _strings(extra.get("enum_values"))
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")

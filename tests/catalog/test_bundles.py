@@ -287,6 +287,12 @@ def test_batch_search_entry_answers_a_searchset(client, r4_validator):
      404, "Bundle.entry[0].request.url"),
     ({"request": {"method": "POST", "url": "Medication"}, "resource": {"resourceType": "Patient"}},
      400, "Bundle.entry[0].resource.resourceType"),
+    ({"request": {"method": "GET", "url": "Medication/not_an*id"}}, 400, "Bundle.entry[0].request.url"),
+    ({"request": {"method": "GET", "url": "Medication/_history"}}, 400, "Bundle.entry[0].request.url"),
+    ({"request": {"method": "GET", "url": "medication/x"}}, 400, "Bundle.entry[0].request.url"),
+    ({"request": {"method": "GET", "url": "Medication/x?_elements=code"}}, 400, "Bundle.entry[0].request.url"),
+    ({"request": {"method": "POST", "url": "Medication/$validate"}, "resource": {"resourceType": "Medication"}},
+     400, "Bundle.entry[0].request.url"),
 ])
 def test_a_malformed_entry_fails_the_transaction_and_only_itself_in_a_batch(
         client, r4_validator, entry, status, expression):

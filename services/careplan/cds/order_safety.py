@@ -104,14 +104,14 @@ def order_safety_cards(call: HookCall, data: Prefetched, formulary: Protocol, ex
 
 
 def _concept(order: dict[str, Any]) -> dict[str, Any]:
-    if order["resourceType"] == "ServiceRequest":
-        return order.get("code") or {}
-    if order.get("medicationCodeableConcept"):
-        return order["medicationCodeableConcept"]
+    concept: dict[str, Any] = (order.get("code") if order["resourceType"] == "ServiceRequest"
+                               else order.get("medicationCodeableConcept")) or {}
+    if concept or order["resourceType"] == "ServiceRequest":
+        return concept
     reference = (order.get("medicationReference") or {})
     target = reference.get("reference", "")
     if target.startswith("#"):
-        contained = next((r for r in order.get("contained", []) if f"#{r.get('id')}" == target), {})
+        contained: dict[str, Any] = next((r for r in order.get("contained", []) if f"#{r.get('id')}" == target), {})
         return contained.get("code") or {"text": reference.get("display", "")}
     return {"text": reference.get("display", "")}
 
@@ -150,7 +150,8 @@ def _modality(order: dict[str, Any], formulary: Protocol) -> dict[str, Any] | No
 
 def _order_name(order: dict[str, Any], fallback: str) -> str:
     concept = _concept(order)
-    return concept.get("text") or next((c.get("display") for c in codings(concept) if c.get("display")), fallback)
+    name: str = concept.get("text") or next((c["display"] for c in codings(concept) if c.get("display")), fallback)
+    return name
 
 
 # ------------------------------------------------------------------ sessions of the active plan

@@ -106,10 +106,10 @@ class PrefetchResolver:
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
             log.warning("prefetch query failed", extra={"error": type(exc).__name__})
             return None
-        if not isinstance(value, dict) or await run_in_threadpool(r4_issues, value):
-            log.warning("prefetch answer is not valid R4")
-            return None
-        return value
+        if isinstance(value, dict) and not await run_in_threadpool(r4_issues, value):
+            return value
+        log.warning("prefetch answer is not valid R4")
+        return None
 
 
 def _resources(value: Any, key: str) -> list[dict[str, Any]]:
@@ -119,7 +119,9 @@ def _resources(value: Any, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
         raise BadRequest(f"prefetch.{key} must be a FHIR resource, a Bundle or null", expression=f"prefetch.{key}")
     if value["resourceType"] == "Bundle":
-        entries = value.get("entry") if isinstance(value.get("entry"), list) else []
+        entries = value.get("entry")
+        if not isinstance(entries, list):
+            entries = []
         return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)
                 and (e.get("search") or {}).get("mode", "match") == "match"]
     if value["resourceType"] == "OperationOutcome":

@@ -98,7 +98,9 @@ def read_capabilities(statement: dict[str, Any]) -> EhrCapabilities:
             update_create=entry.get("updateCreate") is True,
             versioned_update=entry.get("versioning") == "versioned-update",
             profiles=frozenset(declared))
-    software = statement.get("software") if isinstance(statement.get("software"), dict) else {}
+    software = statement.get("software")
+    if not isinstance(software, dict):
+        software = {}
     return EhrCapabilities(
         resources=resources,
         system=frozenset(_codes(rest.get("interaction"))),

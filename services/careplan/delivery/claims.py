@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from services.careplan.delivery.outbox import (
     CANCELLED,
@@ -100,10 +100,10 @@ def requeue(session: Session, delivery: Delivery) -> None:
 
 def latest_completed(session: Session, careplan_id: str, *, before_version: int | None = None) -> Delivery | None:
     """The newest delivery of this plan that reached the EHR: what the EHR holds, and at which version."""
-    stmt = select(Delivery).where(Delivery.careplan_id == careplan_id, Delivery.state == COMPLETED)
+    stmt = select(Delivery).where(col(Delivery.careplan_id) == careplan_id, col(Delivery.state) == COMPLETED)
     if before_version is not None:
-        stmt = stmt.where(Delivery.careplan_version < before_version)
-    return session.scalars(stmt.order_by(Delivery.careplan_version.desc()).limit(1)).first()
+        stmt = stmt.where(col(Delivery.careplan_version) < before_version)
+    return session.scalars(stmt.order_by(col(Delivery.careplan_version).desc()).limit(1)).first()
 
 
 def completed_by_plan(session: Session, careplan_ids: list[str]) -> dict[str, list[Delivery]]:
@@ -111,8 +111,8 @@ def completed_by_plan(session: Session, careplan_ids: list[str]) -> dict[str, li
 
     For each claimed version, the first entry other than itself is either a later version (it is
     superseded) or the version the EHR holds before it (it goes out as an update of that copy)."""
-    stmt = (select(Delivery).where(Delivery.careplan_id.in_(careplan_ids), Delivery.state == COMPLETED)
-            .order_by(Delivery.careplan_id, Delivery.careplan_version.desc()))
+    stmt = (select(Delivery).where(col(Delivery.careplan_id).in_(careplan_ids), col(Delivery.state) == COMPLETED)
+            .order_by(col(Delivery.careplan_id), col(Delivery.careplan_version).desc()))
     found: dict[str, list[Delivery]] = {careplan_id: [] for careplan_id in careplan_ids}
     for row in session.scalars(stmt):
         found[row.careplan_id].append(row)
@@ -132,7 +132,7 @@ def backlog(engine: Engine) -> tuple[int, datetime | None]:
     """(deliveries not yet finished, enqueue time of the oldest of them) for the metrics."""
     with Session(engine) as session:
         row = session.execute(select(func.count(), func.min(Delivery.created))
-                              .where(Delivery.state.in_(OPEN_STATES))).one()
+                              .where(col(Delivery.state).in_(OPEN_STATES))).one()
     return int(row[0] or 0), as_utc(row[1]) if row[1] is not None else None
 
 

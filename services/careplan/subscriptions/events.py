@@ -33,6 +33,7 @@ from services.careplan.subscriptions.tables import ACTIVE, EVENT, Notification, 
 from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
 from services.careplan.tables import CareplanResourceVersion
 from services.fhir.store import StoredResource, utcnow
+from services.fhir.tables import core_table
 
 NOTIFY_CHANNEL = "careplan_subscription"
 
@@ -41,7 +42,7 @@ def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus
                  focus_version: int | None, interaction: str, patient: str | None, categories: list[str],
                  occurred: datetime) -> int:
     """Queue one event for every matching subscription; returns how many."""
-    subs = Subscription.__table__
+    subs = core_table(Subscription)
     matching = and_(
         subs.c.topic == topic.url, subs.c.status == ACTIVE, subs.c.deleted.is_(False),
         or_(subs.c.end_at.is_(None), subs.c.end_at > occurred),
@@ -58,7 +59,7 @@ def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus
     if not bumped:
         return 0
     now = utcnow()
-    connection.execute(insert(Notification.__table__), [
+    connection.execute(insert(core_table(Notification)), [
         {"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT, "topic": topic.url,
          "focus_type": focus_type, "focus_id": focus_id, "focus_version": focus_version,
          "interaction": interaction, "occurred": occurred, "state": "pending", "attempts": 0,
@@ -112,13 +113,13 @@ def make_delivery_event_hook(poke: Callable[[], None] | None = None) -> Callable
 
 
 def _anyone_listening(connection: Connection, topic: Topic) -> bool:
-    subs = Subscription.__table__
+    subs = core_table(Subscription)
     return connection.execute(select(subs.c.id).where(subs.c.topic == topic.url, subs.c.status == ACTIVE)
                               .limit(1)).first() is not None
 
 
 def _plan_categories(connection: Connection, delivery: Delivery) -> list[str]:
-    versions = CareplanResourceVersion.__table__
+    versions = core_table(CareplanResourceVersion)
     content = connection.execute(
         select(versions.c.content).where(versions.c.resource_type == "CarePlan",
                                          versions.c.id == delivery.careplan_id,

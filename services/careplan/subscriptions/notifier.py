@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from services.careplan.delivery.outbox import Delivery
 from services.careplan.delivery.retry import RetryPolicy, parse_retry_after
@@ -64,6 +64,7 @@ from services.careplan.tasks import task_resource
 from services.fhir.jsonio import dumps
 from services.fhir.outcome import FhirError
 from services.fhir.store import ResourceStore, as_utc, utcnow
+from services.fhir.tables import core_table
 
 log = logging.getLogger("cicatrix.careplan.subscriptions")
 
@@ -133,8 +134,8 @@ class Notifier(Relay):
     def _next_due(self) -> datetime | None:
         moments = [QUEUE.next_due(self.engine)]
         with Session(self.engine) as session:
-            beat = session.scalar(select(func.min(Subscription.heartbeat_due_at))
-                                  .where(Subscription.status == ACTIVE, Subscription.deleted.is_(False)))
+            beat = session.scalar(select(func.min(col(Subscription.heartbeat_due_at)))
+                                  .where(col(Subscription.status) == ACTIVE, col(Subscription.deleted).is_(False)))
         moments.append(as_utc(beat) if beat is not None else None)
         found = [m for m in moments if m is not None]
         return min(found) if found else None
@@ -160,7 +161,8 @@ class Notifier(Relay):
         """What each claimed notification needs, read in one session."""
         with Session(self.engine, expire_on_commit=False) as session:
             ids = {row.subscription_id for row in claimed}
-            subscriptions = {s.id: s for s in session.scalars(select(Subscription).where(Subscription.id.in_(ids)))}
+            chosen = select(Subscription).where(col(Subscription.id).in_(ids))
+            subscriptions = {s.id: s for s in session.scalars(chosen)}
             jobs: list[Job | Exception] = []
             for row in claimed:
                 subscription = subscriptions.get(row.subscription_id)
@@ -180,16 +182,16 @@ class Notifier(Relay):
     def _claim_heartbeats(self, limit: int) -> list[Subscription]:
         """Active subscriptions whose heartbeat is due and that have nothing queued; each moved to its next beat."""
         now = utcnow()
-        table = Subscription.__table__
+        table = core_table(Subscription)
         with Session(self.engine, expire_on_commit=False) as session:
-            queued = select(Notification.subscription_id).where(Notification.state.in_(OPEN_STATES))
+            queued = select(col(Notification.subscription_id)).where(col(Notification.state).in_(OPEN_STATES))
             due = list(session.scalars(
-                select(Subscription).where(Subscription.status == ACTIVE, Subscription.deleted.is_(False),
-                                           Subscription.heartbeat_due_at <= now,
-                                           Subscription.id.not_in(queued)).limit(limit)))
+                select(Subscription).where(col(Subscription.status) == ACTIVE, col(Subscription.deleted).is_(False),
+                                           col(Subscription.heartbeat_due_at) <= now,
+                                           col(Subscription.id).not_in(queued)).limit(limit)))
             mine = []
             for row in due:  # compare-and-set: of several workers, one sends each beat
-                taken = session.execute(
+                taken = session.exec(
                     update(table).where(table.c.id == row.id, table.c.heartbeat_due_at == row.heartbeat_due_at)
                     .values(heartbeat_due_at=now + timedelta(seconds=row.heartbeat_seconds or 0)))
                 if taken.rowcount == 1:
@@ -278,7 +280,7 @@ class Notifier(Relay):
 
 def _after_sent(row: Notification, subscription: Subscription, connection: Connection) -> None:
     """In the transaction that records a sent notification: a handshake activates; every send resets the heartbeat."""
-    table = Subscription.__table__
+    table = core_table(Subscription)
     now = utcnow()
     values: dict[str, Any] = {}
     if subscription.heartbeat_seconds:
@@ -292,7 +294,7 @@ def _after_sent(row: Notification, subscription: Subscription, connection: Conne
 
 def _subscription_error(subscription_id: str, reason: str, connection: Connection) -> None:
     """In the transaction that gives up on a notification: the subscription goes to error, its queue is dropped."""
-    subs, notes = Subscription.__table__, Notification.__table__
+    subs, notes = core_table(Subscription), core_table(Notification)
     now = utcnow()
     connection.execute(update(subs).where(subs.c.id == subscription_id, subs.c.status.in_((ACTIVE, REQUESTED)))
                        .values(status=ERROR, error=reason[:2000], updated=now, heartbeat_due_at=None,

@@ -20,11 +20,12 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import Request
 from sqlalchemy import func, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.careplan.leases import PENDING, notify
+from services.careplan.settings import careplan_settings
 from services.careplan.subscriptions.bundles import Event, notification_bundle, status_bundle
 from services.careplan.subscriptions.events import NOTIFY_CHANNEL
 from services.careplan.subscriptions.notifier import focus_resource
@@ -47,6 +48,7 @@ from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unproce
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
 from services.fhir.store import ResourceStore, as_utc, utcnow
+from services.fhir.tables import core_table
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
 STATUS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-status"
@@ -106,9 +108,10 @@ def subscription_entries(store: ResourceStore, *, poke: Callable[[], None] | Non
 
         def save() -> Subscription:
             count = session.scalar(select(func.count()).select_from(Subscription)
-                                   .where(Subscription.deleted.is_(False))) or 0
-            if count >= ctx.settings.SUBSCRIPTION_MAX_SUBSCRIPTIONS:
-                raise Unprocessable(f"this service keeps at most {ctx.settings.SUBSCRIPTION_MAX_SUBSCRIPTIONS} "
+                                   .where(col(Subscription.deleted).is_(False))) or 0
+            most = careplan_settings(ctx.settings).SUBSCRIPTION_MAX_SUBSCRIPTIONS
+            if count >= most:
+                raise Unprocessable(f"this service keeps at most {most} "
                                     "subscriptions; delete one first", code="business-rule")
             now = utcnow()
             stored = {k: v for k, v in requested.resource.items() if k not in ("id", "meta", "error")}
@@ -141,26 +144,26 @@ def subscription_entries(store: ResourceStore, *, poke: Callable[[], None] | Non
     def search_subscriptions(request: Request, session: SessionDep, ctx: ContextDep) -> Response:
         """Subscriptions by `status`, `url` (endpoint), `criteria` (topic) or `_id`."""
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
-        stmt = select(Subscription).where(Subscription.deleted.is_(False))
+        stmt = select(Subscription).where(col(Subscription.deleted).is_(False))
         access = current_access(request)
         if access is not None and access.patient is not None:
-            stmt = stmt.where(Subscription.owner_patient == access.patient)
+            stmt = stmt.where(col(Subscription.owner_patient) == access.patient)
         count, warnings = 50, []
         for name, value in pairs:
             if name == "status":
-                stmt = stmt.where(Subscription.status.in_(value.split(",")))
+                stmt = stmt.where(col(Subscription.status).in_(value.split(",")))
             elif name == "url":
-                stmt = stmt.where(Subscription.endpoint == value)
+                stmt = stmt.where(col(Subscription.endpoint) == value)
             elif name == "criteria":
-                stmt = stmt.where(Subscription.topic == value)
+                stmt = stmt.where(col(Subscription.topic) == value)
             elif name == "_id":
-                stmt = stmt.where(Subscription.id.in_(value.split(",")))
+                stmt = stmt.where(col(Subscription.id).in_(value.split(",")))
             elif name == "_count":
                 count = page_size(value, MAX_COUNT)
             elif name != "_format":
                 warnings.append(ignored_parameter(name))
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        rows = session.scalars(stmt.order_by(Subscription.created, Subscription.id).limit(count)).all()
+        rows = session.scalars(stmt.order_by(col(Subscription.created), col(Subscription.id)).limit(count)).all()
         bundle = rendered_searchset(fhir_base(request, ctx.settings.BASE_URL), "Subscription",
                                     [render(row) for row in rows], total=total,
                                     params=[(k, v) for k, v in pairs if k in SEARCH_PARAMS], warnings=warnings)
@@ -177,7 +180,7 @@ def subscription_entries(store: ResourceStore, *, poke: Callable[[], None] | Non
         """Stop a subscription: nothing more is sent, what is queued is dropped."""
         row = visible(session, request, resource_id)
         now = utcnow()
-        notes = Notification.__table__
+        notes = core_table(Notification)
         session.execute(update(notes).where(notes.c.subscription_id == row.id, notes.c.state == PENDING)
                         .values(state=DROPPED, finished_at=now, updated=now, last_error="subscription deleted",
                                 row_version=notes.c.row_version + 1))
@@ -207,11 +210,12 @@ def subscription_entries(store: ResourceStore, *, poke: Callable[[], None] | Non
                 raise BadRequest("content is empty, id-only or full-resource", expression="content")
             if content == "full-resource":
                 check_can_read(current_access(request), BY_ID[row.topic.rsplit("/", 1)[-1]].resource)
-            stmt = select(Notification).where(Notification.subscription_id == row.id, Notification.kind == EVENT,
-                                              Notification.seq >= since)
+            stmt = select(Notification).where(col(Notification.subscription_id) == row.id,
+                                              col(Notification.kind) == EVENT, col(Notification.seq) >= since)
             if until is not None:
-                stmt = stmt.where(Notification.seq <= until)
-            found = session.scalars(stmt.order_by(Notification.seq).limit(ctx.settings.SUBSCRIPTION_EVENTS_MAX))
+                stmt = stmt.where(col(Notification.seq) <= until)
+            most = careplan_settings(ctx.settings).SUBSCRIPTION_EVENTS_MAX
+            found = session.scalars(stmt.order_by(col(Notification.seq)).limit(most))
             events = []
             for note in found:
                 event = Event(note.seq, as_utc(note.occurred), note.focus_type, note.focus_id, note.focus_version,
