@@ -7,8 +7,8 @@ from it, so that none of them can list what the others do not:
 
 - the routes (`install`): one FastAPI route per path and method of the FHIR URL grammar
   (services.fhir.routes), ordered so that a literal segment (`$expand`, `_history`, `Task`) comes
-  before a parameter that could take it, whatever order the entries were added in; routes that
-  answer ahead of FastAPI (services.fhir.fastread) go first of all;
+  before a parameter that could take it, and otherwise in the table's order; routes that answer
+  ahead of FastAPI (services.fhir.fastread) go first of all;
 - the CapabilityStatement (`declare`): each type's interactions (in a fixed order) and operations (in
   the table's), beside what its `ResourceCapability` says of it (profile, search parameters, extensions);
 - the OpenAPI document: each route's summary and tag;
@@ -78,7 +78,9 @@ class Entry:
     """An operation's OperationDefinition canonical."""
     documentation: str = ""
     tag: str = "resources"
+    """The OpenAPI tag of its route."""
     ahead: AheadRoute | None = None
+    """The route that answers it before FastAPI's routing (the fast read), beside the documented one."""
 
     def __post_init__(self) -> None:
         if self.is_operation:
