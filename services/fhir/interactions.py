@@ -28,7 +28,15 @@ from services.fhir.fastread import FastReads
 from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import FORM_BODY_TYPE, loads, media_type, read_json, read_resource
 from services.fhir.limits import limit
-from services.fhir.outcome import BadRequest, FhirError, Issue, NotFound, UnsupportedMediaType, operation_outcome
+from services.fhir.outcome import (
+    BadRequest,
+    FhirError,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+    operation_outcome,
+)
 from services.fhir.patch import JSON_PATCH, apply_json_patch
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import content_etag_response, fhir_base, read_response, write_response
@@ -111,10 +119,14 @@ class ResourceInteractions:
 
     def read(self, resource_type: str, resource_id: str) -> Response:
         """Read the current version (304 when If-None-Match names it)."""
-        # The read in the OpenAPI document, answering only types not served here (404 not-supported): reads of
-        # the served types are answered ahead of FastAPI by `fastread.ReadRoute`, installed from the read entry.
+        # The read in the OpenAPI document. Reads of the served types with a FHIR id are answered ahead of FastAPI
+        # by `fastread.ReadRoute`, installed from the read entry; what reaches this route names no resource: an
+        # unserved type, or a segment no FHIR id can be (`$op`, `_history`, `_search`) that no other route took.
         self.check_type(resource_type)
-        raise RuntimeError(f"A read of {resource_type}/{resource_id} reached FastAPI: install fastread.ReadRoute")
+        if resource_id == "_search":
+            raise MethodNotAllowed(f"Search {resource_type} by GET {resource_type}?... or POST {resource_type}/_search")
+        what = f"The operation {resource_id}" if resource_id.startswith("$") else f"{resource_type}/{resource_id}"
+        raise NotFound(f"{what} is not served on {resource_type} here; see /fhir/metadata", code="not-supported")
 
     def vread(self, resource_type: str, resource_id: str, version_id: str, request: Request,
               session: SessionDep) -> Response:

@@ -126,3 +126,16 @@ def test_every_table_entry_has_an_access_rule(client: TestClient) -> None:
             assert request.interaction == ("operation" if entry.is_operation else entry.interaction) or (
                 request.interaction == "batch" and entry.interaction == "transaction"), entry.name
             assert policy.needs(request) or request.interaction == "batch", entry.name  # a Bundle: its entries'
+
+
+@pytest.mark.parametrize(("segment", "status"), [("$no-such-operation", 404), ("_history", 404), ("_search", 405)])
+def test_what_names_no_resource_of_a_served_type_is_refused_as_not_supported(
+        client: TestClient, r4_validator: Any, segment: str, status: int) -> None:
+    """Past the read route, `[type]/[segment]` where no FHIR id can be names nothing served: a clear 4xx."""
+    served = next(r["type"] for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]
+                  if not any(i["code"] == "history-type" for i in r.get("interaction", [])))
+    response = client.get(f"/fhir/{served}/{segment}", headers=FHIR_JSON)
+    assert response.status_code == status
+    outcome = response.json()
+    r4_validator.assert_valid(response.content)
+    assert outcome["issue"][0]["code"] == "not-supported"
