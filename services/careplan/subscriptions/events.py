@@ -29,20 +29,21 @@ from sqlmodel import Session
 
 from services.careplan.delivery.outbox import Delivery
 from services.careplan.leases import notify
-from services.careplan.subscriptions.tables import ACTIVE, EVENT, Notification, Subscription
+from services.careplan.subscriptions.tables import ACTIVE, EVENT, NOTIFICATIONS, SUBSCRIPTIONS
 from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
 from services.careplan.tables import CareplanResourceVersion
 from services.fhir.store import StoredResource, utcnow
 from services.fhir.tables import core_table
 
 NOTIFY_CHANNEL = "careplan_subscription"
+_PLAN_VERSIONS = core_table(CareplanResourceVersion)
 
 
 def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus_id: str,
                  focus_version: int | None, interaction: str, patient: str | None, categories: list[str],
                  occurred: datetime) -> int:
     """Queue one event for every matching subscription; returns how many."""
-    subs = core_table(Subscription)
+    subs = SUBSCRIPTIONS
     matching = and_(
         subs.c.topic == topic.url, subs.c.status == ACTIVE, subs.c.deleted.is_(False),
         or_(subs.c.end_at.is_(None), subs.c.end_at > occurred),
@@ -59,7 +60,7 @@ def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus
     if not bumped:
         return 0
     now = utcnow()
-    connection.execute(insert(core_table(Notification)), [
+    connection.execute(insert(NOTIFICATIONS), [
         {"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT, "topic": topic.url,
          "focus_type": focus_type, "focus_id": focus_id, "focus_version": focus_version,
          "interaction": interaction, "occurred": occurred, "state": "pending", "attempts": 0,
@@ -113,13 +114,13 @@ def make_delivery_event_hook(poke: Callable[[], None] | None = None) -> Callable
 
 
 def _anyone_listening(connection: Connection, topic: Topic) -> bool:
-    subs = core_table(Subscription)
+    subs = SUBSCRIPTIONS
     return connection.execute(select(subs.c.id).where(subs.c.topic == topic.url, subs.c.status == ACTIVE)
                               .limit(1)).first() is not None
 
 
 def _plan_categories(connection: Connection, delivery: Delivery) -> list[str]:
-    versions = core_table(CareplanResourceVersion)
+    versions = _PLAN_VERSIONS
     content = connection.execute(
         select(versions.c.content).where(versions.c.resource_type == "CarePlan",
                                          versions.c.id == delivery.careplan_id,

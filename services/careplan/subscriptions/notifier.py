@@ -54,8 +54,10 @@ from services.careplan.subscriptions.tables import (
     ERROR,
     FAILED,
     HANDSHAKE,
+    NOTIFICATIONS,
     REQUESTED,
     SENT,
+    SUBSCRIPTIONS,
     Notification,
     Subscription,
 )
@@ -64,7 +66,6 @@ from services.careplan.tasks import task_resource
 from services.fhir.jsonio import dumps
 from services.fhir.outcome import FhirError
 from services.fhir.store import ResourceStore, as_utc, utcnow
-from services.fhir.tables import core_table
 
 log = logging.getLogger("cicatrix.careplan.subscriptions")
 
@@ -182,7 +183,7 @@ class Notifier(Relay):
     def _claim_heartbeats(self, limit: int) -> list[Subscription]:
         """Active subscriptions whose heartbeat is due and that have nothing queued; each moved to its next beat."""
         now = utcnow()
-        table = core_table(Subscription)
+        table = SUBSCRIPTIONS
         with Session(self.engine, expire_on_commit=False) as session:
             queued = select(col(Notification.subscription_id)).where(col(Notification.state).in_(OPEN_STATES))
             due = list(session.scalars(
@@ -280,7 +281,7 @@ class Notifier(Relay):
 
 def _after_sent(row: Notification, subscription: Subscription, connection: Connection) -> None:
     """In the transaction that records a sent notification: a handshake activates; every send resets the heartbeat."""
-    table = core_table(Subscription)
+    table = SUBSCRIPTIONS
     now = utcnow()
     values: dict[str, Any] = {}
     if subscription.heartbeat_seconds:
@@ -294,7 +295,7 @@ def _after_sent(row: Notification, subscription: Subscription, connection: Conne
 
 def _subscription_error(subscription_id: str, reason: str, connection: Connection) -> None:
     """In the transaction that gives up on a notification: the subscription goes to error, its queue is dropped."""
-    subs, notes = core_table(Subscription), core_table(Notification)
+    subs, notes = SUBSCRIPTIONS, NOTIFICATIONS
     now = utcnow()
     connection.execute(update(subs).where(subs.c.id == subscription_id, subs.c.status.in_((ACTIVE, REQUESTED)))
                        .values(status=ERROR, error=reason[:2000], updated=now, heartbeat_due_at=None,

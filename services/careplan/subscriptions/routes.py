@@ -36,7 +36,15 @@ from services.careplan.subscriptions.resource import (
     patient_issue,
     render,
 )
-from services.careplan.subscriptions.tables import DROPPED, EVENT, HANDSHAKE, OFF, Notification, Subscription
+from services.careplan.subscriptions.tables import (
+    DROPPED,
+    EVENT,
+    HANDSHAKE,
+    NOTIFICATIONS,
+    OFF,
+    Notification,
+    Subscription,
+)
 from services.careplan.subscriptions.topics import BY_ID, TOPICS, topic_resource
 from services.fhir.bundles import ignored_parameter, page_size, rendered_searchset
 from services.fhir.compartment import current_access
@@ -48,7 +56,6 @@ from services.fhir.outcome import BadRequest, Forbidden, Gone, NotFound, Unproce
 from services.fhir.responses import FhirResponse, etag, http_date
 from services.fhir.rest import fhir_base
 from services.fhir.store import ResourceStore, as_utc, utcnow
-from services.fhir.tables import core_table
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/"
 STATUS_DEFINITION = BACKPORT + "OperationDefinition/backport-subscription-status"
@@ -180,7 +187,7 @@ def subscription_entries(store: ResourceStore, *, poke: Callable[[], None] | Non
         """Stop a subscription: nothing more is sent, what is queued is dropped."""
         row = visible(session, request, resource_id)
         now = utcnow()
-        notes = core_table(Notification)
+        notes = NOTIFICATIONS
         session.execute(update(notes).where(notes.c.subscription_id == row.id, notes.c.state == PENDING)
                         .values(state=DROPPED, finished_at=now, updated=now, last_error="subscription deleted",
                                 row_version=notes.c.row_version + 1))

@@ -21,6 +21,7 @@ from sqlalchemy import DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from services.careplan.leases import LeaseColumns
+from services.fhir.tables import core_table
 
 REQUESTED, ACTIVE, ERROR, OFF = "requested", "active", "error", "off"
 HANDSHAKE, EVENT = "handshake", "event-notification"
@@ -82,3 +83,8 @@ class Notification(LeaseColumns, table=True):
     interaction: str | None = Field(default=None, max_length=8)
     """create | update: how the focus came to be (the notification Bundle's entry.request)."""
     occurred: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+
+
+SUBSCRIPTIONS = core_table(Subscription)
+NOTIFICATIONS = core_table(Notification)
+"""The two tables for Core statements on columns alone (the event fan-out, the notifier's claims)."""
