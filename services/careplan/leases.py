@@ -115,7 +115,15 @@ class LeasedQueue:
         )
 
     def claim(self, engine: Engine, *, worker: str, limit: int, lease_seconds: float) -> list[Any]:
-        """Take up to `limit` due rows for `worker` (committed before returning), in due order.
+        """Take up to `limit` due rows for `worker` (committed before returning), in due order."""
+        with Session(engine, expire_on_commit=False) as session:
+            rows = self.claim_in(session, worker=worker, limit=limit, lease_seconds=lease_seconds)
+            session.commit()
+        return rows
+
+    def claim_in(self, session: OrmSession, *, worker: str, limit: int, lease_seconds: float) -> list[Any]:
+        """`claim` inside the caller's transaction (the caller commits), so results written just before in the
+        same transaction free the next rows of their groups for this very claim.
 
         One statement: `UPDATE ... WHERE id IN (due rows) RETURNING *`. The lease bump and the ambiguity of
         a row whose lease ran out (`state = 'sending'` before the update) are computed by the database from
@@ -123,7 +131,7 @@ class LeasedQueue:
         model, now = self.model, utcnow()
         due = (select(model.id).where(self.due(now))
                .order_by(model.next_attempt_at, self._column(self.order)).limit(limit).correlate(None))
-        if engine.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True, of=model)
         stmt = (update(model).where(model.id.in_(due.scalar_subquery()))
                 .values(state=SENDING, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds),
@@ -133,9 +141,7 @@ class LeasedQueue:
                         first_attempt_at=func.coalesce(model.first_attempt_at, now),
                         updated=now, row_version=model.row_version + 1)
                 .returning(model).execution_options(synchronize_session=False))
-        with Session(engine, expire_on_commit=False) as session:
-            rows = list(session.scalars(stmt).all())
-            session.commit()
+        rows = list(session.scalars(stmt).all())
         rows.sort(key=lambda row: (as_utc(row.next_attempt_at), getattr(row, self.order)))
         return rows
 
@@ -158,17 +164,22 @@ class LeasedQueue:
 
         `then` runs in the same transaction, so what follows from the result (an event about it, the
         state of what the row belongs to) commits with it or not at all."""
-        table = self.model.__table__
         with engine.begin() as connection:
-            result = connection.execute(
-                update(table).where(table.c.id == row_id, table.c.lease == lease, table.c.state == SENDING)
-                .values(updated=utcnow(), claimed_by=None, claimed_until=None,
-                        row_version=table.c.row_version + 1, **values))
-            if result.rowcount != 1:
-                return False
-            if then is not None:
-                then(connection)
-            return True
+            return self.finish_in(connection, row_id, lease, then=then, **values)
+
+    def finish_in(self, connection: Connection, row_id: str, lease: int, *, then: AfterFinish | None = None,
+                  **values: Any) -> bool:
+        """`finish` inside the caller's transaction (the caller commits)."""
+        table = self.model.__table__
+        result = connection.execute(
+            update(table).where(table.c.id == row_id, table.c.lease == lease, table.c.state == SENDING)
+            .values(updated=utcnow(), claimed_by=None, claimed_until=None,
+                    row_version=table.c.row_version + 1, **values))
+        if result.rowcount != 1:
+            return False
+        if then is not None:
+            then(connection)
+        return True
 
     def next_due(self, engine: Engine) -> datetime | None:
         """When the earliest pending row (or lease) falls due: how long an idle relay may sleep."""

@@ -8,11 +8,17 @@ notifier), embedded in the careplan app or run by `cicatrix dispatch`:
     idle: sleep until woken (NOTIFY on PostgreSQL, a poke after a local commit, a finished task),
           until the next retry or lease falls due, or `poll_seconds` at most (the polling fallback)
 
+A task may end with a result to write (whatever its work coroutine returns other than None). The
+results of finished tasks are handed to the next claim, which writes them in its own transaction
+before claiming: one thread hop and one commit for a batch of results, not one each. A result waits
+at most `settle_seconds` for that claim; with nothing left in flight it is written at once.
+
 Everything a row needs is read from the database for each attempt and every outcome
-is written back by the subclass before the next claim, so the process can be killed
-at any moment: rows it held come back after their lease (see `services.careplan.leases`).
-While it lives, it renews the lease of its in-flight rows every third of the lease, so
-an attempt slower than the lease is never taken over and sent twice.
+is written back by the subclass, so the process can be killed at any moment: rows it
+held come back after their lease (see `services.careplan.leases`), results not yet written
+included. While it lives, it renews the lease of its in-flight rows, and of rows whose result
+waits to be written, every third of the lease, so an attempt slower than the lease is never
+taken over and sent twice.
 
 `stop()` stops claiming, lets in-flight work finish for `grace_seconds`, then cancels
 the rest; a subclass releases a cancelled row at once for another worker.
@@ -25,6 +31,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -37,7 +44,11 @@ from services.fhir.store import utcnow
 
 log = logging.getLogger("cicatrix.careplan.relay")
 
-Work = Callable[[], Coroutine[Any, Any, None]]
+Work = Callable[[], Coroutine[Any, Any, object | None]]
+"""A claimed row's attempt; what it returns (unless None) is handed to the next `_claim_work` to write."""
+
+SETTLE_SECONDS = 0.1
+"""How long a finished task's result may wait for the next claim to write it."""
 
 
 def worker_name() -> str:
@@ -59,15 +70,20 @@ class Relay:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, asyncio.Task[object | None]] = {}
+        self._unwritten: list[tuple[str, object]] = []
+        """(row key, result) of finished tasks, in the order they finished; written by the next claim."""
+        self._unwritten_since = 0.0
+        self.settle_seconds = SETTLE_SECONDS
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
 
     # ----------------------------------------------------------------- subclass hooks
 
-    def _claim_work(self, limit: int) -> list[tuple[str, Work]]:
-        """Claim up to `limit` rows (runs in a worker thread); (row key, the coroutine that works it) each."""
+    def _claim_work(self, limit: int, results: list[object]) -> list[tuple[str, Work]]:
+        """Write `results` (of finished tasks), then claim up to `limit` rows (none when 0), in a worker thread;
+        (row key, the coroutine that works it) each. `results` are the subclass's to write, even if it raises."""
         raise NotImplementedError
 
     def _renew_work(self, keys: list[str]) -> None:
@@ -109,7 +125,7 @@ class Relay:
             while not self._stopping:
                 self._wake.clear()
                 claimed = await self._claim()
-                idle = until_idle and not self._in_flight and not claimed
+                idle = until_idle and not self._in_flight and not self._unwritten and not claimed
                 if idle and await asyncio.to_thread(self._open_count) == 0:
                     return
                 if claimed and len(self._in_flight) < self.batch_size:
@@ -119,14 +135,18 @@ class Relay:
             for task in background:
                 task.cancel()
             await self._drain()
+            await self._write_results()
             log.info(f"{self.name} stopped", extra={"worker": self.worker})
 
     async def _claim(self) -> int:
         free = self.batch_size - len(self._in_flight)
         if free <= 0 or (self._in_flight and free < max(1, self.batch_size // 2)):
-            return 0  # claim in batches: one claim transaction per few rows, not per row
+            free = 0  # claim in batches: one claim transaction per few rows, not per row
+        if free == 0 and not self._results_due():
+            return 0
+        results, self._unwritten = [result for _, result in self._unwritten], []
         try:
-            claimed = await asyncio.to_thread(self._claim_work, free)
+            claimed = await asyncio.to_thread(self._claim_work, free, results)
         except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
             log.warning("claiming failed; will try again", extra={"error": type(exc).__name__, "relay": self.name})
             return 0
@@ -142,10 +162,35 @@ class Relay:
             task.add_done_callback(partial(self._done, key))
         return started
 
-    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
+    def _done(self, key: str, task: asyncio.Task[object | None]) -> None:
         self._in_flight.pop(key, None)
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                log.error(f"{self.name}: an attempt ended with an error; its row comes back after its lease",
+                          exc_info=error, extra={"relay": self.name})
+            elif (result := task.result()) is not None:
+                if not self._unwritten:
+                    self._unwritten_since = time.monotonic()
+                self._unwritten.append((key, result))
         if self._wake is not None:
             self._wake.set()
+
+    def _results_due(self) -> bool:
+        """Whether the waiting results are written now rather than with a later claim."""
+        return bool(self._unwritten) and (not self._in_flight or self._stopping
+                                          or time.monotonic() - self._unwritten_since >= self.settle_seconds)
+
+    async def _write_results(self) -> None:
+        """Shutdown: write what finished tasks left; if that fails, their rows come back after their lease."""
+        if not self._unwritten:
+            return
+        results, self._unwritten = [result for _, result in self._unwritten], []
+        try:
+            await asyncio.to_thread(self._claim_work, 0, results)
+        except Exception as exc:  # noqa: BLE001 - shutting down: the leases bring the rows back
+            log.warning("writing results at shutdown failed; the rows come back after their lease",
+                        extra={"error": type(exc).__name__, "relay": self.name})
 
     async def _sleep(self) -> None:
         """Until woken, the next retry or lease falls due, or the poll interval passes."""
@@ -158,6 +203,8 @@ class Relay:
                 due = None
         if due is not None:
             timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()) + 0.005)
+        if self._unwritten:
+            timeout = min(timeout, max(0.0, self._unwritten_since + self.settle_seconds - time.monotonic()))
         assert self._wake is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
@@ -166,7 +213,7 @@ class Relay:
         """Renew the lease on what is in flight every third of the lease; a failure is retried next time."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            keys = list(self._in_flight)
+            keys = [*self._in_flight, *(key for key, _ in self._unwritten)]
             if not keys:
                 continue
             try:

@@ -155,6 +155,29 @@ class ResourceStore:
             raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         return stored
 
+    def read_many(self, session: Session, resource_type: str,
+                  resource_ids: Collection[str]) -> dict[str, StoredResource]:
+        """The current version of each of `resource_ids` that exists, in one statement (deleted ones included:
+        `deleted` says so); ids that are not valid FHIR ids or not known are absent from the answer."""
+        wanted = sorted({i for i in resource_ids if FHIR_ID.match(i)})
+        if not wanted:
+            return {}
+        table = self.R.__table__
+        rows = session.execute(select(table).where(table.c.resource_type == resource_type, table.c.id.in_(wanted)))
+        return {row.id: self._stored(row) for row in rows}
+
+    def vread_many(self, session: Session, resource_type: str,
+                   versions: Collection[tuple[str, int]]) -> dict[tuple[str, int], StoredResource]:
+        """Each (id, version) of `versions` that exists, in one statement (deletions included: `deleted` says so)."""
+        if not versions:
+            return {}
+        table = self.V.__table__
+        rows = session.execute(select(table).where(
+            table.c.resource_type == resource_type, table.c.id.in_(sorted({i for i, _ in versions})),
+            table.c.version_id.in_(sorted({v for _, v in versions}))))
+        found = {(row.id, row.version_id): self._stored(row) for row in rows}
+        return {key: found[key] for key in versions if key in found}
+
     def history(self, session: Session, resource_type: str, resource_id: str, *, count: int = 100,
                 before_version: int | None = None) -> list[StoredResource]:
         """Versions newest first; 404 when the resource never existed."""

@@ -1,5 +1,8 @@
 """The delivery outbox's SQL: claim due deliveries, record each attempt's result, release on shutdown.
 
+An attempt's result is a `Result`: the columns to write, built when the attempt ends. The dispatcher writes
+the results of a batch in the transaction of its next claim (`record_and_claim`), not one transaction each.
+
 Claiming, leases and fencing are the careplan's leased-queue rules (`services.careplan.leases`):
 `FOR UPDATE SKIP LOCKED` on PostgreSQL, a compare-and-set on the lease everywhere. A worker
 killed mid-delivery leaves its rows `sending`; once the lease runs out they are claimed as
@@ -14,7 +17,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
 from services.careplan.delivery.outbox import (
@@ -47,42 +50,78 @@ def claim(engine: Engine, *, worker: str, limit: int, lease_seconds: float) -> l
     return [Claim(row, row.lease, row.ambiguous) for row in rows]
 
 
-def _finish(engine: Engine, claim: Claim, *, then: AfterFinish | None = None, **values: Any) -> bool:
-    """Write the attempt's result if the lease is still ours; False when another worker took the row over."""
-    return QUEUE.finish(engine, claim.delivery.id, claim.lease, then=then, **values)
+@dataclass(frozen=True)
+class Result:
+    """An attempt's result as the columns to write to its row, written only while the lease is still ours."""
+
+    claim: Claim
+    values: dict[str, Any]
+    then: AfterFinish | None = None
+    """Runs in the transaction that writes the result (the finish hooks of a final state)."""
+
+
+def write(connection: Connection, result: Result) -> bool:
+    """Write `result` in the caller's transaction; False when another worker took the row over."""
+    return QUEUE.finish_in(connection, result.claim.delivery.id, result.claim.lease, then=result.then,
+                           **result.values)
+
+
+def record(engine: Engine, result: Result) -> bool:
+    """Write `result` in a transaction of its own."""
+    with engine.begin() as connection:
+        return write(connection, result)
+
+
+def record_and_claim(connection: Connection, results: list[Result], *, worker: str, limit: int,
+                     lease_seconds: float) -> tuple[list[bool], list[Claim]]:
+    """Write the results of finished attempts and claim up to `limit` due deliveries, in one transaction.
+
+    The results go first, so a completed version frees the plan's next version for this very claim.
+    Whether each result was written (the lease still ours) comes back in order, with the claims."""
+    with Session(bind=connection, expire_on_commit=False) as session:
+        written = [write(session.connection(), result) for result in results]
+        rows = QUEUE.claim_in(session, worker=worker, limit=limit, lease_seconds=lease_seconds) if limit > 0 else []
+        session.commit()
+    return written, [Claim(row, row.lease, row.ambiguous) for row in rows]
+
+
+def success(claim: Claim, *, shape: str, ehr_type: str, ehr_id: str, ehr_version: str | None, outputs: list[str],
+            readback: list[str] | None, attempts: int, then: AfterFinish | None = None) -> Result:
+    return Result(claim, {"state": COMPLETED, "shape": shape, "ehr_type": ehr_type, "ehr_id": ehr_id,
+                          "ehr_version": ehr_version, "ehr_outputs": orjson.dumps(outputs).decode(),
+                          "readback": None if readback is None else orjson.dumps(readback).decode(),
+                          "attempts": attempts, "ambiguous": False, "finished_at": utcnow(), "last_error": None},
+                  then)
+
+
+def retry(claim: Claim, *, attempts: int, next_attempt_at: datetime, ambiguous: bool, error: str,
+          status: int | None, shape: str | None) -> Result:
+    return Result(claim, {"state": PENDING, "attempts": attempts, "next_attempt_at": next_attempt_at,
+                          "ambiguous": ambiguous, "last_error": error, "last_status": status, "shape": shape})
+
+
+def failure(claim: Claim, *, attempts: int, error: str, status: int | None, outcome: dict[str, Any] | None,
+            ambiguous: bool, shape: str | None, then: AfterFinish | None = None) -> Result:
+    return Result(claim, {"state": FAILED, "attempts": attempts, "last_error": error, "last_status": status,
+                          "outcome": orjson.dumps(outcome).decode() if outcome else None, "ambiguous": ambiguous,
+                          "finished_at": utcnow(), "shape": shape}, then)
+
+
+def cancelled(claim: Claim, *, reason: str) -> Result:
+    return Result(claim, {"state": CANCELLED, "last_error": reason, "finished_at": utcnow()})
+
+
+def release(claim: Claim, *, ambiguous: bool) -> Result:
+    """Give a claimed delivery back at once (graceful shutdown); due immediately for another worker."""
+    return Result(claim, {"state": PENDING, "next_attempt_at": utcnow(),
+                          "ambiguous": claim.was_ambiguous or ambiguous})
 
 
 def record_success(engine: Engine, claim: Claim, *, shape: str, ehr_type: str, ehr_id: str,
                    ehr_version: str | None, outputs: list[str], readback: list[str] | None,
                    attempts: int, then: AfterFinish | None = None) -> bool:
-    return _finish(engine, claim, then=then, state=COMPLETED, shape=shape, ehr_type=ehr_type, ehr_id=ehr_id,
-                   ehr_version=ehr_version, ehr_outputs=orjson.dumps(outputs).decode(),
-                   readback=None if readback is None else orjson.dumps(readback).decode(),
-                   attempts=attempts, ambiguous=False, finished_at=utcnow(), last_error=None)
-
-
-def record_retry(engine: Engine, claim: Claim, *, attempts: int, next_attempt_at: datetime, ambiguous: bool,
-                 error: str, status: int | None, shape: str | None) -> bool:
-    return _finish(engine, claim, state=PENDING, attempts=attempts, next_attempt_at=next_attempt_at,
-                   ambiguous=ambiguous, last_error=error, last_status=status, shape=shape)
-
-
-def record_failure(engine: Engine, claim: Claim, *, attempts: int, error: str, status: int | None,
-                   outcome: dict[str, Any] | None, ambiguous: bool, shape: str | None,
-                   then: AfterFinish | None = None) -> bool:
-    return _finish(engine, claim, then=then, state=FAILED, attempts=attempts, last_error=error, last_status=status,
-                   outcome=orjson.dumps(outcome).decode() if outcome else None, ambiguous=ambiguous,
-                   finished_at=utcnow(), shape=shape)
-
-
-def record_cancelled(engine: Engine, claim: Claim, *, reason: str) -> bool:
-    return _finish(engine, claim, state=CANCELLED, last_error=reason, finished_at=utcnow())
-
-
-def release(engine: Engine, claim: Claim, *, ambiguous: bool) -> bool:
-    """Give a claimed delivery back at once (graceful shutdown); due immediately for another worker."""
-    return _finish(engine, claim, state=PENDING, next_attempt_at=utcnow(),
-                   ambiguous=claim.was_ambiguous or ambiguous)
+    return record(engine, success(claim, shape=shape, ehr_type=ehr_type, ehr_id=ehr_id, ehr_version=ehr_version,
+                                  outputs=outputs, readback=readback, attempts=attempts, then=then))
 
 
 def requeue(session: Session, delivery: Delivery) -> None:
@@ -136,5 +175,6 @@ def backlog(engine: Engine) -> tuple[int, datetime | None]:
     return int(row[0] or 0), as_utc(row[1]) if row[1] is not None else None
 
 
-__all__ = ["Claim", "claim", "record_success", "record_retry", "record_failure", "record_cancelled", "release",
-           "requeue", "latest_completed", "completed_by_plan", "next_due", "open_count", "backlog", "FAILED"]
+__all__ = ["Claim", "Result", "claim", "write", "record", "record_and_claim", "success", "retry", "failure",
+           "cancelled", "release", "record_success", "requeue", "latest_completed", "completed_by_plan", "next_due",
+           "open_count", "backlog", "FAILED"]

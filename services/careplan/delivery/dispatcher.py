@@ -1,15 +1,17 @@
 """The dispatcher: the delivery outbox's relay loop over claim, assemble, send and record.
 
 The loop itself is the careplan's outbox relay (`services.careplan.relay`). For each batch
-the dispatcher claims due deliveries (`claims.py`) and assembles what each attempt needs
-(`assembly.py`) in one thread hop, then runs one asyncio task per delivery: send it
-(`sending.Sender`) and record the result (`recording.Recorder`: completed, a retry
-with backoff, failed, superseded).
+the dispatcher writes the results of finished attempts and claims due deliveries in one
+transaction (`claims.record_and_claim`), then assembles what each attempt needs
+(`assembly.py`) on the same connection, all in one thread hop; then it runs one asyncio
+task per delivery: send it (`sending.Sender`) and turn what came of it into the result to
+write (`recording.Recorder`: completed, a retry with backoff, failed, superseded).
 
 Everything a delivery needs is read from the database for each attempt and every
-outcome is written back before the next claim, so the process can be killed at any
-moment: rows it held come back after their lease as *ambiguous* and the next
-attempt searches the EHR before sending (see claims.py, sending.py).
+outcome is written back with the next claim (within the relay's settle time), so the
+process can be killed at any moment: rows it held, delivered or not, come back after
+their lease as *ambiguous* and the next attempt searches the EHR before sending, finding
+what an attempt whose result was not yet written had delivered (see claims.py, sending.py).
 
 `stop()` (SIGTERM in `cicatrix dispatch`, app shutdown when embedded) stops claiming,
 lets in-flight deliveries finish for DISPATCHER_SHUTDOWN_GRACE_SECONDS, then cancels
@@ -28,7 +30,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from services.careplan.delivery import claims
 from services.careplan.delivery.assembly import Assembled, JobAssembler
@@ -37,7 +39,7 @@ from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.errors import EhrError, EhrRejected
 from services.careplan.delivery.metrics import DeliveryMetrics
 from services.careplan.delivery.outbox import NOTIFY_CHANNEL
-from services.careplan.delivery.recording import FinishHook, Recorder
+from services.careplan.delivery.recording import FinishHook, Outcome, Recorder
 from services.careplan.delivery.request_plan import CannotDeliver, PlanSelector
 from services.careplan.delivery.retry import RetryPolicy
 from services.careplan.delivery.sending import Sender
@@ -82,12 +84,42 @@ class Dispatcher(Relay):
     def _next_due(self) -> datetime | None:
         return claims.next_due(self.engine)
 
-    def _claim_work(self, limit: int) -> list[tuple[str, Work]]:
-        """Claim a batch and assemble each attempt's job, in one thread hop and one session for the batch."""
-        claimed = claims.claim(self.engine, worker=self.worker, limit=limit, lease_seconds=self.lease_seconds)
-        jobs = self.assembler.assemble(self.engine, claimed)
+    def _claim_work(self, limit: int, results: list[object]) -> list[tuple[str, Work]]:
+        """Write the finished attempts' results, claim a batch and assemble each attempt's job: one thread hop,
+        one connection, one transaction for the writes and the claim."""
+        outcomes = [result for result in results if isinstance(result, Outcome)]
+        with self.engine.connect() as connection:
+            written: list[bool | None]
+            try:
+                batch_written, claimed = claims.record_and_claim(
+                    connection, [outcome.result for outcome in outcomes], worker=self.worker, limit=limit,
+                    lease_seconds=self.lease_seconds)
+                written = list(batch_written)
+            except Exception:
+                if not outcomes:
+                    raise
+                connection.rollback()
+                # one result (a finish hook) may be what failed: each on its own, so the others are not held back
+                written = [self._write_alone(connection, outcome) for outcome in outcomes]
+                claimed = [] if limit <= 0 else claims.record_and_claim(
+                    connection, [], worker=self.worker, limit=limit, lease_seconds=self.lease_seconds)[1]
+            for outcome, was_written in zip(outcomes, written, strict=True):
+                if was_written is not None:
+                    outcome.report(was_written)
+            jobs = self.assembler.assemble(connection, claimed)
         return [(claim.delivery.id, partial(self._attempt, claim, job))
                 for claim, job in zip(claimed, jobs, strict=True)]
+
+    @staticmethod
+    def _write_alone(connection: Connection, outcome: Outcome) -> bool | None:
+        """One result in a transaction of its own; None when writing it failed (its row comes back after its lease,
+        and the next attempt finds in the EHR whatever this one delivered)."""
+        try:
+            with connection.begin():
+                return claims.write(connection, outcome.result)
+        except Exception:  # noqa: BLE001 - the others are written all the same
+            log.exception("recording a delivery result failed", extra={"delivery_id": outcome.result.claim.delivery.id})
+            return None
 
     async def close(self) -> None:
         """Close the EHR connections (after `run` returned)."""
@@ -106,8 +138,8 @@ class Dispatcher(Relay):
 
     # ---------------------------------------------------------------- delivery
 
-    async def _attempt(self, claim: Claim, job: Assembled) -> None:
-        """One attempt: send the job assembled at claim time and record what came of it."""
+    async def _attempt(self, claim: Claim, job: Assembled) -> Outcome:
+        """One attempt: send the job assembled at claim time; what came of it is written with the next claim."""
         delivery = claim.delivery
         attempt = delivery.attempts + 1
         ids = {"delivery_id": delivery.id, "careplan_id": delivery.careplan_id,
@@ -116,8 +148,7 @@ class Dispatcher(Relay):
             if isinstance(job, Exception):
                 raise job
             if isinstance(job, str):
-                await self.recorder.superseded(claim, job, ids)
-                return
+                return self.recorder.superseded(claim, job, ids)
             delivered = await self.sender.deliver(job)
         except asyncio.CancelledError:
             await self.recorder.released(claim, ids)
@@ -125,16 +156,13 @@ class Dispatcher(Relay):
         except EhrError as error:
             if isinstance(error, EhrRejected) and error.status == 405:
                 self.plans.forget()  # the EHR's capabilities may have changed: read them again next time
-            await self.recorder.failed(claim, attempt, error, ids)
-            return
+            return self.recorder.failed(claim, attempt, error, ids)
         except CannotDeliver as error:
-            await self.recorder.undeliverable(claim, attempt, str(error), ids)
-            return
+            return self.recorder.undeliverable(claim, attempt, str(error), ids)
         except Exception as error:  # noqa: BLE001 - a bug or a database failure: retry, never lose the row
             log.exception("delivery attempt crashed", extra=ids)
-            await self.recorder.failed(claim, attempt, error, ids)
-            return
-        await self.recorder.succeeded(claim, attempt, delivered, ids)
+            return self.recorder.failed(claim, attempt, error, ids)
+        return self.recorder.succeeded(claim, attempt, delivered, ids)
 
 
 async def run_until_idle(dispatcher: Relay, timeout: float) -> None:

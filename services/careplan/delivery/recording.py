@@ -1,7 +1,8 @@
 """Recording an attempt's result: completed, retry scheduled, failed, superseded, or released.
 
-Each result is written to the delivery's outbox row (`claims.record_*`, a compare-and-set on
-the lease) from a worker thread, then counted in the metrics and logged. Whether a failed
+Each result becomes an `Outcome`: the write to the delivery's outbox row (`claims.Result`, a
+compare-and-set on the lease) and what to count and log once it is written. The dispatcher writes
+the outcomes of finished attempts together, in the transaction of its next claim. Whether a failed
 attempt is retried, and when, is the retry policy's answer (`retry.RetryPolicy`); when it
 gives up, or the EHR rejects the delivery for good, the delivery fails.
 
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,8 +39,17 @@ FinishHook = Callable[[Connection, Delivery, str], None]
 """Called in the transaction that records a delivery's final state (completed or failed): (connection, row, state)."""
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """An attempt's result to write (`result`) and what to tell once it is written or found taken over (`report`)."""
+
+    result: claims.Result
+    report: Callable[[bool], None]
+    """Called with whether the result was written (False: another worker holds the row now)."""
+
+
 class Recorder:
-    """Writes each attempt's result to its outbox row, counts it and logs it."""
+    """Turns each attempt's result into the write for its outbox row; counts and logs it once written."""
 
     def __init__(self, engine: Engine, policy: RetryPolicy, *, metrics: DeliveryMetrics | None = None,
                  finish_hooks: list[FinishHook] | None = None, rng: random.Random | None = None) -> None:
@@ -48,24 +59,29 @@ class Recorder:
         self.finish_hooks = list(finish_hooks or [])
         self.rng = rng or random.Random()
 
-    async def succeeded(self, claim: Claim, attempt: int, delivered: Delivered, ids: dict[str, Any]) -> None:
-        written = await asyncio.to_thread(
-            claims.record_success, self.engine, claim, shape=delivered.shape, ehr_type=delivered.ehr_type,
-            ehr_id=delivered.ehr_id, ehr_version=delivered.ehr_version, outputs=delivered.outputs,
-            readback=delivered.readback, attempts=attempt, then=self._after_finish(claim, "completed"))
-        if not written:
-            log.warning("lease lost before the result was recorded; the next claim will find it in the EHR",
-                        extra=ids)
-            return
-        self._count("completed", "delivered")
-        if self.metrics is not None:
-            self.metrics.latency.observe((utcnow() - as_utc(claim.delivery.created)).total_seconds())
-            if delivered.readback:
-                self.metrics.readback_mismatches.inc()
-        log.info("delivered", extra=ids | {"shape": delivered.shape, "ehr_type": delivered.ehr_type,
-                                           "ehr_id": delivered.ehr_id, "resent": delivered.resent})
+    def succeeded(self, claim: Claim, attempt: int, delivered: Delivered, ids: dict[str, Any]) -> Outcome:
+        result = claims.success(claim, shape=delivered.shape, ehr_type=delivered.ehr_type, ehr_id=delivered.ehr_id,
+                                ehr_version=delivered.ehr_version, outputs=delivered.outputs,
+                                readback=delivered.readback, attempts=attempt,
+                                then=self._after_finish(claim, "completed"))
+        latency = (utcnow() - as_utc(claim.delivery.created)).total_seconds()
 
-    async def failed(self, claim: Claim, attempt: int, error: Exception, ids: dict[str, Any]) -> None:
+        def report(written: bool) -> None:
+            if not written:
+                log.warning("lease lost before the result was recorded; the next claim will find it in the EHR",
+                            extra=ids)
+                return
+            self._count("completed", "delivered")
+            if self.metrics is not None:
+                self.metrics.latency.observe(latency)
+                if delivered.readback:
+                    self.metrics.readback_mismatches.inc()
+            log.info("delivered", extra=ids | {"shape": delivered.shape, "ehr_type": delivered.ehr_type,
+                                               "ehr_id": delivered.ehr_id, "resent": delivered.resent})
+
+        return Outcome(result, report)
+
+    def failed(self, claim: Claim, attempt: int, error: Exception, ids: dict[str, Any]) -> Outcome:
         """A failed attempt: a retry when the error allows one and the policy has one left, else failed."""
         retryable = getattr(error, "retryable", True)
         ambiguous = claim.was_ambiguous or getattr(error, "ambiguous", True)
@@ -78,40 +94,55 @@ class Recorder:
                                             now=utcnow(), retry_after=getattr(error, "retry_after", None),
                                             rng=self.rng)
         if when is not None:
-            await asyncio.to_thread(claims.record_retry, self.engine, claim, attempts=attempt, next_attempt_at=when,
-                                    ambiguous=ambiguous, error=reason, status=status, shape=delivery.shape)
-            self._count(None, "retry")
-            log.info("delivery attempt failed; retry scheduled",
-                     extra=ids | {"status": status, "error": type(error).__name__,
-                                  "retry_in_s": round((when - utcnow()).total_seconds(), 3)})
-            return
+            retry_in = round((when - utcnow()).total_seconds(), 3)
+
+            def report_retry(written: bool) -> None:
+                if written:
+                    self._count(None, "retry")
+                log.info("delivery attempt failed; retry scheduled",
+                         extra=ids | {"status": status, "error": type(error).__name__, "retry_in_s": retry_in})
+
+            return Outcome(claims.retry(claim, attempts=attempt, next_attempt_at=when, ambiguous=ambiguous,
+                                        error=reason, status=status, shape=delivery.shape), report_retry)
         if retryable:
             reason = f"gave up after {attempt} attempt(s) (CAREPLAN_DELIVERY_MAX_ATTEMPTS / _MAX_AGE): {reason}"
         outcome = error.outcome if isinstance(error, EhrRejected) else None
-        await asyncio.to_thread(claims.record_failure, self.engine, claim, attempts=attempt, error=reason,
-                                status=status, outcome=outcome, ambiguous=ambiguous, shape=delivery.shape,
-                                then=self._after_finish(claim, "failed"))
-        self._count("failed", "rejected")
-        log.warning("delivery failed", extra=ids | {"status": status, "error": type(error).__name__})
 
-    async def undeliverable(self, claim: Claim, attempt: int, missing: str, ids: dict[str, Any]) -> None:
+        def report_failure(written: bool) -> None:
+            if written:
+                self._count("failed", "rejected")
+            log.warning("delivery failed", extra=ids | {"status": status, "error": type(error).__name__})
+
+        return Outcome(claims.failure(claim, attempts=attempt, error=reason, status=status, outcome=outcome,
+                                      ambiguous=ambiguous, shape=delivery.shape,
+                                      then=self._after_finish(claim, "failed")), report_failure)
+
+    def undeliverable(self, claim: Claim, attempt: int, missing: str, ids: dict[str, Any]) -> Outcome:
         """The EHR declares no safe way to receive the plan: failed at once, no retry."""
-        await asyncio.to_thread(claims.record_failure, self.engine, claim, attempts=attempt,
-                                error=f"cannot deliver: {missing}", status=None, outcome=None,
-                                ambiguous=claim.was_ambiguous, shape=None, then=self._after_finish(claim, "failed"))
-        self._count("failed", "rejected")
-        log.error("the EHR declares no safe way to deliver", extra=ids | {"missing": missing})
 
-    async def superseded(self, claim: Claim, reason: str, ids: dict[str, Any]) -> None:
-        await asyncio.to_thread(claims.record_cancelled, self.engine, claim, reason=reason)
-        self._count("cancelled", None)
-        log.info("delivery superseded", extra=ids)
+        def report(written: bool) -> None:
+            if written:
+                self._count("failed", "rejected")
+            log.error("the EHR declares no safe way to deliver", extra=ids | {"missing": missing})
+
+        return Outcome(claims.failure(claim, attempts=attempt, error=f"cannot deliver: {missing}", status=None,
+                                      outcome=None, ambiguous=claim.was_ambiguous, shape=None,
+                                      then=self._after_finish(claim, "failed")), report)
+
+    def superseded(self, claim: Claim, reason: str, ids: dict[str, Any]) -> Outcome:
+        def report(written: bool) -> None:
+            if written:
+                self._count("cancelled", None)
+            log.info("delivery superseded", extra=ids)
+
+        return Outcome(claims.cancelled(claim, reason=reason), report)
 
     async def released(self, claim: Claim, ids: dict[str, Any]) -> None:
         """Shutdown cancelled the attempt: the row goes back at once, ambiguous (a request may be out).
 
-        Shielded: the release must be written even while the attempt is being cancelled."""
-        await asyncio.shield(asyncio.to_thread(claims.release, self.engine, claim, ambiguous=True))
+        Written at once, not with the next claim (there is none), and shielded: the release must be written
+        even while the attempt is being cancelled."""
+        await asyncio.shield(asyncio.to_thread(claims.record, self.engine, claims.release(claim, ambiguous=True)))
         self._count(None, "released")
         log.info("delivery released at shutdown", extra=ids)
 

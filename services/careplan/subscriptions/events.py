@@ -114,9 +114,22 @@ def make_delivery_event_hook(poke: Callable[[], None] | None = None) -> Callable
 
 
 def _anyone_listening(connection: Connection, topic: Topic) -> bool:
-    subs = SUBSCRIPTIONS
-    return connection.execute(select(subs.c.id).where(subs.c.topic == topic.url, subs.c.status == ACTIVE)
-                              .limit(1)).first() is not None
+    """Whether an active subscription has the topic; asked once per topic in a transaction that records the
+    results of several deliveries (the dispatcher writes a batch of them in one)."""
+    transaction = connection.get_transaction()
+    known = connection.info.get(_LISTENING)
+    if known is None or known[0] is not transaction:
+        known = connection.info[_LISTENING] = (transaction, {})
+    answers: dict[str, bool] = known[1]
+    if topic.url not in answers:
+        subs = SUBSCRIPTIONS
+        answers[topic.url] = connection.execute(
+            select(subs.c.id).where(subs.c.topic == topic.url, subs.c.status == ACTIVE).limit(1)).first() is not None
+    return answers[topic.url]
+
+
+_LISTENING = "cicatrix.subscriptions.listening"
+"""connection.info key: (the transaction, {topic url: whether anyone listens}) for `_anyone_listening`."""
 
 
 def _plan_categories(connection: Connection, delivery: Delivery) -> list[str]:

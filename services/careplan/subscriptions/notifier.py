@@ -141,7 +141,10 @@ class Notifier(Relay):
         found = [m for m in moments if m is not None]
         return min(found) if found else None
 
-    def _claim_work(self, limit: int) -> list[tuple[str, Work]]:
+    def _claim_work(self, limit: int, results: list[object]) -> list[tuple[str, Work]]:
+        """Claim due notifications (and heartbeats); each attempt writes its own result, so `results` is empty."""
+        if limit <= 0:
+            return []
         claimed = QUEUE.claim(self.engine, worker=self.worker, limit=limit,
                               lease_seconds=self.settings.SUBSCRIPTION_LEASE_SECONDS)
         work: list[tuple[str, Work]] = []

@@ -1,0 +1,139 @@
+"""Results of finished attempts are written with the next claim, in its transaction, not one transaction each.
+
+A result that waits to be written keeps its row `sending` under this worker's lease; if the worker dies first,
+the row comes back after its lease as ambiguous and the next attempt finds the delivery in the EHR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine
+from sqlmodel import Session
+
+from services.careplan.delivery import claims
+from services.careplan.delivery.outbox import Delivery, new_delivery
+from services.careplan.relay import Relay, Work
+from services.fhir.store import StoredResource
+from tests.delivery.conftest import deliveries, delivery_settings, drain
+from tests.delivery.factories import bulk_plans, store_plan
+from tests.delivery.test_processes import assert_each_once, transactions
+
+
+def test_a_result_is_written_in_the_claim_that_then_takes_the_plans_next_version(engine):
+    first = store_plan(engine)
+    with Session(engine) as session:
+        version_two = StoredResource("CarePlan", first.id, 2, first.last_updated, False, first.content)
+        session.add(new_delivery(version_two, first))
+        session.commit()
+    [taken] = claims.claim(engine, worker="w1", limit=8, lease_seconds=60)
+    result = claims.success(taken, shape="transaction", ehr_type="CarePlan", ehr_id="e1", ehr_version="1",
+                            outputs=["CarePlan/e1/_history/1"], readback=[], attempts=1)
+
+    with engine.connect() as connection:
+        written, [second] = claims.record_and_claim(connection, [result], worker="w1", limit=8, lease_seconds=60)
+
+    assert written == [True]
+    assert (second.delivery.careplan_id, second.delivery.careplan_version) == (first.id, 2)
+    [one, two] = deliveries(engine, first.id)
+    assert (one.state, one.ehr_id, one.claimed_by, one.finished_at is not None) == ("completed", "e1", None, True)
+    assert (two.state, two.claimed_by) == ("sending", "w1")
+
+
+def test_a_result_whose_lease_was_taken_over_is_not_written(engine):
+    store_plan(engine)
+    [taken] = claims.claim(engine, worker="w1", limit=8, lease_seconds=60)
+    with Session(engine) as session:  # the lease ran out and another worker claimed the row
+        row = session.get(Delivery, taken.delivery.id)
+        assert row is not None
+        row.claimed_until = row.claimed_until - timedelta(hours=1)  # type: ignore[operator]
+        session.add(row)
+        session.commit()
+    [again] = claims.claim(engine, worker="w2", limit=8, lease_seconds=60)
+    stale = claims.success(taken, shape="transaction", ehr_type="CarePlan", ehr_id="e1", ehr_version="1",
+                           outputs=[], readback=None, attempts=1)
+
+    with engine.connect() as connection:
+        written, claimed = claims.record_and_claim(connection, [stale], worker="w1", limit=8, lease_seconds=60)
+
+    assert (written, claimed) == ([False], [])
+    [row] = deliveries(engine)
+    assert (row.state, row.claimed_by, row.lease, row.ambiguous) == ("sending", "w2", again.lease, True)
+
+
+@pytest.mark.sandbox
+def test_a_finish_hook_that_fails_holds_back_only_its_own_delivery(engine, database_url, ehr_sandbox):
+    plans = bulk_plans(engine, 6)
+    unlucky = deliveries(engine)[2].id
+    failed: list[str] = []
+
+    def hook(_connection, delivery, _state) -> None:
+        if delivery.id == unlucky and delivery.lease == 1:  # the first claim's result cannot be recorded
+            failed.append(delivery.id)
+            raise RuntimeError("the event could not be recorded")
+
+    settings = delivery_settings(database_url, ehr_sandbox.base_url, DELIVERY_LEASE_SECONDS=1.0)
+    drain(settings, engine, finish_hooks=[hook], timeout=30)
+
+    assert set(failed) == {unlucky}  # in the batch, then on its own
+    rows = {row.id: row for row in deliveries(engine)}
+    assert all(row.state == "completed" for row in rows.values())
+    assert rows[unlucky].lease == 2, "its result was not written: the lease brought it back"
+    assert all(row.lease == 1 for key, row in rows.items() if key != unlucky), "the others written the first time"
+    assert_each_once(ehr_sandbox, plans)
+    assert len(transactions(ehr_sandbox)) == len(plans), "the second attempt found it in the EHR"
+
+
+class _Relay(Relay):
+    """A relay over an in-memory queue: each task sleeps as long as its row says and returns its key."""
+
+    channel = "unused"
+
+    def __init__(self, delays: dict[str, float], *, batch_size: int) -> None:
+        super().__init__(create_engine("sqlite://"), worker="w", batch_size=batch_size, poll_seconds=0.5,
+                         grace_seconds=1.0, lease_seconds=60.0)
+        self.due = dict(delays)
+        self.writes: list[list[object]] = []
+        self.written_at: dict[object, float] = {}
+        self.finished_at: dict[str, float] = {}
+
+    def _claim_work(self, limit: int, results: list[object]) -> list[tuple[str, Work]]:
+        if results:
+            self.writes.append(results)
+            self.written_at |= {result: time.monotonic() for result in results}
+        taken = list(self.due.items())[:limit]
+        for key, _ in taken:
+            del self.due[key]
+        return [(key, self._work(key, delay)) for key, delay in taken]
+
+    def _work(self, key: str, delay: float) -> Work:
+        async def work() -> object:
+            await asyncio.sleep(delay)
+            self.finished_at[key] = time.monotonic()
+            return key
+
+        return work
+
+    def _renew_work(self, keys: list[str]) -> None:
+        pass
+
+    def _open_count(self) -> int:
+        return len(self.due)
+
+    def _next_due(self) -> None:
+        return None
+
+
+def test_results_are_written_together_and_wait_at_most_the_settle_time():
+    fast = {f"fast{i}": 0.01 for i in range(3)}
+    relay = _Relay({**fast, "slow": 1.0}, batch_size=8)  # three finish at once, one long after them
+
+    asyncio.run(asyncio.wait_for(relay.run(until_idle=True), timeout=10))
+
+    assert sorted(key for write in relay.writes for key in write) == sorted([*fast, "slow"])  # each once
+    assert sorted(relay.writes[0]) == sorted(fast), "the three written together, not one transaction each"
+    for key in fast:  # not held back until the slow one finished
+        assert relay.written_at[key] - relay.finished_at[key] < relay.settle_seconds + 0.2
