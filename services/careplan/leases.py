@@ -27,14 +27,15 @@ Whatever queues work wakes the queue's relays with `notify`, in the transaction 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Text, and_, func, or_, select, text, update
+from sqlalchemy import DateTime, Integer, String, Text, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import BindParameter
 from sqlmodel import Field, Session, SQLModel
 
 from services.fhir.store import as_utc, utcnow
@@ -93,11 +94,13 @@ class LeasedQueue:
     group: str
     """Column whose rows go out one at a time, in `order`."""
     order: str
+    _statements: dict[tuple[str, Any], Any] = field(default_factory=dict, compare=False, repr=False)
+    """Statements built once and executed with bind parameters (`_claim_statement`, `_finish_statement`)."""
 
     def _column(self, name: str, model: Any = None) -> Any:
         return getattr(model if model is not None else self.model, name)
 
-    def due(self, now: datetime) -> Any:
+    def due(self, now: datetime | BindParameter[datetime]) -> Any:
         """Rows to claim: pending and due, or sending with an expired lease; never ahead of an earlier open row.
 
         "No earlier row is open" is asked as "this is the group's first open row": a scalar subquery that
@@ -128,22 +131,34 @@ class LeasedQueue:
         One statement: `UPDATE ... WHERE id IN (due rows) RETURNING *`. The lease bump and the ambiguity of
         a row whose lease ran out (`state = 'sending'` before the update) are computed by the database from
         the row it updates, so every returned row carries the lease this claim set."""
-        model, now = self.model, utcnow()
-        due = (select(model.id).where(self.due(now))
-               .order_by(model.next_attempt_at, self._column(self.order)).limit(limit).correlate(None))
-        if session.get_bind().dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True, of=model)
-        stmt = (update(model).where(model.id.in_(due.scalar_subquery()))
-                .values(state=SENDING, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds),
-                        lease=model.lease + 1,
-                        # its worker died or lost its lease: the remote end may have it
-                        ambiguous=or_(model.ambiguous, model.state == SENDING),
-                        first_attempt_at=func.coalesce(model.first_attempt_at, now),
-                        updated=now, row_version=model.row_version + 1)
-                .returning(model).execution_options(synchronize_session=False))
-        rows = list(session.scalars(stmt).all())
+        now = utcnow()
+        rows = list(session.scalars(self._claim_statement(session.get_bind().dialect.name), {
+            "now": now, "until": now + timedelta(seconds=lease_seconds), "worker": worker, "limit": limit}).all())
         rows.sort(key=lambda row: (as_utc(row.next_attempt_at), getattr(row, self.order)))
         return rows
+
+    def _claim_statement(self, dialect: str) -> Any:
+        """The claim's UPDATE, built once per database kind with its values as bind parameters (`now`, `until`,
+        `worker`, `limit`): a statement built anew for every claim costs more than the database's work on it."""
+        statement = self._statements.get(("claim", dialect))
+        if statement is None:
+            model, now = self.model, bindparam("now", type_=DateTime(timezone=True))
+            due = (select(model.id).where(self.due(now))
+                   .order_by(model.next_attempt_at, self._column(self.order))
+                   .limit(bindparam("limit", type_=Integer)).correlate(None))
+            if dialect == "postgresql":
+                due = due.with_for_update(skip_locked=True, of=model)
+            statement = (update(model).where(model.id.in_(due.scalar_subquery()))
+                         .values(state=SENDING, claimed_by=bindparam("worker", type_=String),
+                                 claimed_until=bindparam("until", type_=DateTime(timezone=True)),
+                                 lease=model.lease + 1,
+                                 # its worker died or lost its lease: the remote end may have it
+                                 ambiguous=or_(model.ambiguous, model.state == SENDING),
+                                 first_attempt_at=func.coalesce(model.first_attempt_at, now),
+                                 updated=now, row_version=model.row_version + 1)
+                         .returning(model).execution_options(synchronize_session=False))
+            self._statements[("claim", dialect)] = statement
+        return statement
 
     def renew(self, engine: Engine, *, worker: str, ids: Sequence[str], lease_seconds: float) -> int:
         """Extend the lease on rows `worker` is still working on, so that a live worker's slow attempt is
@@ -170,16 +185,30 @@ class LeasedQueue:
     def finish_in(self, connection: Connection, row_id: str, lease: int, *, then: AfterFinish | None = None,
                   **values: Any) -> bool:
         """`finish` inside the caller's transaction (the caller commits)."""
-        table = self.model.__table__
-        result = connection.execute(
-            update(table).where(table.c.id == row_id, table.c.lease == lease, table.c.state == SENDING)
-            .values(updated=utcnow(), claimed_by=None, claimed_until=None,
-                    row_version=table.c.row_version + 1, **values))
+        result = connection.execute(self._finish_statement(frozenset(values)),
+                                    {"row_id": row_id, "row_lease": lease, "now": utcnow(),
+                                     **{f"set_{name}": value for name, value in values.items()}})
         if result.rowcount != 1:
             return False
         if then is not None:
             then(connection)
         return True
+
+    def _finish_statement(self, columns: frozenset[str]) -> Any:
+        """The compare-and-set UPDATE that writes `columns` (bind parameters `set_<column>`), built once for each
+        set of columns a result writes."""
+        statement = self._statements.get(("finish", columns))
+        if statement is None:
+            table = self.model.__table__
+            statement = (update(table)
+                         .where(table.c.id == bindparam("row_id"), table.c.lease == bindparam("row_lease"),
+                                table.c.state == SENDING)
+                         .values({table.c[name]: bindparam(f"set_{name}", type_=table.c[name].type)
+                                  for name in sorted(columns)})
+                         .values(updated=bindparam("now", type_=DateTime(timezone=True)), claimed_by=None,
+                                 claimed_until=None, row_version=table.c.row_version + 1))
+            self._statements[("finish", columns)] = statement
+        return statement
 
     def next_due(self, engine: Engine) -> datetime | None:
         """When the earliest pending row (or lease) falls due: how long an idle relay may sleep."""

@@ -8,7 +8,8 @@ builds a copy of the resource with each replaced by what the caller makes of it.
   transaction may name a resource it creates by a temporary `fullUrl` (`urn:uuid:...` or
   `urn:oid:...`) and point other entries at it; when the server assigns the real id,
   every reference holding the placeholder becomes `Type/id`.
-- `referenced_ids`: which resources of given types a resource points to.
+- `referenced_ids`: which resources of given types a resource points to (`references_in`,
+  the same walk without the copy).
 
 Canonicals (`definitionCanonical`, `instantiatesCanonical`, ...) are plain strings, never
 Reference objects, so they are left alone by construction.
@@ -56,13 +57,31 @@ def rewrite_references(node: Any, mapping: Mapping[str, str]) -> Any:
 def referenced_ids(resource: Any, resource_types: tuple[str, ...]) -> dict[str, list[str]]:
     """Per type, the ids of every relative reference (`Type/id`) to it in the resource, in order, once each."""
     found: dict[str, list[str]] = {kind: [] for kind in resource_types}
-
-    def collect(ref: dict[str, Any], reference: str) -> dict[str, Any]:
+    for reference in references_in(resource):
         if reference.count("/") == 1:
             kind, ident = reference.split("/")
             if kind in found and ident not in found[kind]:
                 found[kind].append(ident)
-        return ref
-
-    map_references(resource, collect)
     return found
+
+
+def references_in(node: Any) -> list[str]:
+    """The `reference` of every Reference in `node`, in the order `map_references` visits them (a Reference's
+    own elements before it), without copying anything: what reading the references needs."""
+    found: list[str] = []
+    _collect(node, found)
+    return found
+
+
+def _collect(node: Any, found: list[str]) -> None:
+    if isinstance(node, dict):
+        for value in node.values():
+            if isinstance(value, dict | list):
+                _collect(value, found)
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            found.append(reference)
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, dict | list):
+                _collect(item, found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from services.fhir.references import map_references, referenced_ids, rewrite_references
+from services.fhir.references import map_references, referenced_ids, references_in, rewrite_references
 
 PLAN = {
     "resourceType": "CarePlan",
@@ -52,3 +52,10 @@ def test_rewrite_references_maps_placeholders_and_leaves_canonicals_alone():
     assert rewritten == {"subject": {"reference": "Patient/7", "display": "P"},
                          "basedOn": [{"reference": "CarePlan/kept"}], "instantiatesCanonical": ["urn:uuid:abc"]}
     assert bundle_entry["subject"]["reference"] == "urn:uuid:abc"
+
+
+def test_references_in_lists_what_map_references_visits_in_the_same_order_without_copying():
+    visited: list[str] = []
+    map_references(PLAN, lambda ref, reference: visited.append(reference) or ref)
+    assert references_in(PLAN) == visited
+    assert references_in({"a": [{"b": {"reference": "X/1"}, "reference": "Y/2"}]}) == ["X/1", "Y/2"]

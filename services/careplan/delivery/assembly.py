@@ -59,7 +59,7 @@ class JobAssembler:
         versions = self.store.vread_many(session, "CarePlan", {key for r in reads if isinstance(r, _Reads)
                                                                for key in r.versions()})
         plans: dict[tuple[str, int], dict[str, Any] | Exception] = {}
-        references: dict[str, list[str]] = {"QuestionnaireResponse": [], "CarePlan": []}
+        references: dict[tuple[str, int], dict[str, list[str]]] = {}
         for r in reads:
             if not isinstance(r, _Reads):
                 continue
@@ -67,12 +67,12 @@ class JobAssembler:
                 plans[key] = _parsed_version(versions.get(key), *key)
             plan = plans[r.version]
             if isinstance(plan, dict):
-                for kind, ids in referenced_ids(plan, ("QuestionnaireResponse", "CarePlan")).items():
-                    references[kind] += ids
-        stored = self.store.read_many(session, "QuestionnaireResponse", references["QuestionnaireResponse"])
+                references[r.version] = referenced_ids(plan, ("QuestionnaireResponse", "CarePlan"))
+        stored = self.store.read_many(session, "QuestionnaireResponse",
+                                      [i for refs in references.values() for i in refs["QuestionnaireResponse"]])
         assessments = {ref: _parsed(row) for ref, row in stored.items() if not row.deleted}
-        delivered = _delivered_plans(session, references["CarePlan"])
-        return [r if isinstance(r, str) else _job(claim, r, plans, assessments, delivered)
+        delivered = _delivered_plans(session, [i for refs in references.values() for i in refs["CarePlan"]])
+        return [r if isinstance(r, str) else _job(claim, r, plans, references.get(r.version), assessments, delivered)
                 for claim, r in zip(claimed, reads, strict=True)]
 
 
@@ -121,7 +121,8 @@ def _parsed(row: StoredResource) -> dict[str, Any] | None:
 
 
 def _job(claim: Claim, reads: _Reads, plans: dict[tuple[str, int], dict[str, Any] | Exception],
-         assessments: dict[str, dict[str, Any] | None], delivered: dict[str, str]) -> Job | Exception:
+         references: dict[str, list[str]] | None, assessments: dict[str, dict[str, Any] | None],
+         delivered: dict[str, str]) -> Job | Exception:
     """Everything the attempt needs from our database (read for the whole batch beforehand)."""
     plan = plans[reads.version]
     prior_plan = plans[(reads.version[0], reads.prior.careplan_version)] if reads.prior else None
@@ -129,8 +130,8 @@ def _job(claim: Claim, reads: _Reads, plans: dict[tuple[str, int], dict[str, Any
         return plan
     if isinstance(prior_plan, Exception):
         return prior_plan
+    assert references is not None  # read for every plan that parsed
     delivery = claim.delivery
-    references = referenced_ids(plan, ("QuestionnaireResponse", "CarePlan"))
     identifiers = {ref: assessment_identifier(assessments.get(ref), ref) for ref in references["QuestionnaireResponse"]}
     first_resource = next((assessments[ref] for ref in references["QuestionnaireResponse"]
                            if assessments.get(ref) is not None), None)
