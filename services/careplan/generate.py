@@ -107,7 +107,7 @@ class CarePlanner:
               protocol: Protocol, today: date, status: str, assessment_reference: str | None,
               identifier: str | None, created: datetime | None) -> PlanResult:
         warnings = plausibility.check(questionnaire, assessment.response, request.patient,
-                                      self.knowledge.expressions.run, today)
+                                      self.knowledge.expressions.evaluate, today)
         allergies = assessment.allergies(request.allergy_intolerances)
         self.limits.check_allergies(allergies)
         draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
