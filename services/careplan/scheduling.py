@@ -257,6 +257,9 @@ class _Bookings:
                 gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
                 self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
                 self.gaps.setdefault(other, {})[key] = self.gaps[key][other]
+        self._apart = {key: tuple((other, timedelta(days=gap - 1), timedelta(days=gap)) for other, gap in gaps.items())
+                       for key, gaps in self.gaps.items()}
+        """The gaps as (other, how far before, how far after a day `other` may not be), for `admissible`."""
 
     def is_open(self, day: date) -> bool:
         known = self.open.get(day)
@@ -291,11 +294,11 @@ class _Bookings:
             return False
         if not taken and self.visits[_week(day)] >= self.calendar.max_visits_per_week:
             return False
-        for other, gap in self.gaps.get(procedure.key, {}).items():
+        for other, before, after in self._apart.get(procedure.key, ()):
             days = self.days_of.get(other)
-            if days:  # is `other` booked less than `gap` days from `day`?
-                nearest = bisect_left(days, day - timedelta(days=gap - 1))
-                if nearest < len(days) and days[nearest] < day + timedelta(days=gap):
+            if days:  # is `other` booked less than its gap away from `day`?
+                nearest = bisect_left(days, day - before)
+                if nearest < len(days) and days[nearest] < day + after:
                     return False
         return True
 
