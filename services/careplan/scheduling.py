@@ -209,8 +209,10 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
         for key in list(deferred):
             procedure = lookup[key]
             later = start + timedelta(weeks=1)
-            while later < series_end:
-                days, cut = _place(procedure, later, book, min(series_end, last_allowed), _last(result, key))
+            limit = min(series_end, last_allowed)
+            span = timedelta(days=math.floor((procedure.rhythm.count - 1) * procedure.rhythm.interval_days))
+            while later < series_end and later + span <= limit:  # past that, the last session cannot fit
+                days, cut = _place(procedure, later, book, limit, _last(result, key))
                 if days and not cut:
                     placed[key] = tuple(days)
                     deferred.remove(key)
