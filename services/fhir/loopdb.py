@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Table
 from sqlalchemy.engine import make_url
+
+from services.fhir.outcome import ServiceUnavailable
 
 log = logging.getLogger("cicatrix.db")
 
@@ -84,17 +88,27 @@ class LoopDatabase:
 
     async def fetch_one(self, query: bytes, params: Sequence[Any]) -> tuple[Any, ...] | None:
         """One statement in autocommit: a single round trip, no BEGIN or ROLLBACK."""
-        assert self._pool is not None
-        async with self._pool.connection() as connection:
+        async with self._connection() as connection:
             cursor = await connection.execute(query, params, prepare=True)
             row: tuple[Any, ...] | None = await cursor.fetchone()
             return row
 
     async def execute(self, query: bytes, params: Sequence[Any]) -> None:
         """One statement in autocommit: atomic on its own, a single round trip and a single commit."""
-        assert self._pool is not None
-        async with self._pool.connection() as connection:
+        async with self._connection() as connection:
             await connection.execute(query, params, prepare=True)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        """A connection within `timeout`, else 503 with Retry-After: the database is busy or unreachable."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as connection:
+                yield connection
+        except PoolTimeout:
+            raise ServiceUnavailable("The service is busy (no database connection within its time budget); "
+                                     "try again shortly",
+                                     headers={"Retry-After": str(max(1, math.ceil(self.timeout / 4)))}) from None
 
 
 def json_inserts(tables: Sequence[tuple[Table, Sequence[str]]]) -> bytes:

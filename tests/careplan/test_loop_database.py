@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from services.fhir.loopdb import LoopDatabase, conninfo
-from services.fhir.outcome import Gone, NotFound
+from services.fhir.outcome import Gone, NotFound, ServiceUnavailable
 from services.fhir.store import ResourceStore
 from tests.careplan.conftest import example
 from tests.support.apps import FHIR_JSON, careplan_app, running
@@ -116,3 +116,22 @@ def test_a_loop_batch_is_atomic_and_refuses_what_its_columns_cannot_hold(postgre
 
 async def _usable(database: LoopDatabase) -> bool:
     return database.usable()
+
+
+def test_no_connection_within_the_budget_is_a_503_with_retry_after(postgres_database_url):
+    database = LoopDatabase.of(postgres_database_url, 1, 0.2)
+    assert database is not None
+
+    async def exhausted() -> ServiceUnavailable:
+        await database.open()
+        try:
+            async with database._connection():  # the only connection, held
+                with pytest.raises(ServiceUnavailable) as refused:
+                    await database.fetch_one(b"SELECT 1", ())
+            assert await database.fetch_one(b"SELECT 1", ()) == (1,), "released, it serves again"
+            return refused.value
+        finally:
+            await database.close()
+
+    refused = asyncio.run(exhausted())
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
