@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import false, select, text, update
+from sqlalchemy import false, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
@@ -43,8 +43,11 @@ from services.careplan.scheduling import (
 from services.careplan.tables import AssessmentPlan
 from services.fhir.outcome import Conflict, Issue, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource, WriteListener
+from services.fhir.tables import core_table
 
 log = logging.getLogger("cicatrix.careplan.generate")
+
+_ASSESSMENT_PLANS = core_table(AssessmentPlan)
 
 PlanHook = WriteListener
 """Called inside the plan's transaction for every CarePlan version written: (session, new version, previous)."""
@@ -230,10 +233,10 @@ class PlanRepository:
         # Both ids derive from (subject, assessment), so a concurrent submission of the same assessment
         # fails here with IntegrityError and is answered with the plan the other one stored.
         _, stored = self.store.create_many(session, [response, careplan], ids=[response_id, careplan_id])
-        session.add(AssessmentPlan(subject=assessment.subject, assessment_key=assessment.key,
-                                   body_site=body_site, careplan_id=stored.id,
-                                   questionnaire_response_id=response_id, created=stored.last_updated,
-                                   active=careplan.get("status") == "active"))
+        session.execute(insert(_ASSESSMENT_PLANS).values(
+            subject=assessment.subject, assessment_key=assessment.key, body_site=body_site, careplan_id=stored.id,
+            questionnaire_response_id=response_id, created=stored.last_updated,
+            active=careplan.get("status") == "active"))
         session.commit()
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": previous.id if previous else None})
         return stored, True
