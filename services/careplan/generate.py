@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from psycopg import sql
 from sqlalchemy import false, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -41,6 +42,7 @@ from services.careplan.scheduling import (
     symmetric_conflicts,
 )
 from services.careplan.tables import AssessmentPlan
+from services.fhir.loopdb import LoopDatabase
 from services.fhir.outcome import Conflict, Issue, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource, WriteListener
 from services.fhir.tables import core_table
@@ -48,6 +50,8 @@ from services.fhir.tables import core_table
 log = logging.getLogger("cicatrix.careplan.generate")
 
 _ASSESSMENT_PLANS = core_table(AssessmentPlan)
+_EXISTING = sql.SQL("SELECT careplan_id FROM {} WHERE subject = %s AND assessment_key = %s").format(
+    sql.Identifier(_ASSESSMENT_PLANS.name)).as_bytes()
 
 PlanHook = WriteListener
 """Called inside the plan's transaction for every CarePlan version written: (session, new version, previous)."""
@@ -203,6 +207,12 @@ class PlanRepository:
     def existing(self, session: Session, subject: str, assessment_key: str) -> StoredResource | None:
         row = session.get(AssessmentPlan, (subject, assessment_key))
         return self.store.read(session, "CarePlan", row.careplan_id) if row else None
+
+    async def existing_on_loop(self, database: LoopDatabase, subject: str,
+                               assessment_key: str) -> StoredResource | None:
+        """`existing` as statements on the event loop (services.fhir.loopdb): one for a new assessment."""
+        row = await database.fetch_one(_EXISTING, (subject, assessment_key))
+        return await self.store.read_on_loop(database, "CarePlan", row[0]) if row else None
 
     def save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
         """Store the plan (and its assessment); returns (plan, created). A duplicate returns the first plan."""

@@ -42,7 +42,8 @@ def test_only_postgresql_with_connections_to_spare_gets_loop_statements() -> Non
     assert database is not None and not database.usable(), "not opened: callers take the thread path"
 
 
-def test_a_plan_read_and_its_audit_event_are_loop_statements(postgres_database_url, catalog_url, monkeypatch):
+def test_a_plan_read_its_audit_event_and_a_resubmission_are_loop_statements(postgres_database_url, catalog_url,
+                                                                          monkeypatch):
     calls: list[str] = []
     for name in ("read_on_loop", "create_on_loop"):
         real = getattr(ResourceStore, name)
@@ -66,6 +67,10 @@ def test_a_plan_read_and_its_audit_event_are_loop_statements(postgres_database_u
         events = client.get("/fhir/AuditEvent", params={"entity": f"CarePlan/{plan['id']}"}).json()["entry"]
         assert [e["resource"]["subtype"][0]["code"] for e in events].count("read") == 1
         assert client.get("/fhir/CarePlan/no-such-plan").status_code == 404
+        calls.clear()
+        again = client.post("/fhir/CarePlan/$generate", json=example("atrophic-pregnant"), headers=FHIR_JSON)
+        assert again.status_code == 200 and again.json()["id"] == plan["id"], "the plan already made"
+        assert calls[0] == "read_on_loop", "looked up on the event loop"
 
 
 def test_loop_writes_store_what_session_writes_store(postgres_database_url, catalog_url):
