@@ -21,7 +21,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import false, select, text, update
+from psycopg import sql
+from sqlalchemy import false, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
@@ -41,10 +42,16 @@ from services.careplan.scheduling import (
     symmetric_conflicts,
 )
 from services.careplan.tables import AssessmentPlan
+from services.fhir.loopdb import LoopDatabase
 from services.fhir.outcome import Conflict, Issue, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource, WriteListener
+from services.fhir.tables import core_table
 
 log = logging.getLogger("cicatrix.careplan.generate")
+
+_ASSESSMENT_PLANS = core_table(AssessmentPlan)
+_EXISTING = sql.SQL("SELECT careplan_id FROM {} WHERE subject = %s AND assessment_key = %s").format(
+    sql.Identifier(_ASSESSMENT_PLANS.name)).as_bytes()
 
 PlanHook = WriteListener
 """Called inside the plan's transaction for every CarePlan version written: (session, new version, previous)."""
@@ -107,7 +114,7 @@ class CarePlanner:
               protocol: Protocol, today: date, status: str, assessment_reference: str | None,
               identifier: str | None, created: datetime | None) -> PlanResult:
         warnings = plausibility.check(questionnaire, assessment.response, request.patient,
-                                      self.knowledge.expressions.run, today)
+                                      self.knowledge.expressions.evaluate, today)
         allergies = assessment.allergies(request.allergy_intolerances)
         self.limits.check_allergies(allergies)
         draft = make_plan(protocol, assessment, allergies, self.knowledge.expressions)
@@ -201,6 +208,12 @@ class PlanRepository:
         row = session.get(AssessmentPlan, (subject, assessment_key))
         return self.store.read(session, "CarePlan", row.careplan_id) if row else None
 
+    async def existing_on_loop(self, database: LoopDatabase, subject: str,
+                               assessment_key: str) -> StoredResource | None:
+        """`existing` as statements on the event loop (services.fhir.loopdb): one for a new assessment."""
+        row = await database.fetch_one(_EXISTING, (subject, assessment_key))
+        return await self.store.read_on_loop(database, "CarePlan", row[0]) if row else None
+
     def save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
         """Store the plan (and its assessment); returns (plan, created). A duplicate returns the first plan."""
         for attempt in range(1, self.ATTEMPTS + 1):
@@ -230,10 +243,10 @@ class PlanRepository:
         # Both ids derive from (subject, assessment), so a concurrent submission of the same assessment
         # fails here with IntegrityError and is answered with the plan the other one stored.
         _, stored = self.store.create_many(session, [response, careplan], ids=[response_id, careplan_id])
-        session.add(AssessmentPlan(subject=assessment.subject, assessment_key=assessment.key,
-                                   body_site=body_site, careplan_id=stored.id,
-                                   questionnaire_response_id=response_id, created=stored.last_updated,
-                                   active=careplan.get("status") == "active"))
+        session.execute(insert(_ASSESSMENT_PLANS).values(
+            subject=assessment.subject, assessment_key=assessment.key, body_site=body_site, careplan_id=stored.id,
+            questionnaire_response_id=response_id, created=stored.last_updated,
+            active=careplan.get("status") == "active"))
         session.commit()
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": previous.id if previous else None})
         return stored, True

@@ -102,10 +102,6 @@ class ExpressionCache:
         result = self.evaluate(expression, resource, variables)
         return result == [True]
 
-    def run(self, expression: str, resource: Any, variables: dict[str, Any]) -> list[Any]:
-        """Evaluate without remembering the result (variables beyond the assessment change the answer)."""
-        return self._compiled(expression)(resource, variables)
-
 
 @dataclass
 class Protocol:

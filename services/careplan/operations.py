@@ -57,7 +57,7 @@ def operation_entries(planner: CarePlanner, repository: PlanRepository) -> list[
         base = fhir_base(request, ctx.settings.BASE_URL)
         if key is not None:
             await _check(planner, parsed)  # an invalid request learns nothing about what is stored
-            found = await run_in_threadpool(_existing, ctx, repository, parsed.subject, key)
+            found = await _existing(ctx, repository, parsed.subject, key)
             if found is not None:
                 return _already_generated(request, found, base)
         identifier = plan_identifier(key, parsed.subject) if key else None
@@ -133,6 +133,14 @@ def _already_generated(request: Request, stored: StoredResource, base: str) -> R
         "Location": f"{base}/CarePlan/{stored.id}/_history/{stored.version_id}"})
 
 
-def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:
-    with ctx.session() as session:
-        return repository.existing(session, subject, key)
+async def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:
+    """The plan an earlier submission of this assessment stored: on the event loop where it can be (PostgreSQL),
+    else in a worker thread."""
+    if ctx.loop_db is not None and ctx.loop_db.usable():
+        return await repository.existing_on_loop(ctx.loop_db, subject, key)
+
+    def in_session() -> StoredResource | None:
+        with ctx.session() as session:
+            return repository.existing(session, subject, key)
+
+    return await run_in_threadpool(in_session)

@@ -24,6 +24,7 @@ always respects the minimum interval.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right, insort
 from collections import Counter, defaultdict
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -208,8 +209,10 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
         for key in list(deferred):
             procedure = lookup[key]
             later = start + timedelta(weeks=1)
-            while later < series_end:
-                days, cut = _place(procedure, later, book, min(series_end, last_allowed), _last(result, key))
+            limit = min(series_end, last_allowed)
+            span = timedelta(days=math.floor((procedure.rhythm.count - 1) * procedure.rhythm.interval_days))
+            while later < series_end and later + span <= limit:  # past that, the last session cannot fit
+                days, cut = _place(procedure, later, book, limit, _last(result, key))
                 if days and not cut:
                     placed[key] = tuple(days)
                     deferred.remove(key)
@@ -239,6 +242,13 @@ class _Bookings:
     def __init__(self, calendar: ClinicCalendar, procedures: dict[str, Procedure]) -> None:
         self.calendar = calendar
         self.booked: dict[date, list[str]] = defaultdict(list)
+        self.days_of: dict[str, list[date]] = defaultdict(list)
+        """The days each procedure is booked on, in order: spacing rules look up their neighbours by bisection."""
+        self.visit_days: list[date] = []
+        """The days anything is booked on, in order."""
+        self._open_days: list[date] = []
+        """Every open day from `_open_from` up to `_scanned_to` (exclusive)."""
+        self._open_from = self._scanned_to = date.max
         self.visits: Counter[tuple[int, int]] = Counter()
         self.open: dict[date, bool] = {}
         self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
@@ -249,6 +259,9 @@ class _Bookings:
                 gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
                 self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
                 self.gaps.setdefault(other, {})[key] = self.gaps[key][other]
+        self._apart = {key: tuple((other, timedelta(days=gap - 1), timedelta(days=gap)) for other, gap in gaps.items())
+                       for key, gaps in self.gaps.items()}
+        """The gaps as (other, how far before, how far after a day `other` may not be), for `admissible`."""
 
     def is_open(self, day: date) -> bool:
         known = self.open.get(day)
@@ -257,14 +270,25 @@ class _Bookings:
         return known
 
     def open_day_after(self, day: date, count: int) -> date:
-        """The `count`-th open day at or after `day`."""
-        for offset in range(MAX_HORIZON_DAYS):
-            candidate = day + timedelta(days=offset)
-            if self.is_open(candidate):
-                count -= 1
-                if count <= 0:
-                    return candidate
-        raise SchedulingError("The clinic is closed for the whole planning horizon")
+        """The `count`-th open day at or after `day` (the first for a count below 1).
+
+        The open days found are kept in order, so the many windows of one plan are looked up by bisection
+        instead of walking the calendar again."""
+        if day < self._open_from:  # before the stretch scanned so far: start anew
+            self._open_days, self._open_from, self._scanned_to = [], day, day
+        for _ in range((day - self._scanned_to).days):  # after it: extend it up to `day`
+            if self.is_open(self._scanned_to):
+                self._open_days.append(self._scanned_to)
+            self._scanned_to += timedelta(days=1)
+        index = bisect_left(self._open_days, day)
+        wanted = index + max(count, 1)
+        while len(self._open_days) < wanted:
+            if (self._scanned_to - day).days >= MAX_HORIZON_DAYS:
+                raise SchedulingError("The clinic is closed for the whole planning horizon")
+            if self.is_open(self._scanned_to):
+                self._open_days.append(self._scanned_to)
+            self._scanned_to += timedelta(days=1)
+        return self._open_days[wanted - 1]
 
     def admissible(self, procedure: Procedure, day: date) -> bool:
         taken = self.booked.get(day, ())
@@ -272,28 +296,32 @@ class _Bookings:
             return False
         if not taken and self.visits[_week(day)] >= self.calendar.max_visits_per_week:
             return False
-        gaps = self.gaps.get(procedure.key)
-        if gaps:
-            reach = max(gaps.values())
-            for offset in range(1 - reach, reach):
-                for other in self.booked.get(day + timedelta(days=offset), ()):
-                    if abs(offset) < gaps.get(other, 0):
-                        return False
+        for other, before, after in self._apart.get(procedure.key, ()):
+            days = self.days_of.get(other)
+            if days:  # is `other` booked less than its gap away from `day`?
+                nearest = bisect_left(days, day - before)
+                if nearest < len(days) and days[nearest] < day + after:
+                    return False
         return True
 
-    def is_visit(self, day: date) -> bool:
-        return bool(self.booked.get(day))
+    def visits_between(self, first: date, last: date) -> list[date]:
+        """The days something is booked on, from `first` to `last`, in order."""
+        return self.visit_days[bisect_left(self.visit_days, first):bisect_right(self.visit_days, last)]
 
     def add(self, key: str, day: date) -> None:
         if not self.booked[day]:
             self.visits[_week(day)] += 1
+            insort(self.visit_days, day)
         self.booked[day].append(key)
+        insort(self.days_of[key], day)
 
     def remove(self, key: str, days: Iterable[date]) -> None:
         for day in days:
             self.booked[day].remove(key)
+            self.days_of[key].remove(day)
             if not self.booked[day]:
                 self.visits[_week(day)] -= 1
+                self.visit_days.remove(day)
 
 
 def _last(result: Schedule, key: str) -> date | None:
@@ -336,15 +364,15 @@ def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: dat
 
 def _choose(procedure: Procedure, earliest: date, latest: date, book: _Bookings) -> date | None:
     """The first admissible day in the window the patient already comes in, else the first admissible day."""
-    first = None
+    for day in book.visits_between(earliest, latest):
+        if book.admissible(procedure, day):
+            return day
     day = earliest
     while day <= latest:
-        if (first is None or book.is_visit(day)) and book.admissible(procedure, day):
-            if book.is_visit(day):
-                return day
-            first = first or day
+        if book.admissible(procedure, day):
+            return day
         day += timedelta(days=1)
-    return first
+    return None
 
 
 def _moments(days: Iterable[date], key: str, booked: dict[date, list[str]], calendar: ClinicCalendar) -> list[datetime]:

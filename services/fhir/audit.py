@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.fhir.access import ACCESS_SCOPE_KEY, Access, Principal
 from services.fhir.auth import PRINCIPAL_SCOPE_KEY
 from services.fhir.compartment import TOUCHED_SCOPE_KEY, Checked, PatientCompartment, resource_of, touched
+from services.fhir.loopdb import LoopDatabase
 from services.fhir.outcome import FhirError, ServiceUnavailable
 from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, fhir_request
 from services.fhir.store import ResourceStore, StoredResource, instant, utcnow
@@ -173,12 +174,20 @@ class AuditTrail:
             except FhirError:  # unknown, deleted or not stored here (a delivery Task): the URL is all there is
                 return []
 
-    def record(self, session_factory: Callable[[], Session], events: list[dict[str, Any]]) -> list[str]:
-        """Store events in one transaction of their own (the audited requests' may already be gone)."""
-        with session_factory() as session:
-            stored = self.store.create_many(session, events)
+    async def record(self, sessions: Callable[[], Session], events: list[dict[str, Any]],
+                     loop_db: LoopDatabase | None = None) -> None:
+        """Store events in one transaction of their own (the audited requests' may already be gone): on
+        PostgreSQL one pipelined transaction on the event loop (`services.fhir.loopdb`), unless a write
+        listener follows AuditEvents; elsewhere a session in a worker thread."""
+        if loop_db is not None and loop_db.usable() and not self.store.followed("AuditEvent"):
+            await self.store.create_on_loop(loop_db, events)
+        else:
+            await run_in_threadpool(self._record_in_session, sessions, events)
+
+    def _record_in_session(self, sessions: Callable[[], Session], events: list[dict[str, Any]]) -> None:
+        with sessions() as session:
+            self.store.create_many(session, events)
             session.commit()
-        return [item.id for item in stored]
 
 
 class GroupCommit:
@@ -191,9 +200,10 @@ class GroupCommit:
 
     MAX_BATCH = 256
 
-    def __init__(self, trail: AuditTrail, sessions: Callable[[], Session]) -> None:
+    def __init__(self, trail: AuditTrail, sessions: Callable[[], Session], loop_db: LoopDatabase | None = None) -> None:
         self.trail = trail
         self.sessions = sessions
+        self.loop_db = loop_db
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -209,7 +219,7 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
             try:
-                await run_in_threadpool(self.trail.record, self.sessions, [event for event, _ in batch])
+                await self.trail.record(self.sessions, [event for event, _ in batch], self.loop_db)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which answers 503
                 for _, done in batch:
                     if not done.done():
@@ -221,10 +231,11 @@ class GroupCommit:
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, *, trail: AuditTrail, sessions: Callable[[], Session]) -> None:
+    def __init__(self, app: ASGIApp, *, trail: AuditTrail, sessions: Callable[[], Session],
+                 loop_db: LoopDatabase | None = None) -> None:
         self.app = app
         self.trail = trail
-        self.commits = GroupCommit(trail, sessions)
+        self.commits = GroupCommit(trail, sessions, loop_db)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from services.fhir.capability import CapabilityBuilder
 from services.fhir.db import Migrations
+from services.fhir.loopdb import LoopDatabase
 from services.fhir.observability import HttpMetrics
 from services.fhir.settings import ServiceSettings
 from services.fhir.workpool import WorkPool
@@ -33,6 +34,8 @@ class ServiceContext:
     capability: CapabilityBuilder
     work: WorkPool
     """Where handlers run their CPU work (planning, validation, searches): never on the event loop."""
+    loop_db: LoopDatabase | None = None
+    """Statements the event loop runs itself on PostgreSQL (services.fhir.loopdb); None on SQLite."""
     capability_bytes: bytes = b""
     extras: dict[str, Any] = field(default_factory=dict)
 

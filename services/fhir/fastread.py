@@ -20,7 +20,8 @@ With a `ReadCache` the current version of a resource is kept in memory (the cata
 changes rarely and is read constantly): a write in this process drops the entry when it is made
 and again when its transaction ends, so this process never serves what it has overwritten; a write
 made by another process sharing the database is seen once the entry is older than the cache's
-`fresh_seconds`. Without a cache every read goes to the store, in a worker thread.
+`fresh_seconds`. Without a cache every read goes to the store: on PostgreSQL as one statement on the
+event loop (`services.fhir.loopdb`), elsewhere in a worker thread.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from services.fhir import FHIR_JSON_UTF8
 from services.fhir.bytecache import CacheMetrics, digest
 from services.fhir.conditional import none_match, not_modified
 from services.fhir.deps import ServiceContext
+from services.fhir.loopdb import LoopDatabase
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.routes import InvalidId, fhir_request
@@ -164,13 +166,15 @@ class ReadRoute(BaseRoute):
     name = "read"
 
     def __init__(self, store: ResourceStore, types: frozenset[str], read_hook: ReadHook | None,
-                 sessions: Callable[[], Session], cache: ReadCache | None = None, prefix: str = "/fhir") -> None:
+                 sessions: Callable[[], Session], cache: ReadCache | None = None, prefix: str = "/fhir",
+                 loop_db: LoopDatabase | None = None) -> None:
         self.store = store
         self.types = types
         self.read_hook = read_hook
         self.sessions = sessions
         self.cache = cache
         self.prefix = prefix
+        self.loop_db = loop_db
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
@@ -194,7 +198,10 @@ class ReadRoute(BaseRoute):
         params = scope["path_params"]
         key = (params["resource_type"], params["resource_id"])
         found: tuple[StoredResource, list[tuple[bytes, bytes]]]
-        if self.cache is None:
+        if self.cache is None and self.loop_db is not None and self.loop_db.usable():
+            stored = await self.store.read_on_loop(self.loop_db, *key)
+            found = stored, _headers(stored)
+        elif self.cache is None:
             found = await run_in_threadpool(self._load, key)
         else:
             found = await self.cache.fetch(("read", *key), lambda: self._load(key))
@@ -313,7 +320,7 @@ class FastReads:
     def read_route(self, ctx: ServiceContext) -> BaseRoute:
         if self.cache is not None:
             CacheMetrics([self.cache]).register(ctx.metrics.registry)
-        return ReadRoute(self.store, self.types, self.read_hook, ctx.session, self.cache)
+        return ReadRoute(self.store, self.types, self.read_hook, ctx.session, self.cache, loop_db=ctx.loop_db)
 
     def search_route(self, ctx: ServiceContext) -> BaseRoute | None:
         if self.cache is None or self.search is None:

@@ -31,6 +31,7 @@ from services.fhir.deps import ServiceContext
 from services.fhir.edge import FhirEdgeMiddleware
 from services.fhir.errors import install_error_handlers
 from services.fhir.interaction_table import InteractionTable
+from services.fhir.loopdb import LoopDatabase
 from services.fhir.observability import HttpMetrics, configure_logging
 from services.fhir.outcome import ServiceUnavailable
 from services.fhir.responses import FhirResponse, etag
@@ -73,7 +74,9 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
     metrics = HttpMetrics(name)
     ctx = ServiceContext(name=name, settings=settings, engine=make_engine(settings.DATABASE_URL),
                          migrations=migrations, metrics=metrics, capability=capability,
-                         work=work or WorkPool.of(settings))
+                         work=work or WorkPool.of(settings),
+                         loop_db=LoopDatabase.of(settings.DATABASE_URL, settings.LOOP_CONNECTIONS,
+                                                 settings.WORK_BUDGET_SECONDS))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -81,6 +84,8 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
         if settings.AUTO_MIGRATE:
             await run_in_threadpool(migrations.upgrade, ctx.engine)
         ctx.capability_bytes = capability.build_bytes(settings.BASE_URL)
+        if ctx.loop_db is not None:
+            await ctx.loop_db.open()
         for hook in startup or []:
             await hook(ctx)
         freeze_startup_heap()
@@ -90,6 +95,8 @@ def build_app(*, name: str, title: str, settings: ServiceSettings, migrations: M
         finally:
             for hook in shutdown or []:
                 await hook(ctx)
+            if ctx.loop_db is not None:
+                await ctx.loop_db.close()
             ctx.work.shutdown()
             ctx.engine.dispose()
             log.info("service stopped", extra={"service": name})
@@ -120,7 +127,7 @@ def _add_security_middleware(app: FastAPI, ctx: ServiceContext, access: AccessPo
     app.add_middleware(AccessMiddleware, policy=access, verifier=make_verifier(settings), realm=ctx.name,
                        own_auth_prefixes=own_auth_prefixes)
     if audit is not None:
-        app.add_middleware(AuditMiddleware, trail=audit, sessions=ctx.session)
+        app.add_middleware(AuditMiddleware, trail=audit, sessions=ctx.session, loop_db=ctx.loop_db)
     if settings.AUTH_MODE == "jwt":
         ctx.capability.security = {
             "cors": bool(settings.cors_origins),

@@ -66,6 +66,11 @@ class ServiceSettings(BaseSettings):
     """After a failed JWK Set fetch, requests fail fast (503, Retry-After) for this long before the next
     attempt; the pause doubles with each further failure, up to 60 seconds."""
 
+    LOOP_CONNECTIONS: int = 4
+    """PostgreSQL connections the event loop uses itself, without a worker thread: reads by id of what is
+    not cached (patient data) and the audit trail's batches. `0` sends those through worker threads too, as
+    on SQLite."""
+
     # --- CPU work off the event loop, and limits on what one request may ask (README.md#bad-input) -----------
     WORK_THREADS: int = 2
     """Worker threads for planning, validation and searches (the event loop only does I/O). Python runs one
@@ -101,6 +106,13 @@ class ServiceSettings(BaseSettings):
     def _positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be positive")
+        return value
+
+    @field_validator("LOOP_CONNECTIONS")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
         return value
 
     @field_validator("WORK_BUDGET_SECONDS", "AUTH_JWKS_TIMEOUT_SECONDS", "AUTH_JWKS_RETRY_SECONDS")

@@ -21,8 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from psycopg import sql
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     delete,
     exists,
@@ -39,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col
 
+from services.fhir.loopdb import LoopDatabase, json_inserts, json_rows
 from services.fhir.outcome import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
 from services.fhir.searchparams import (
     FHIR_ID,
@@ -106,6 +109,8 @@ class ResourceStore:
         self.I = index_table
         self.search_params = search_params
         self._listeners: list[tuple[WriteListener, Collection[str] | None]] = []
+        self._read_statement: bytes | None = None
+        self._insert_statement: bytes | None = None
 
     def listen(self, listener: WriteListener, *, types: Collection[str] | None = None) -> None:
         """Publish every write (of `types`, or of any type) to `listener`, after those registered before it:
@@ -139,6 +144,22 @@ class ResourceStore:
             raise Gone(f"{resource_type}/{resource_id} was deleted",
                        headers={"ETag": f'W/"{stored.version_id}"'})
         return stored
+
+    async def read_on_loop(self, database: LoopDatabase, resource_type: str, resource_id: str) -> StoredResource:
+        """`read` as one statement on the event loop (`services.fhir.loopdb`): the care-plan read path."""
+        if not FHIR_ID.match(resource_id):
+            raise BadRequest(f"'{resource_id}' is not a valid FHIR id", expression="id")
+        if self._read_statement is None:
+            self._read_statement = sql.SQL(
+                "SELECT version_id, last_updated, deleted, content FROM {} WHERE resource_type = %s AND id = %s",
+            ).format(sql.Identifier(self.R.__table__.name)).as_bytes()
+        row = await database.fetch_one(self._read_statement, (resource_type, resource_id))
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        version_id, last_updated, deleted, content = row
+        if deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": f'W/"{version_id}"'})
+        return StoredResource(resource_type, resource_id, version_id, as_utc(last_updated), False, bytes(content))
 
     def vread(self, session: Session, resource_type: str, resource_id: str, version_id: str) -> StoredResource:
         if not FHIR_ID.match(resource_id):
@@ -218,6 +239,35 @@ class ResourceStore:
         """Store new resources with one statement per table: the audit trail's batches, and a plan with its
         assessment. Ids are server-assigned unless given; a given id that exists raises IntegrityError (the
         caller decides what a duplicate means, e.g. `$generate` answers with the plan already made)."""
+        stored, tables = self._new_rows(resources, ids)
+        for table, rows in tables:
+            if rows:  # one row as a plain statement: psycopg's executemany pipeline costs more than it saves
+                session.execute(insert(table), rows[0] if len(rows) == 1 else rows)
+        for item in stored:
+            self._publish(session, item, None)
+        return stored
+
+    async def create_on_loop(self, database: LoopDatabase, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+        """`create_many` as one statement on the event loop (`services.fhir.loopdb.json_inserts`), for the audit
+        trail's batches. Only for types no write listener follows: a listener takes part in a session's
+        transaction."""
+        stored, tables = self._new_rows(resources, None)
+        followed = {item.resource_type for item in stored if self.followed(item.resource_type)}
+        if followed:
+            raise ValueError(f"writes of {', '.join(sorted(followed))} are followed by listeners; use create_many")
+        if self._insert_statement is None:
+            self._insert_statement = json_inserts([(table, list(_NEW_ROW_COLUMNS[n]))
+                                                   for n, (table, _) in enumerate(tables)])
+        await database.execute(self._insert_statement, [json_rows(rows) for _, rows in tables])
+        return stored
+
+    def followed(self, resource_type: str) -> bool:
+        """Whether a write listener is told of writes of `resource_type`."""
+        return any(types is None or resource_type in types for _, types in self._listeners)
+
+    def _new_rows(self, resources: Sequence[dict[str, Any]], ids: Sequence[str] | None,
+                  ) -> tuple[list[StoredResource], list[tuple[Table, list[dict[str, Any]]]]]:
+        """Version 1 of each resource, and the rows of the current, history and index tables that store them."""
         now = utcnow()
         stored: list[StoredResource] = []
         current_rows: list[dict[str, Any]] = []
@@ -233,12 +283,8 @@ class ResourceStore:
             version_rows.append(key | {"method": "POST"})
             index_rows += self._index_rows(resource_type, resource_id, resource)
             stored.append(StoredResource(resource_type, resource_id, 1, now, False, content, "POST"))
-        for table, rows in ((self.R, current_rows), (self.V, version_rows), (self.I, index_rows)):
-            if rows:  # one row as a plain statement: psycopg's executemany pipeline costs more than it saves
-                session.execute(insert(table.__table__), rows[0] if len(rows) == 1 else rows)
-        for item in stored:
-            self._publish(session, item, None)
-        return stored
+        return stored, [(self.R.__table__, current_rows), (self.V.__table__, version_rows),
+                        (self.I.__table__, index_rows)]
 
     def update(self, session: Session, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                if_match: int | None, create_if_missing: bool = False) -> tuple[StoredResource, bool]:
@@ -475,6 +521,13 @@ class ResourceStore:
 
 
 # --------------------------------------------------------------------- helpers
+
+_NEW_ROW_COLUMNS = (
+    ("resource_type", "id", "version_id", "last_updated", "deleted", "content", "url", "version"),
+    ("resource_type", "id", "version_id", "last_updated", "deleted", "content", "method"),
+    ("resource_type", "resource_id", "param", "system", "value", "norm", "low", "high"),
+)
+"""The columns `_new_rows` fills, per table (current, history, index)."""
 
 
 def _as_version(given: dict[str, Any], resource_id: str, version_id: int,

@@ -164,7 +164,7 @@ def test_a_read_that_cannot_be_recorded_fails_and_discloses_nothing(secured_care
                                                                     r4_validator, path):
     plan = generate(secured_careplan, issuer.bearer(WRITER)).json()
 
-    def broken(*_: Any) -> None:
+    async def broken(*_: Any) -> None:
         raise OperationalError("INSERT INTO careplan_resource ...", {}, Exception("disk full"))
 
     monkeypatch.setattr(AuditTrail, "record", broken)
@@ -178,8 +178,11 @@ def test_a_read_that_cannot_be_recorded_fails_and_discloses_nothing(secured_care
 
 def test_a_generate_that_cannot_be_recorded_is_answered_503_and_its_retry_is_recorded(secured_careplan, issuer,
                                                                                        monkeypatch):
+    async def broken(*_: Any) -> None:
+        raise OperationalError("x", {}, None)
+
     with monkeypatch.context() as patched:
-        patched.setattr(AuditTrail, "record", lambda *_: (_ for _ in ()).throw(OperationalError("x", {}, None)))
+        patched.setattr(AuditTrail, "record", broken)
         assert generate(secured_careplan, issuer.bearer(WRITER)).status_code == 503
     again = generate(secured_careplan, issuer.bearer(WRITER))
     assert again.status_code == 200, "the plan was stored; the retry is answered with where it is"
@@ -221,9 +224,9 @@ def test_concurrent_events_share_commits_and_each_waits_for_its_own(database_url
         transactions: list[int] = []
         real_record = AuditTrail.record
 
-        def counting(self: AuditTrail, sessions: Any, events: list[dict[str, Any]]) -> list[str]:
+        async def counting(self: AuditTrail, sessions: Any, events: list[dict[str, Any]], loop_db: Any = None) -> None:
             transactions.append(len(events))
-            return real_record(self, sessions, events)
+            await real_record(self, sessions, events, loop_db)
 
         monkeypatch.setattr(AuditTrail, "record", counting)
         events = [_event(f"CarePlan/group-{n}") for n in range(40)]
@@ -239,7 +242,7 @@ def test_concurrent_events_share_commits_and_each_waits_for_its_own(database_url
                 query = SearchQuery("AuditEvent", criteria=[entity])
                 assert len(store.search(session, query).matches) == 1
 
-        def broken(*_: Any) -> None:
+        async def broken(*_: Any) -> None:
             raise OperationalError("INSERT INTO careplan_resource ...", {}, Exception("disk full"))
 
         monkeypatch.setattr(AuditTrail, "record", broken)

@@ -87,6 +87,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from _database_url(request.param, tmp_path)
 
 
+@pytest.fixture
+def postgres_database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, for what exists only there."""
+    yield from _database_url("postgresql", tmp_path)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Like `database_url` but shared by a module's tests (for read-only tests over loaded content)."""

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -128,7 +127,7 @@ def cds_router(hooks: CdsHooks) -> APIRouter:
         client = request.client.host if request.client else None
         events = feedback_events(body, service.id, hooks.trail, principal, client,
                                  hooks.settings.CDS_MAX_FEEDBACK_ITEMS)
-        await run_in_threadpool(hooks.trail.record, ctx.session, events)
+        await hooks.trail.record(ctx.session, events, ctx.loop_db)
         return JSONResponse({}, status_code=200)
 
     return router

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, event, insert, or_, select, update
+from sqlalchemy import Update, and_, bindparam, event, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -39,24 +39,37 @@ NOTIFY_CHANNEL = "careplan_subscription"
 _PLAN_VERSIONS = core_table(CareplanResourceVersion)
 
 
+def _bump(for_update: bool) -> Update:
+    """Count one more event on every matching subscription, returning (id, its event number): made once, with
+    the event's values as parameters, since every plan write runs it."""
+    subs = SUBSCRIPTIONS
+    matching = and_(
+        subs.c.topic == bindparam("event_topic"), subs.c.status == ACTIVE, subs.c.deleted.is_(False),
+        or_(subs.c.end_at.is_(None), subs.c.end_at > bindparam("event_occurred")),
+        or_(subs.c.filter_patient.is_(None), subs.c.filter_patient == bindparam("event_patient")),
+        or_(subs.c.filter_category.is_(None),
+            subs.c.filter_category.in_(bindparam("event_categories", expanding=True))),
+    )
+    chosen = select(subs.c.id).where(matching).order_by(subs.c.id)
+    if for_update:
+        chosen = chosen.with_for_update()
+    return (update(subs).where(subs.c.id.in_(chosen.scalar_subquery()))
+            .values(events_since_start=subs.c.events_since_start + 1)
+            .returning(subs.c.id, subs.c.events_since_start))
+
+
+_BUMP = {True: _bump(for_update=True), False: _bump(for_update=False)}
+"""By whether the database locks the chosen rows (PostgreSQL) or the whole file (SQLite)."""
+
+
 def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus_id: str,
                  focus_version: int | None, interaction: str, patient: str | None, categories: list[str],
                  occurred: datetime) -> int:
     """Queue one event for every matching subscription; returns how many."""
-    subs = SUBSCRIPTIONS
-    matching = and_(
-        subs.c.topic == topic.url, subs.c.status == ACTIVE, subs.c.deleted.is_(False),
-        or_(subs.c.end_at.is_(None), subs.c.end_at > occurred),
-        or_(subs.c.filter_patient.is_(None), subs.c.filter_patient == (patient or "")),
-        or_(subs.c.filter_category.is_(None), subs.c.filter_category.in_(categories or [""])),
-    )
-    chosen = select(subs.c.id).where(matching).order_by(subs.c.id)
-    if connection.dialect.name == "postgresql":
-        chosen = chosen.with_for_update()
-    bumped = connection.execute(
-        update(subs).where(subs.c.id.in_(chosen.scalar_subquery()))
-        .values(events_since_start=subs.c.events_since_start + 1)
-        .returning(subs.c.id, subs.c.events_since_start)).all()
+    bumped = connection.execute(_BUMP[connection.dialect.name == "postgresql"], {
+        "event_topic": topic.url, "event_occurred": occurred, "event_patient": patient or "",
+        "event_categories": categories or [""],
+    }).all()
     if not bumped:
         return 0
     now = utcnow()

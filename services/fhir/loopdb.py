@@ -1,0 +1,146 @@
+"""PostgreSQL statements run on the event loop itself, for the two paths every patient-data read takes.
+
+A care-plan read by id is one indexed lookup and one AuditEvent. Through SQLAlchemy sessions in worker
+threads each cost two thread hops, a BEGIN, a ROLLBACK or COMMIT, and the GIL handed back and forth with
+the event loop: about a millisecond of CPU for a few hundred microseconds of database work. `LoopDatabase`
+runs those statements with psycopg's async connections from a bounded pool (psycopg_pool), in autocommit:
+a read is one round trip, and a batch of audit events one statement (atomic on its own, so no BEGIN and
+COMMIT round trips either).
+
+Only where the rest of the service's writes cannot notice the difference: the statements are the store's
+own (`ResourceStore.read_on_loop`, `ResourceStore.create_on_loop`), and the pool is used only on the loop
+that opened it, in the app's lifespan. Anywhere else (SQLite, `LOOP_CONNECTIONS=0`, an app driven without
+its lifespan) `usable()` is false and callers keep the thread path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection, sql
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy import Table
+from sqlalchemy.engine import make_url
+
+from services.fhir.outcome import ServiceUnavailable
+
+log = logging.getLogger("cicatrix.db")
+
+
+def conninfo(url: str) -> str | None:
+    """The libpq URI of a `postgresql+psycopg://` URL (query options such as a search_path kept), or None for
+    any other database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class LoopDatabase:
+    """A pool of at most `size` autocommit connections, opened on the running loop by `open`.
+
+    Statements are given as bytes, composed once by their owner: psycopg remembers how it converted a bytes
+    query, where a `sql.Composed` is composed again on every execution."""
+
+    def __init__(self, conninfo: str, size: int, timeout: float) -> None:
+        self.conninfo = conninfo
+        self.size = size
+        self.timeout = timeout
+        self._pool: AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def of(cls, url: str, size: int, timeout: float) -> LoopDatabase | None:
+        """One for a PostgreSQL URL with `size` > 0; None where the thread path is the only one."""
+        info = conninfo(url)
+        return cls(info, size, timeout) if info is not None and size > 0 else None
+
+    async def open(self) -> None:
+        """Start the pool; it connects in the background, so a service whose database is not up yet still
+        starts (and says so on /readyz), as it does without these connections."""
+        pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
+            self.conninfo, min_size=1, max_size=self.size, open=False, timeout=self.timeout,
+            kwargs={"autocommit": True}, name="loop")
+        await pool.open()
+        self._pool, self._loop = pool, asyncio.get_running_loop()
+        log.info("event-loop database connections started", extra={"max_connections": self.size})
+
+    async def close(self) -> None:
+        pool, self._pool, self._loop = self._pool, None, None
+        if pool is not None:
+            await pool.close()
+
+    def usable(self) -> bool:
+        """Open, and on the loop that opened it (asyncio connections belong to one loop)."""
+        if self._pool is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    async def fetch_one(self, query: bytes, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        """One statement in autocommit: a single round trip, no BEGIN or ROLLBACK."""
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, params, prepare=True)
+            row: tuple[Any, ...] | None = await cursor.fetchone()
+            return row
+
+    async def execute(self, query: bytes, params: Sequence[Any]) -> None:
+        """One statement in autocommit: atomic on its own, a single round trip and a single commit."""
+        async with self._connection() as connection:
+            await connection.execute(query, params, prepare=True)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        """A connection within `timeout`, else 503 with Retry-After: the database is busy or unreachable."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as connection:
+                yield connection
+        except PoolTimeout:
+            raise ServiceUnavailable("The service is busy (no database connection within its time budget); "
+                                     "try again shortly",
+                                     headers={"Retry-After": str(max(1, math.ceil(self.timeout / 4)))}) from None
+
+
+def json_inserts(tables: Sequence[tuple[Table, Sequence[str]]]) -> bytes:
+    """One statement inserting into each table the rows given as one JSON array parameter (`json_rows`):
+    `WITH t0 AS (INSERT ... SELECT ... FROM jsonb_to_recordset(%s::jsonb) AS r(...)), ... INSERT ...`.
+
+    Its text does not depend on the number of rows, so it is prepared once, and a batch is as many parameters
+    as tables: psycopg's array dumpers, in Python, cost more than the database's JSON parser. The record's
+    types are the tables' own, without lengths (a cast to `VARCHAR(64)` would cut a longer value short, where
+    the insert refuses it); bytes travel as UTF-8 text (the store's contents are JSON)."""
+    dialect = make_url("postgresql+psycopg://").get_dialect()()
+    inserts = []
+    for table, columns in tables:
+        types = {name: table.c[name].type.compile(dialect=dialect).split("(", 1)[0] for name in columns}
+        record = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name),
+                                                            sql.SQL("TEXT" if kind == "BYTEA" else kind))
+                                    for name, kind in types.items())
+        values = sql.SQL(", ").join(sql.SQL("convert_to(r.{}, 'UTF8')" if kind == "BYTEA" else "r.{}").format(
+            sql.Identifier(name)) for name, kind in types.items())
+        inserts.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM jsonb_to_recordset(%s::jsonb) AS r({})").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)), values, record))
+    ctes = sql.SQL(", ").join(sql.SQL("{} AS ({})").format(sql.Identifier(f"t{n}"), statement)
+                              for n, statement in enumerate(inserts[:-1]))
+    return (sql.SQL("WITH {} {}").format(ctes, inserts[-1]) if len(inserts) > 1 else inserts[0]).as_bytes()
+
+
+def json_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The parameter of one table in a `json_inserts` statement."""
+    return orjson.dumps(rows, default=_utf8).decode()
+
+
+def _utf8(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    raise TypeError(f"{type(value).__name__} is not stored as JSON")
