@@ -34,6 +34,8 @@ from zoneinfo import ZoneInfo
 PERIOD_DAYS = {"d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25}
 MAX_HORIZON_DAYS = 5 * 366
 """No plan reaches further than this; a calendar that cannot fit the sessions within it is refused."""
+OPEN_DAYS_KEPT = 4 * MAX_HORIZON_DAYS
+"""Days a calendar remembers whether it is open on: plans starting over several years, each within the horizon."""
 UNRANKED = 1_000_000
 """Rank of a procedure the content gives no rank: after every ranked one, in protocol order."""
 
@@ -93,6 +95,8 @@ class ClinicCalendar:
     """Patient-burden budget: days a patient is asked to come in per ISO week."""
     holidays: Container[date] = field(default=frozenset(), compare=False, hash=False)
     """Public holidays of the clinic's country (a `holidays` calendar, or any container of dates)."""
+    _open: dict[date, bool] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    """Days already looked up: every plan asks about the same months, and a holiday lookup is not free."""
 
     def __post_init__(self) -> None:
         if not self.working_days:
@@ -103,7 +107,13 @@ class ClinicCalendar:
             raise SchedulingError("At least one visit a week must be allowed")
 
     def is_open(self, day: date) -> bool:
-        return day.weekday() in self.working_days and day not in self.closed and day not in self.holidays
+        known = self._open.get(day)
+        if known is None:
+            if len(self._open) >= OPEN_DAYS_KEPT:
+                self._open.clear()
+            known = self._open[day] = (day.weekday() in self.working_days and day not in self.closed
+                                       and day not in self.holidays)
+        return known
 
     def next_open_day(self, day: date) -> date:
         for offset in range(MAX_HORIZON_DAYS):
@@ -250,7 +260,6 @@ class _Bookings:
         """Every open day from `_open_from` up to `_scanned_to` (exclusive)."""
         self._open_from = self._scanned_to = date.max
         self.visits: Counter[tuple[int, int]] = Counter()
-        self.open: dict[date, bool] = {}
         self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
         """Least days apart for each conflicting pair (a pair keeps the larger of the two procedures' gaps)."""
         for key, procedure in procedures.items():
@@ -263,12 +272,6 @@ class _Bookings:
                        for key, gaps in self.gaps.items()}
         """The gaps as (other, how far before, how far after a day `other` may not be), for `admissible`."""
 
-    def is_open(self, day: date) -> bool:
-        known = self.open.get(day)
-        if known is None:
-            known = self.open[day] = self.calendar.is_open(day)
-        return known
-
     def open_day_after(self, day: date, count: int) -> date:
         """The `count`-th open day at or after `day` (the first for a count below 1).
 
@@ -277,7 +280,7 @@ class _Bookings:
         if day < self._open_from:  # before the stretch scanned so far: start anew
             self._open_days, self._open_from, self._scanned_to = [], day, day
         for _ in range((day - self._scanned_to).days):  # after it: extend it up to `day`
-            if self.is_open(self._scanned_to):
+            if self.calendar.is_open(self._scanned_to):
                 self._open_days.append(self._scanned_to)
             self._scanned_to += timedelta(days=1)
         index = bisect_left(self._open_days, day)
@@ -285,14 +288,14 @@ class _Bookings:
         while len(self._open_days) < wanted:
             if (self._scanned_to - day).days >= MAX_HORIZON_DAYS:
                 raise SchedulingError("The clinic is closed for the whole planning horizon")
-            if self.is_open(self._scanned_to):
+            if self.calendar.is_open(self._scanned_to):
                 self._open_days.append(self._scanned_to)
             self._scanned_to += timedelta(days=1)
         return self._open_days[wanted - 1]
 
     def admissible(self, procedure: Procedure, day: date) -> bool:
         taken = self.booked.get(day, ())
-        if not self.is_open(day) or len(taken) >= self.calendar.max_per_day:
+        if not self.calendar.is_open(day) or len(taken) >= self.calendar.max_per_day:
             return False
         if not taken and self.visits[_week(day)] >= self.calendar.max_visits_per_week:
             return False
@@ -303,6 +306,12 @@ class _Bookings:
                 if nearest < len(days) and days[nearest] < day + after:
                     return False
         return True
+
+    def open_days_between(self, first: date, last: date) -> list[date]:
+        """The open days from `first` to `last`, in order."""
+        self.open_day_after(first, 1)
+        self.open_day_after(last, 1)  # the stretch scanned now reaches past `last`
+        return self._open_days[bisect_left(self._open_days, first):bisect_right(self._open_days, last)]
 
     def visits_between(self, first: date, last: date) -> list[date]:
         """The days something is booked on, from `first` to `last`, in order."""
@@ -367,11 +376,9 @@ def _choose(procedure: Procedure, earliest: date, latest: date, book: _Bookings)
     for day in book.visits_between(earliest, latest):
         if book.admissible(procedure, day):
             return day
-    day = earliest
-    while day <= latest:
+    for day in book.open_days_between(earliest, latest):  # a closed day is never admissible
         if book.admissible(procedure, day):
             return day
-        day += timedelta(days=1)
     return None
 
 
