@@ -269,11 +269,10 @@ class PlanRepository:
             session.execute(update(AssessmentPlan).where(false()).values(active=False))
 
     def _active_plan_for_site(self, session: Session, subject: str, body_site: str) -> StoredResource | None:
-        row = session.scalars(select(AssessmentPlan).where(
-            col(AssessmentPlan.subject) == subject, col(AssessmentPlan.body_site) == body_site,
-            col(AssessmentPlan.active),
-        )).first()
-        return self.store.read(session, "CarePlan", row.careplan_id) if row else None
+        plans = _ASSESSMENT_PLANS.c
+        careplan_id = session.scalar(select(plans.careplan_id).where(
+            plans.subject == subject, plans.body_site == body_site, plans.active).limit(1))
+        return self.store.read(session, "CarePlan", careplan_id) if careplan_id else None
 
     def _revoke(self, session: Session, plan: StoredResource, *, replaced_by: str) -> None:
         resource = plan.parsed()

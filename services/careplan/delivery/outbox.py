@@ -26,11 +26,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 import orjson
-from sqlalchemy import Index, Text, UniqueConstraint, event
+from sqlalchemy import Index, Text, UniqueConstraint, event, insert
 from sqlmodel import Field, Session
 
 from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns, notify
 from services.fhir.store import StoredResource, utcnow
+from services.fhir.tables import core_table
 
 NOTIFY_CHANNEL = "careplan_delivery"
 
@@ -75,6 +76,9 @@ class Delivery(LeaseColumns, table=True):
         return orjson.loads(self.readback) if self.readback is not None else None
 
 
+DELIVERIES = core_table(Delivery)
+
+
 def new_delivery(plan: StoredResource, previous: StoredResource | None, *, now: datetime | None = None) -> Delivery:
     now = now or utcnow()
     subject = (plan.parsed().get("subject") or {}).get("reference")
@@ -89,8 +93,7 @@ def make_enqueue_hook(on_commit: Callable[[], None] | None = None) -> Callable[[
     """The plan hook that queues every CarePlan version; `on_commit` wakes an in-process dispatcher."""
 
     def enqueue(session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
-        session.add(new_delivery(plan, previous))
-        session.flush()
+        session.execute(insert(DELIVERIES).values(new_delivery(plan, previous).model_dump()))
         notify(session, NOTIFY_CHANNEL)
         if on_commit is not None:
             event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
