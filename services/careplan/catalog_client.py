@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -24,6 +24,8 @@ from services.fhir.bytecache import ByteCache, digest
 from services.fhir.outcome import BadRequest, FhirError, NotFound, ServiceUnavailable
 
 log = logging.getLogger("cicatrix.careplan.catalog")
+
+T = TypeVar("T")
 
 
 class CatalogUnavailable(ServiceUnavailable):
@@ -37,6 +39,8 @@ class _Cached:
     checked: float
     size: int
     """What the parsed body weighs, about twice its JSON."""
+    derived: dict[str, Any] = field(default_factory=dict)
+    """What callers computed from this body (`CatalogClient.derived`), by name: kept as long as the body is."""
 
 
 class CatalogClient:
@@ -48,7 +52,7 @@ class CatalogClient:
         self._transport = transport
         self._http = self._new_client()
         self.cache: ByteCache[_Cached] = ByteCache("catalog", max_bytes)
-        self._fetching: dict[bytes, asyncio.Future[Any]] = {}
+        self._fetching: dict[bytes, asyncio.Future[_Cached]] = {}
         """The revalidation under way for each key: concurrent requests for one URL share it (and the entry
         goes when it ends, so this holds no more than the requests in flight)."""
 
@@ -62,10 +66,23 @@ class CatalogClient:
 
     async def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
         """The JSON at `path?params`, from cache when fresh, revalidated when stale, stale when the catalog fails."""
+        return (await self._entry(path, params)).body
+
+    async def derived(self, path: str, params: Sequence[tuple[str, str]], name: str, derive: Callable[[Any], T]) -> T:
+        """`derive(the JSON at path?params)`, computed once per answer the catalog gives (a revalidated answer
+        keeps it): what every plan reads from the same knowledge (a value set's codes, say) is not rebuilt for
+        each. `name` tells the derivations of one answer apart; `derive` must not change the JSON."""
+        entry = await self._entry(path, params)
+        if name not in entry.derived:
+            entry.derived[name] = derive(entry.body)
+        value: T = entry.derived[name]
+        return value
+
+    async def _entry(self, path: str, params: Sequence[tuple[str, str]]) -> _Cached:
         key = digest(path, urlencode(list(params)))
         cached = self.cache.get(key)
         if cached and time.monotonic() - cached.checked < self.fresh_seconds:
-            return cached.body
+            return cached
         fetching = self._fetching.get(key)
         if fetching is None:
             fetching = asyncio.ensure_future(self._fetch(key, path, params, cached))
@@ -73,7 +90,8 @@ class CatalogClient:
             fetching.add_done_callback(lambda _: self._fetching.pop(key, None))
         return await asyncio.shield(fetching)
 
-    async def _fetch(self, key: bytes, path: str, params: Sequence[tuple[str, str]], cached: _Cached | None) -> Any:
+    async def _fetch(self, key: bytes, path: str, params: Sequence[tuple[str, str]],
+                     cached: _Cached | None) -> _Cached:
         headers = {"If-None-Match": cached.etag} if cached and cached.etag else {}
         if self._http.is_closed:
             self._http = self._new_client()
@@ -87,7 +105,7 @@ class CatalogClient:
         if response.status_code == 304 and cached:
             cached.checked = time.monotonic()
             self.cache.put(key, cached, cached.size)
-            return cached.body
+            return cached
         if response.status_code >= 500:
             return self._fallback(path, cached, f"HTTP {response.status_code}")
         if response.status_code == 404:
@@ -95,14 +113,13 @@ class CatalogClient:
         if response.status_code >= 400:
             raise FhirError(f"The catalog refused {path}: HTTP {response.status_code}", status=502,
                             code="exception")
-        body = response.json()
-        self.cache.put(key, _Cached(body, response.headers.get("etag"), time.monotonic(), 2 * len(response.content)),
-                       2 * len(response.content))
-        return body
+        entry = _Cached(response.json(), response.headers.get("etag"), time.monotonic(), 2 * len(response.content))
+        self.cache.put(key, entry, entry.size)
+        return entry
 
-    def _fallback(self, path: str, cached: _Cached | None, reason: str) -> Any:
+    def _fallback(self, path: str, cached: _Cached | None, reason: str) -> _Cached:
         if cached is not None:
             log.warning("catalog unavailable, serving the last good copy", extra={"path": path, "reason": reason})
-            return cached.body
+            return cached
         raise CatalogUnavailable(f"The catalog at {self.base_url} is unavailable ({reason}) and no copy of the "
                                  "treatment knowledge is cached; try again shortly")

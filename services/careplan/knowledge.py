@@ -12,7 +12,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
@@ -35,11 +35,19 @@ PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
 Expression = Callable[[Any, dict[str, Any]], list[Any]]
 
 
+T = TypeVar("T")
+
+
 class CatalogReader(typing.Protocol):
     """What knowledge needs of the catalog: the JSON of one REST read or search. The HTTP client
     (catalog_client.CatalogClient) is one; the plan's domain never sees how the catalog is reached."""
 
     async def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any: ...
+
+    async def derived(self, path: str, params: Sequence[tuple[str, str]], name: str,
+                      derive: Callable[[Any], T]) -> T:
+        """`derive` of that JSON, computed once per answer (see catalog_client.CatalogClient.derived)."""
+        ...
 
 
 def canonical_url(canonical: str) -> str:
@@ -142,11 +150,11 @@ class Knowledge:
     async def questionnaire(self, canonical: str) -> dict[str, Any]:
         url, _, version = canonical.partition("|")
         params = [("url", url), ("status", "active")] + ([("version", version)] if version else [])
-        bundle = await self.catalog.get("/Questionnaire", params)
-        found = _resources(bundle, "Questionnaire")
-        if not found:
+        newest: dict[str, Any] | None = await self.catalog.derived("/Questionnaire", params, "newest",
+                                                                   _newest_questionnaire)
+        if newest is None:
             raise Unprocessable(f"The catalog has no active Questionnaire {canonical}", code="not-found")
-        return max(found, key=lambda q: q.get("version", ""))
+        return newest
 
     async def answer_value_sets(self, questionnaire: dict[str, Any]) -> dict[str, dict[tuple[str, str], str]]:
         """The codes of every answer value set the Questionnaire's items name, by canonical."""
@@ -157,9 +165,9 @@ class Knowledge:
         """(system, code) pairs of a ValueSet's expansion, each with its display ('' when it has none)."""
         url, _, version = canonical.partition("|")
         params = [("url", url), ("count", "1000")] + ([("valueSetVersion", version)] if version else [])
-        expansion = await self.catalog.get("/ValueSet/$expand", params)
-        return {(c.get("system", ""), c.get("code", "")): c.get("display", "")
-                for c in _contains(expansion.get("expansion", {}))}
+        codes: dict[tuple[str, str], str] = await self.catalog.derived("/ValueSet/$expand", params, "codes",
+                                                                        _expansion_codes)
+        return codes
 
     async def protocol_for(self, scar_type: dict[str, Any]) -> Protocol | None:
         """The active clinical protocol whose use context is this scar type, with all it references."""
@@ -224,6 +232,15 @@ class Knowledge:
             ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")])
         return Protocol(plan=plan, activities=activities, medications=medications, classes=classes,
                         screening=_resources(screening_bundle, "PlanDefinition"), contraindications=contraindications)
+
+
+def _newest_questionnaire(bundle: dict[str, Any]) -> dict[str, Any] | None:
+    return max(_resources(bundle, "Questionnaire"), key=lambda q: q.get("version", ""), default=None)
+
+
+def _expansion_codes(expansion: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {(c.get("system", ""), c.get("code", "")): c.get("display", "")
+            for c in _contains(expansion.get("expansion", {}))}
 
 
 def _walk_actions(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

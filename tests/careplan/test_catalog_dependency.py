@@ -95,3 +95,34 @@ def test_concurrent_requests_for_one_url_share_a_fetch_and_nothing_stays_behind(
     asyncio.run(scenario())
     assert client._fetching == {}
     assert client.cache.size <= 256 * 1024 and len(client.cache) < 300
+
+
+def test_what_is_derived_from_an_answer_is_computed_once_per_answer():
+    """Kept while the answer stands (fresh or revalidated by a 304), computed again when the catalog's answer
+    changes; a catalog answering over a transport that counts the derivations."""
+    versions = {"etag": 'W/"1"', "codes": ["a"]}
+
+    def catalog(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("if-none-match") == versions["etag"]:
+            return httpx.Response(304, headers={"ETag": versions["etag"]})
+        body = {"resourceType": "ValueSet", "expansion": {"contains": [{"code": c} for c in versions["codes"]]}}
+        return httpx.Response(200, json=body, headers={"ETag": versions["etag"]})
+
+    derivations: list[list[str]] = []
+
+    def codes(expansion: dict) -> list[str]:
+        found = [c["code"] for c in expansion["expansion"]["contains"]]
+        derivations.append(found)
+        return found
+
+    async def scenario() -> list[list[str]]:
+        client = CatalogClient("http://catalog.test/fhir", fresh_seconds=0, transport=httpx.MockTransport(catalog))
+        seen = [await client.derived("/ValueSet/$expand", [("url", "u")], "codes", codes) for _ in range(3)]
+        versions.update(etag='W/"2"', codes=["a", "b"])
+        seen.append(await client.derived("/ValueSet/$expand", [("url", "u")], "codes", codes))
+        seen.append(await client.derived("/ValueSet/$expand", [("url", "u")], "codes", codes))
+        await client.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [["a"], ["a"], ["a"], ["a", "b"], ["a", "b"]]
+    assert derivations == [["a"], ["a", "b"]], "once per answer: the 304s kept the first, the change made another"
