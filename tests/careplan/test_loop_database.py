@@ -5,10 +5,12 @@ the loop's connections cannot be used."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from services.fhir.loopdb import LoopDatabase, conninfo
@@ -73,50 +75,52 @@ def test_a_plan_read_its_audit_event_and_a_resubmission_are_loop_statements(post
         assert calls[0] == "read_on_loop", "looked up on the event loop"
 
 
-def test_loop_writes_store_what_session_writes_store(postgres_database_url, catalog_url):
+@pytest.fixture
+def service(postgres_database_url, catalog_url) -> Iterator[tuple[TestClient, Any, ResourceStore]]:
+    """A running care-plan service on PostgreSQL: its client (whose portal runs calls on the app's loop), its
+    context and its store."""
     app = careplan_app(postgres_database_url, CATALOG_URL=catalog_url, LOG_LEVEL="WARNING", DISPATCHER="off")
     with running(app) as client:
-        ctx = app.state.ctx
-        store: ResourceStore = ctx.extras["store"]
         assert client.portal is not None
-        [on_loop, other] = client.portal.call(store.create_on_loop, ctx.loop_db,
-                                              [_event("CarePlan/one"), _event("CarePlan/two")])
-        with ctx.session() as session:
-            [in_session] = store.create_many(session, [_event("CarePlan/one")])
-            session.commit()
-            for written in (on_loop, other):
-                read = store.read(session, "AuditEvent", written.id)
-                assert (read.content, read.version_id, read.last_updated) == (
-                    written.content, 1, written.last_updated)
-                [history] = store.history(session, "AuditEvent", written.id)
-                assert history.content == written.content and history.method == "POST"
-            assert _index_rows(store, session, on_loop.id) == _index_rows(store, session, in_session.id) != []
-        assert client.portal.call(store.read_on_loop, ctx.loop_db, "AuditEvent", on_loop.id).content == on_loop.content
-        with ctx.session() as session:
-            store.delete(session, "AuditEvent", other.id)
-            session.commit()
-        with pytest.raises(Gone):
-            client.portal.call(store.read_on_loop, ctx.loop_db, "AuditEvent", other.id)
-        with pytest.raises(NotFound):
-            client.portal.call(store.read_on_loop, ctx.loop_db, "AuditEvent", "never-written")
+        yield client, app.state.ctx, app.state.ctx.extras["store"]
 
 
-def test_a_loop_batch_is_atomic_and_refuses_what_its_columns_cannot_hold(postgres_database_url, catalog_url):
-    app = careplan_app(postgres_database_url, CATALOG_URL=catalog_url, LOG_LEVEL="WARNING", DISPATCHER="off")
-    with running(app) as client:
-        ctx = app.state.ctx
-        store: ResourceStore = ctx.extras["store"]
-        assert client.portal is not None
-        too_long = _event("CarePlan/too-long")
-        too_long["type"]["system"] = "https://example.org/" + "s" * 600  # the index's system column holds 512
-        with pytest.raises(psycopg.errors.StringDataRightTruncation):
-            client.portal.call(store.create_on_loop, ctx.loop_db, [_event("CarePlan/fits"), too_long])
-        with ctx.session() as session:
-            assert session.execute(select(store.R.__table__.c.id).where(
-                store.R.__table__.c.resource_type == "AuditEvent")).all() == [], "nothing of the batch was stored"
-        with pytest.raises(ValueError, match="CarePlan"):
-            client.portal.call(store.create_on_loop, ctx.loop_db, [{"resourceType": "CarePlan", "status": "draft"}])
-        assert not asyncio.run(_usable(ctx.loop_db)), "another loop than the one that opened it takes the thread path"
+def test_loop_writes_store_what_session_writes_store(service):
+    client, ctx, store = service
+    [on_loop, other] = client.portal.call(store.create_on_loop, ctx.loop_db,
+                                          [_event("CarePlan/one"), _event("CarePlan/two")])
+    with ctx.session() as session:
+        [in_session] = store.create_many(session, [_event("CarePlan/one")])
+        session.commit()
+        for written in (on_loop, other):
+            read = store.read(session, "AuditEvent", written.id)
+            assert (read.content, read.version_id, read.last_updated) == (
+                written.content, 1, written.last_updated)
+            [history] = store.history(session, "AuditEvent", written.id)
+            assert history.content == written.content and history.method == "POST"
+        assert _index_rows(store, session, on_loop.id) == _index_rows(store, session, in_session.id) != []
+    assert client.portal.call(store.read_on_loop, ctx.loop_db, "AuditEvent", on_loop.id).content == on_loop.content
+    with ctx.session() as session:
+        store.delete(session, "AuditEvent", other.id)
+        session.commit()
+    with pytest.raises(Gone):
+        client.portal.call(store.read_on_loop, ctx.loop_db, "AuditEvent", other.id)
+    with pytest.raises(NotFound):
+        client.portal.call(store.read_on_loop, ctx.loop_db, "AuditEvent", "never-written")
+
+
+def test_a_loop_batch_is_atomic_and_refuses_what_its_columns_cannot_hold(service):
+    client, ctx, store = service
+    too_long = _event("CarePlan/too-long")
+    too_long["type"]["system"] = "https://example.org/" + "s" * 600  # the index's system column holds 512
+    with pytest.raises(psycopg.errors.StringDataRightTruncation):
+        client.portal.call(store.create_on_loop, ctx.loop_db, [_event("CarePlan/fits"), too_long])
+    with ctx.session() as session:
+        assert session.execute(select(store.R.__table__.c.id).where(
+            store.R.__table__.c.resource_type == "AuditEvent")).all() == [], "nothing of the batch was stored"
+    with pytest.raises(ValueError, match="CarePlan"):
+        client.portal.call(store.create_on_loop, ctx.loop_db, [{"resourceType": "CarePlan", "status": "draft"}])
+    assert not asyncio.run(_usable(ctx.loop_db)), "another loop than the one that opened it takes the thread path"
 
 
 async def _usable(database: LoopDatabase) -> bool:
