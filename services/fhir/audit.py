@@ -177,8 +177,8 @@ class AuditTrail:
     async def record(self, sessions: Callable[[], Session], events: list[dict[str, Any]],
                      loop_db: LoopDatabase | None = None) -> None:
         """Store events in one transaction of their own (the audited requests' may already be gone): on
-        PostgreSQL one pipelined transaction on the event loop (`services.fhir.loopdb`), unless a write
-        listener follows AuditEvents; elsewhere a session in a worker thread."""
+        PostgreSQL one statement on the event loop (`services.fhir.loopdb`), unless a write listener follows
+        AuditEvents; elsewhere a session in a worker thread."""
         if loop_db is not None and loop_db.usable() and not self.store.followed("AuditEvent"):
             await self.store.create_on_loop(loop_db, events)
         else:
