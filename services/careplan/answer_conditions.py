@@ -1,4 +1,4 @@
-"""Protocol conditions remembered by the answers they read.
+"""Conditions over the assessment remembered by the answers and variables they read.
 
 Applicability, goal and screening conditions, and the Questionnaire's plausibility
 constraints, are FHIRPath over the assessment, and fhirpathpy takes 0.2-0.6 ms for each:

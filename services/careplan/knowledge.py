@@ -39,8 +39,9 @@ T = TypeVar("T")
 
 
 class CatalogReader(typing.Protocol):
-    """What knowledge needs of the catalog: the JSON of one REST read or search. The HTTP client
-    (catalog_client.CatalogClient) is one; the plan's domain never sees how the catalog is reached."""
+    """What knowledge needs of the catalog: the JSON of one REST read or search, and what is derived from it
+    once per answer. The HTTP client (catalog_client.CatalogClient) is one; the plan's domain never sees how
+    the catalog is reached."""
 
     async def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any: ...
 

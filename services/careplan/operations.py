@@ -37,6 +37,7 @@ from services.fhir.compartment import current_access, touched
 from services.fhir.deps import ContextDep, ServiceContext
 from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import read_json
+from services.fhir.loopdb import on_loop
 from services.fhir.outcome import Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import fhir_base, resource_headers, write_response
@@ -136,7 +137,7 @@ def _already_generated(request: Request, stored: StoredResource, base: str) -> R
 async def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:
     """The plan an earlier submission of this assessment stored: on the event loop where it can be (PostgreSQL),
     else in a worker thread."""
-    if ctx.loop_db is not None and ctx.loop_db.usable():
+    if on_loop(ctx.loop_db):
         return await repository.existing_on_loop(ctx.loop_db, subject, key)
 
     def in_session() -> StoredResource | None:

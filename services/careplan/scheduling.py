@@ -279,19 +279,20 @@ class _Bookings:
         instead of walking the calendar again."""
         if day < self._open_from:  # before the stretch scanned so far: start anew
             self._open_days, self._open_from, self._scanned_to = [], day, day
-        for _ in range((day - self._scanned_to).days):  # after it: extend it up to `day`
-            if self.calendar.is_open(self._scanned_to):
-                self._open_days.append(self._scanned_to)
-            self._scanned_to += timedelta(days=1)
-        index = bisect_left(self._open_days, day)
-        wanted = index + max(count, 1)
+        while self._scanned_to < day:  # after it: extend it up to `day`
+            self._scan_next()
+        wanted = bisect_left(self._open_days, day) + max(count, 1)
         while len(self._open_days) < wanted:
             if (self._scanned_to - day).days >= MAX_HORIZON_DAYS:
                 raise SchedulingError("The clinic is closed for the whole planning horizon")
-            if self.calendar.is_open(self._scanned_to):
-                self._open_days.append(self._scanned_to)
-            self._scanned_to += timedelta(days=1)
+            self._scan_next()
         return self._open_days[wanted - 1]
+
+    def _scan_next(self) -> None:
+        """Take one more day into the stretch of open days scanned so far."""
+        if self.calendar.is_open(self._scanned_to):
+            self._open_days.append(self._scanned_to)
+        self._scanned_to += timedelta(days=1)
 
     def admissible(self, procedure: Procedure, day: date) -> bool:
         taken = self.booked.get(day, ())

@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.fhir.access import ACCESS_SCOPE_KEY, Access, Principal
 from services.fhir.auth import PRINCIPAL_SCOPE_KEY
 from services.fhir.compartment import TOUCHED_SCOPE_KEY, Checked, PatientCompartment, resource_of, touched
-from services.fhir.loopdb import LoopDatabase
+from services.fhir.loopdb import LoopDatabase, on_loop
 from services.fhir.outcome import FhirError, ServiceUnavailable
 from services.fhir.routes import FHIR_PREFIX, FhirRequest, InvalidId, fhir_request
 from services.fhir.store import ResourceStore, StoredResource, instant, utcnow
@@ -179,7 +179,7 @@ class AuditTrail:
         """Store events in one transaction of their own (the audited requests' may already be gone): on
         PostgreSQL one statement on the event loop (`services.fhir.loopdb`), unless a write listener follows
         AuditEvents; elsewhere a session in a worker thread."""
-        if loop_db is not None and loop_db.usable() and not self.store.followed("AuditEvent"):
+        if on_loop(loop_db) and not self.store.followed("AuditEvent"):
             await self.store.create_on_loop(loop_db, events)
         else:
             await run_in_threadpool(self._record_in_session, sessions, events)

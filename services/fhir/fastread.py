@@ -47,7 +47,7 @@ from services.fhir import FHIR_JSON_UTF8
 from services.fhir.bytecache import CacheMetrics, digest
 from services.fhir.conditional import none_match, not_modified
 from services.fhir.deps import ServiceContext
-from services.fhir.loopdb import LoopDatabase
+from services.fhir.loopdb import LoopDatabase, on_loop
 from services.fhir.responses import etag, http_date
 from services.fhir.rest import content_etag, fhir_base
 from services.fhir.routes import InvalidId, fhir_request
@@ -198,7 +198,7 @@ class ReadRoute(BaseRoute):
         params = scope["path_params"]
         key = (params["resource_type"], params["resource_id"])
         found: tuple[StoredResource, list[tuple[bytes, bytes]]]
-        if self.cache is None and self.loop_db is not None and self.loop_db.usable():
+        if self.cache is None and on_loop(self.loop_db):
             stored = await self.store.read_on_loop(self.loop_db, *key)
             found = stored, _headers(stored)
         elif self.cache is None:

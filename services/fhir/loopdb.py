@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from psycopg import AsyncConnection, sql
@@ -30,6 +29,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import make_url
 
 from services.fhir.outcome import ServiceUnavailable
+from services.fhir.workpool import retry_after
 
 log = logging.getLogger("cicatrix.db")
 
@@ -108,7 +108,12 @@ class LoopDatabase:
         except PoolTimeout:
             raise ServiceUnavailable("The service is busy (no database connection within its time budget); "
                                      "try again shortly",
-                                     headers={"Retry-After": str(max(1, math.ceil(self.timeout / 4)))}) from None
+                                     headers={"Retry-After": retry_after(self.timeout)}) from None
+
+
+def on_loop(database: LoopDatabase | None) -> TypeGuard[LoopDatabase]:
+    """Whether statements go through `database` here, rather than a session in a worker thread."""
+    return database is not None and database.usable()
 
 
 def json_inserts(tables: Sequence[tuple[Table, Sequence[str]]]) -> bytes:

@@ -137,13 +137,7 @@ class ResourceStore:
         if not FHIR_ID.match(resource_id):
             raise BadRequest(f"'{resource_id}' is not a valid FHIR id", expression="id")
         row = self._row(session, resource_type, resource_id)
-        if row is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        stored = self._stored(row)
-        if stored.deleted:
-            raise Gone(f"{resource_type}/{resource_id} was deleted",
-                       headers={"ETag": f'W/"{stored.version_id}"'})
-        return stored
+        return _live(resource_type, resource_id, self._stored(row) if row is not None else None)
 
     async def read_on_loop(self, database: LoopDatabase, resource_type: str, resource_id: str) -> StoredResource:
         """`read` as one statement on the event loop (`services.fhir.loopdb`): the care-plan read path."""
@@ -155,11 +149,10 @@ class ResourceStore:
             ).format(sql.Identifier(self.R.__table__.name)).as_bytes()
         row = await database.fetch_one(self._read_statement, (resource_type, resource_id))
         if row is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
+            return _live(resource_type, resource_id, None)
         version_id, last_updated, deleted, content = row
-        if deleted:
-            raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": f'W/"{version_id}"'})
-        return StoredResource(resource_type, resource_id, version_id, as_utc(last_updated), False, bytes(content))
+        return _live(resource_type, resource_id, StoredResource(
+            resource_type, resource_id, version_id, as_utc(last_updated), deleted, bytes(content)))
 
     def vread(self, session: Session, resource_type: str, resource_id: str, version_id: str) -> StoredResource:
         if not FHIR_ID.match(resource_id):
@@ -521,6 +514,16 @@ class ResourceStore:
 
 
 # --------------------------------------------------------------------- helpers
+
+
+def _live(resource_type: str, resource_id: str, current: StoredResource | None) -> StoredResource:
+    """The current version a read answers with; 404 when there is none, 410 when it is a deletion."""
+    if current is None:
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    if current.deleted:
+        raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": f'W/"{current.version_id}"'})
+    return current
+
 
 _NEW_ROW_COLUMNS = (
     ("resource_type", "id", "version_id", "last_updated", "deleted", "content", "url", "version"),

@@ -34,6 +34,12 @@ from services.fhir.settings import ServiceSettings
 T = TypeVar("T")
 
 
+def retry_after(budget_seconds: float) -> str:
+    """Seconds a client refused for want of time within `budget_seconds` should wait: a fraction of the
+    budget, at least one (the `Retry-After` of every 503 a time budget gives)."""
+    return str(max(1, math.ceil(budget_seconds / 4)))
+
+
 class WorkPool:
     def __init__(self, threads: int, queue: int, budget_seconds: float, *, setting_prefix: str = "") -> None:
         self.threads = threads
@@ -55,8 +61,7 @@ class WorkPool:
 
     @property
     def retry_after(self) -> str:
-        """Seconds a refused client should wait: a fraction of the budget, at least one."""
-        return str(max(1, math.ceil(self.budget_seconds / 4)))
+        return retry_after(self.budget_seconds)
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` in a worker thread (with the caller's context variables: the request id)."""
