@@ -21,10 +21,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 from psycopg import sql
-from sqlalchemy import false, insert, select, text, update
+from sqlalchemy import bindparam, false, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from services.careplan import plausibility
 from services.careplan.assessment_limits import DEFAULT_LIMITS, AssessmentLimits
@@ -42,7 +43,7 @@ from services.careplan.scheduling import (
     symmetric_conflicts,
 )
 from services.careplan.tables import AssessmentPlan
-from services.fhir.loopdb import LoopDatabase
+from services.fhir.loopdb import LoopDatabase, LoopStatement, LoopTransaction
 from services.fhir.outcome import Conflict, Issue, PreconditionFailed, ServiceUnavailable, Unprocessable
 from services.fhir.store import ResourceStore, StoredResource, WriteListener
 from services.fhir.tables import core_table
@@ -54,7 +55,8 @@ _EXISTING = sql.SQL("SELECT careplan_id FROM {} WHERE subject = %s AND assessmen
     sql.Identifier(_ASSESSMENT_PLANS.name)).as_bytes()
 
 PlanHook = WriteListener
-"""Called inside the plan's transaction for every CarePlan version written: (session, new version, previous)."""
+"""Called inside the plan's transaction for every CarePlan version written: (session, new version, previous). A
+hook that is also a `LoopListener` lets a first plan be written on the event loop (`PlanRepository.save_on_loop`)."""
 
 
 @dataclass
@@ -192,7 +194,10 @@ class PlanRepository:
     A patient's body site has at most one active plan. Plan writes for one site are serialised (a transaction
     lock per site on PostgreSQL, the database's write lock on SQLite), so a reassessment always sees, and
     revokes, the plan the one before it made active; the partial unique index on `AssessmentPlan.active` holds
-    the rule for every other writer, and a save that still collides is retried rather than refused."""
+    the rule for every other writer, and a save that still collides is retried rather than refused.
+
+    On PostgreSQL the first plan of a body site is written by `save_on_loop`: one transaction on the event loop,
+    its statements pipelined. A reassessment, which revokes a plan, and a save that collides take `save`."""
 
     ATTEMPTS = 5
 
@@ -201,7 +206,8 @@ class PlanRepository:
         (a new plan, a revocation, a status change by PUT or PATCH) reaches them, and a second active plan
         fails before anything is queued."""
         self.store = store
-        for hook in (self.record_status, *hooks):
+        own: list[PlanHook] = [_ActiveFlag()]
+        for hook in own + hooks:
             store.listen(hook, types=("CarePlan",))
 
     def existing(self, session: Session, subject: str, assessment_key: str) -> StoredResource | None:
@@ -218,7 +224,7 @@ class PlanRepository:
         """Store the plan (and its assessment); returns (plan, created). A duplicate returns the first plan."""
         for attempt in range(1, self.ATTEMPTS + 1):
             try:
-                return self._save(session, result, careplan_id=careplan_id)
+                return self._save(session, _Record.of(result, careplan_id))
             except (IntegrityError, PreconditionFailed, Conflict):
                 session.rollback()
                 existing = self.existing(session, result.assessment.subject, result.assessment.key)
@@ -228,51 +234,45 @@ class PlanRepository:
         raise ServiceUnavailable("Other plans for this patient and body site were being stored at the same time; "
                                  "submit the assessment again", headers={"Retry-After": "1"})
 
-    def _save(self, session: Session, result: PlanResult, *, careplan_id: str) -> tuple[StoredResource, bool]:
-        assessment = result.assessment
-        site = assessment.body_site or {}
-        body_site = f"{site.get('system', '')}|{site.get('code', '')}"
-        self._lock_site(session, assessment.subject, body_site)
-        previous = self._active_plan_for_site(session, assessment.subject, body_site)
-        careplan = dict(result.careplan)
+    async def save_on_loop(self, database: LoopDatabase, result: PlanResult, *,
+                           careplan_id: str) -> StoredResource | None:
+        """`save` of a body site's first plan as one transaction on the event loop: the site's lock and the look-up
+        of its active plan in one round trip, then every row (the plan, its assessment, what the plan hooks queue)
+        with the commit. None, with nothing stored, when `save` must do it: the site has a plan to revoke, the
+        write collided with another, or a plan hook writes only in a session."""
+        if not self.store.writes_on_loop(("CarePlan", "QuestionnaireResponse")):
+            return None
+        record = _Record.of(result, careplan_id)
+        try:
+            async with database.transaction() as transaction:
+                await transaction.execute(_LOCK_ON_LOOP, record.site_lock())
+                active = await transaction.execute(_ACTIVE_FOR_SITE_ON_LOOP, record.site())
+                if await active.fetchone() is not None:
+                    raise _Revokes
+                _, stored = await self.store.create_in(transaction, record.resources(), ids=record.ids())
+                await transaction.execute(_INSERT_RECORD_ON_LOOP, record.row(stored))
+        except (_Revokes, psycopg.IntegrityError):
+            return None
+        log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": None})
+        return stored
+
+    def _save(self, session: Session, record: _Record) -> tuple[StoredResource, bool]:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(_LOCK, record.site_lock())
+        else:  # SQLite has one writer: a write statement takes its lock, and later reads see what committed before
+            session.execute(update(AssessmentPlan).where(false()).values(active=False))
+        previous_id = session.scalar(_ACTIVE_FOR_SITE, record.site())
+        previous = self.store.read(session, "CarePlan", previous_id) if previous_id else None
         if previous is not None:
-            careplan["replaces"] = [{"reference": f"CarePlan/{previous.id}"}]
-            self._revoke(session, previous, replaced_by=careplan_id)  # first: the new plan may be the active one
-        response = dict(assessment.response)
-        response_id = stored_response_id(assessment.subject, assessment.key)
+            record.careplan["replaces"] = [{"reference": f"CarePlan/{previous.id}"}]
+            self._revoke(session, previous, replaced_by=record.careplan_id)  # first: the new plan may be active
         # Both ids derive from (subject, assessment), so a concurrent submission of the same assessment
         # fails here with IntegrityError and is answered with the plan the other one stored.
-        _, stored = self.store.create_many(session, [response, careplan], ids=[response_id, careplan_id])
-        session.execute(insert(_ASSESSMENT_PLANS).values(
-            subject=assessment.subject, assessment_key=assessment.key, body_site=body_site, careplan_id=stored.id,
-            questionnaire_response_id=response_id, created=stored.last_updated,
-            active=careplan.get("status") == "active"))
+        _, stored = self.store.create_many(session, record.resources(), ids=record.ids())
+        session.execute(_INSERT_RECORD, record.row(stored))
         session.commit()
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": previous.id if previous else None})
         return stored, True
-
-    def record_status(self, session: Session, stored: StoredResource, previous: StoredResource | None) -> None:
-        """Plan hook: keeps `AssessmentPlan.active` in step with a changed plan's status (a new plan's row is
-        written with it), so that the unique index sees every activation; a second active plan fails the write."""
-        if previous is not None:
-            session.execute(update(AssessmentPlan).where(col(AssessmentPlan.careplan_id) == stored.id)
-                            .values(active=stored.parsed().get("status") == "active"))
-
-    @staticmethod
-    def _lock_site(session: Session, subject: str, body_site: str) -> None:
-        """Serialise plan writes for one patient and body site until this transaction ends."""
-        if session.get_bind().dialect.name == "postgresql":
-            digest = hashlib.blake2b(f"{subject}\n{body_site}".encode(), digest_size=8).digest()
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                            {"key": int.from_bytes(digest, "big", signed=True)})
-        else:  # SQLite has one writer: a write statement takes its lock, and later reads see what committed before
-            session.execute(update(AssessmentPlan).where(false()).values(active=False))
-
-    def _active_plan_for_site(self, session: Session, subject: str, body_site: str) -> StoredResource | None:
-        plans = _ASSESSMENT_PLANS.c
-        careplan_id = session.scalar(select(plans.careplan_id).where(
-            plans.subject == subject, plans.body_site == body_site, plans.active).limit(1))
-        return self.store.read(session, "CarePlan", careplan_id) if careplan_id else None
 
     def _revoke(self, session: Session, plan: StoredResource, *, replaced_by: str) -> None:
         resource = plan.parsed()
@@ -280,3 +280,79 @@ class PlanRepository:
         notes = resource.setdefault("note", [])
         notes.append({"text": f"Revoked: replaced by CarePlan/{replaced_by} after a reassessment."})
         self.store.update(session, "CarePlan", plan.id, resource, if_match=plan.version_id)
+
+
+class _Revokes(Exception):
+    """The body site has an active plan: the save revokes it, in a session."""
+
+
+@dataclass
+class _Record:
+    """What one save writes: the assessment, the plan, and the row that ties them to the patient's body site."""
+
+    subject: str
+    assessment_key: str
+    body_site: str
+    response: dict[str, Any]
+    response_id: str
+    careplan: dict[str, Any]
+    careplan_id: str
+
+    @classmethod
+    def of(cls, result: PlanResult, careplan_id: str) -> _Record:
+        assessment = result.assessment
+        site = assessment.body_site or {}
+        return cls(subject=assessment.subject, assessment_key=assessment.key,
+                   body_site=f"{site.get('system', '')}|{site.get('code', '')}", response=dict(assessment.response),
+                   response_id=stored_response_id(assessment.subject, assessment.key),
+                   careplan=dict(result.careplan), careplan_id=careplan_id)
+
+    def site(self) -> dict[str, str]:
+        return {"site_subject": self.subject, "site_body_site": self.body_site}
+
+    def site_lock(self) -> dict[str, int]:
+        """The transaction lock that serialises plan writes for one patient and body site (PostgreSQL)."""
+        digest = hashlib.blake2b(f"{self.subject}\n{self.body_site}".encode(), digest_size=8).digest()
+        return {"key": int.from_bytes(digest, "big", signed=True)}
+
+    def resources(self) -> list[dict[str, Any]]:
+        return [self.response, self.careplan]
+
+    def ids(self) -> list[str]:
+        return [self.response_id, self.careplan_id]
+
+    def row(self, stored: StoredResource) -> dict[str, Any]:
+        return {"subject": self.subject, "assessment_key": self.assessment_key, "body_site": self.body_site,
+                "careplan_id": stored.id, "questionnaire_response_id": self.response_id,
+                "created": stored.last_updated, "active": self.careplan.get("status") == "active"}
+
+
+class _ActiveFlag:
+    """Plan hook: keeps `AssessmentPlan.active` in step with a changed plan's status (a new plan's row is written
+    with it), so that the unique index sees every activation; a second active plan fails the write."""
+
+    def __call__(self, session: Session, stored: StoredResource, previous: StoredResource | None) -> None:
+        if previous is not None:
+            session.execute(_SET_ACTIVE, self._values(stored))
+
+    async def on_loop(self, transaction: LoopTransaction, stored: StoredResource,
+                      previous: StoredResource | None) -> None:
+        if previous is not None:
+            await transaction.execute(_SET_ACTIVE_ON_LOOP, self._values(stored))
+
+    @staticmethod
+    def _values(stored: StoredResource) -> dict[str, Any]:
+        return {"plan_id": stored.id, "plan_active": stored.parsed().get("status") == "active"}
+
+
+_PLANS = _ASSESSMENT_PLANS.c
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_ACTIVE_FOR_SITE = select(_PLANS.careplan_id).where(
+    _PLANS.subject == bindparam("site_subject"), _PLANS.body_site == bindparam("site_body_site"), _PLANS.active,
+).limit(1)
+_INSERT_RECORD = insert(_ASSESSMENT_PLANS).values({name: bindparam(name) for name in (
+    "subject", "assessment_key", "body_site", "careplan_id", "questionnaire_response_id", "created", "active")})
+_SET_ACTIVE = update(_ASSESSMENT_PLANS).where(_PLANS.careplan_id == bindparam("plan_id")).values(
+    active=bindparam("plan_active"))
+_LOCK_ON_LOOP, _ACTIVE_FOR_SITE_ON_LOOP, _INSERT_RECORD_ON_LOOP, _SET_ACTIVE_ON_LOOP = (
+    LoopStatement(statement) for statement in (_LOCK, _ACTIVE_FOR_SITE, _INSERT_RECORD, _SET_ACTIVE))

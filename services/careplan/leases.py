@@ -38,6 +38,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import BindParameter
 from sqlmodel import Field, Session, SQLModel
 
+from services.fhir.loopdb import LoopTransaction
 from services.fhir.store import as_utc, utcnow
 
 PENDING, SENDING = "pending", "sending"
@@ -53,6 +54,14 @@ def notify(db: OrmSession | Connection, channel: str) -> None:
     dialect = db.get_bind().dialect if isinstance(db, OrmSession) else db.dialect
     if dialect.name == "postgresql":
         db.execute(text(f"NOTIFY {channel}"))
+
+
+async def notify_on_loop(transaction: LoopTransaction, channel: str) -> None:
+    """`notify` in a transaction on the event loop (PostgreSQL): as a function call, which can be prepared."""
+    await transaction.execute(_PG_NOTIFY, (channel,))
+
+
+_PG_NOTIFY = b"SELECT pg_notify(%s, '')"
 
 
 def _when(**kwargs: Any) -> Any:

@@ -66,12 +66,8 @@ def operation_entries(planner: CarePlanner, repository: PlanRepository) -> list[
         result = await planner.draft_plan(parsed, status=parsed.status, identifier=identifier,
                                           assessment_reference=reference)
 
-        def save() -> tuple[StoredResource, bool]:
-            assert identifier is not None, "check_assessment refuses assessments without id or identifier"
-            with ctx.session() as session:
-                return repository.save(session, result, careplan_id=identifier)
-
-        stored, created = await run_in_threadpool(save)
+        assert identifier is not None, "check_assessment refuses assessments without id or identifier"
+        stored, created = await _save(ctx, repository, result, identifier)
         return write_response(request, stored, base=base, created=created)
 
     async def apply(request: Request) -> Response:
@@ -132,6 +128,22 @@ def _already_generated(request: Request, stored: StoredResource, base: str) -> R
                     f"{required_scope('CarePlan', 'r')} (or its user/ form)")])
     return FhirResponse(outcome, headers=resource_headers(stored) | {
         "Location": f"{base}/CarePlan/{stored.id}/_history/{stored.version_id}"})
+
+
+async def _save(ctx: ServiceContext, repository: PlanRepository, result: PlanResult,
+                careplan_id: str) -> tuple[StoredResource, bool]:
+    """Store the plan: on the event loop where it can be (PostgreSQL, a body site's first plan), else in a session
+    in a worker thread. Returns (plan, created)."""
+    if on_loop(ctx.loop_db):
+        stored = await repository.save_on_loop(ctx.loop_db, result, careplan_id=careplan_id)
+        if stored is not None:
+            return stored, True
+
+    def in_session() -> tuple[StoredResource, bool]:
+        with ctx.session() as session:
+            return repository.save(session, result, careplan_id=careplan_id)
+
+    return await run_in_threadpool(in_session)
 
 
 async def _existing(ctx: ServiceContext, repository: PlanRepository, subject: str, key: str) -> StoredResource | None:

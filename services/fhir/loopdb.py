@@ -5,33 +5,38 @@ threads each cost two thread hops, a BEGIN, a ROLLBACK or COMMIT, and the GIL ha
 the event loop: about a millisecond of CPU for a few hundred microseconds of database work. `LoopDatabase`
 runs those statements with psycopg's async connections from a bounded pool (psycopg_pool), in autocommit:
 a read is one round trip, and a batch of audit events one statement (atomic on its own, so no BEGIN and
-COMMIT round trips either).
+COMMIT round trips either). A write of several statements, a new care plan with its delivery row, is one
+`transaction` in pipeline mode: statements go out as they are given, and only a result asked for waits.
 
-Only where the rest of the service's writes cannot notice the difference: the statements are the store's
-own (`ResourceStore.read_on_loop`, `ResourceStore.create_on_loop`), and the pool is used only on the loop
-that opened it, in the app's lifespan. Anywhere else (SQLite, `LOOP_CONNECTIONS=0`, an app driven without
-its lifespan) `usable()` is false and callers keep the thread path.
+Only where the rest of the service's writes cannot notice the difference: the statements are the ones
+the thread path runs (the store's own, and Core statements compiled once by `LoopStatement`), and the
+pool is used only on the loop that opened it, in the app's lifespan. Anywhere else (SQLite,
+`LOOP_CONNECTIONS=0`, an app driven without its lifespan) `usable()` is false and callers keep the
+thread path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeGuard
 
 import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Table
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql.elements import ClauseElement
 
 from services.fhir.outcome import ServiceUnavailable
 from services.fhir.workpool import retry_after
 
 log = logging.getLogger("cicatrix.db")
+
+_POSTGRESQL = make_url("postgresql+psycopg://").get_dialect()()
 
 
 def conninfo(url: str) -> str | None:
@@ -99,6 +104,18 @@ class LoopDatabase:
             await connection.execute(query, params, prepare=True)
 
     @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[LoopTransaction]:
+        """One transaction, committed when the block ends and rolled back when it raises; the callbacks given to
+        `LoopTransaction.after_commit` run once it has committed. A failed statement raises where its result is
+        first asked for, at the latest when the block ends."""
+        async with self._connection() as connection:
+            transaction = LoopTransaction(connection)
+            async with connection.pipeline(), connection.transaction():  # COMMIT goes out with the last statements
+                yield transaction
+        for callback in transaction.committed:
+            callback()
+
+    @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
         """A connection within `timeout`, else 503 with Retry-After: the database is busy or unreachable."""
         assert self._pool is not None
@@ -109,6 +126,40 @@ class LoopDatabase:
             raise ServiceUnavailable("The service is busy (no database connection within its time budget); "
                                      "try again shortly",
                                      headers={"Retry-After": retry_after(self.timeout)}) from None
+
+
+class LoopStatement:
+    """A Core statement compiled once for psycopg, so that the event-loop path runs the very statement the
+    session path runs: its text, and the values it binds itself (literals of the Core expression)."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = statement.compile(dialect=_POSTGRESQL)
+        self.query = compiled.string.encode()
+        self._bound = {name: value for name, value in compiled.params.items() if value is not None}
+
+    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return self._bound | dict(values)
+
+
+class LoopTransaction:
+    """A transaction on an event-loop connection in pipeline mode (`LoopDatabase.transaction`): `execute`
+    sends a statement without waiting for it; fetching from the cursor it returns waits for the answer."""
+
+    def __init__(self, connection: AsyncConnection[TupleRow]) -> None:
+        self._connection = connection
+        self.committed: list[Callable[[], None]] = []
+        """What to call once the transaction has committed (in-process wake-ups), each once."""
+
+    async def execute(self, statement: bytes | LoopStatement,
+                      params: Sequence[Any] | Mapping[str, Any] = ()) -> AsyncCursor[TupleRow]:
+        if isinstance(statement, LoopStatement):
+            assert isinstance(params, Mapping), "a compiled Core statement takes its values by name"
+            return await self._connection.execute(statement.query, statement.params(params), prepare=True)
+        return await self._connection.execute(statement, params, prepare=True)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        if callback not in self.committed:
+            self.committed.append(callback)
 
 
 def on_loop(database: LoopDatabase | None) -> TypeGuard[LoopDatabase]:
@@ -124,10 +175,9 @@ def json_inserts(tables: Sequence[tuple[Table, Sequence[str]]]) -> bytes:
     as tables: psycopg's array dumpers, in Python, cost more than the database's JSON parser. The record's
     types are the tables' own, without lengths (a cast to `VARCHAR(64)` would cut a longer value short, where
     the insert refuses it); bytes travel as UTF-8 text (the store's contents are JSON)."""
-    dialect = make_url("postgresql+psycopg://").get_dialect()()
     inserts = []
     for table, columns in tables:
-        types = {name: table.c[name].type.compile(dialect=dialect).split("(", 1)[0] for name in columns}
+        types = {name: table.c[name].type.compile(dialect=_POSTGRESQL).split("(", 1)[0] for name in columns}
         record = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name),
                                                             sql.SQL("TEXT" if kind == "BYTEA" else kind))
                                     for name, kind in types.items())

@@ -68,8 +68,8 @@ class ServiceSettings(BaseSettings):
 
     LOOP_CONNECTIONS: int = 4
     """PostgreSQL connections the event loop uses itself, without a worker thread: reads by id of what is
-    not cached (patient data), the audit trail's batches and `$generate`'s look-up of a plan already made.
-    `0` sends those through worker threads too, as on SQLite."""
+    not cached (patient data), the audit trail's batches, and `$generate`'s look-up of a plan already made
+    and its write of a body site's first plan. `0` sends those through worker threads too, as on SQLite."""
 
     # --- CPU work off the event loop, and limits on what one request may ask (README.md#bad-input) -----------
     WORK_THREADS: int = 2

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import orjson
 from psycopg import sql
@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col
 
-from services.fhir.loopdb import LoopDatabase, json_inserts, json_rows
+from services.fhir.loopdb import LoopDatabase, LoopTransaction, json_inserts, json_rows
 from services.fhir.outcome import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
 from services.fhir.searchparams import (
     FHIR_ID,
@@ -90,6 +90,17 @@ WriteListener = Callable[[Session, StoredResource, StoredResource | None], None]
 or None for a new resource). A listener that raises fails the write, so what it queues commits with the version."""
 
 
+@runtime_checkable
+class LoopListener(Protocol):
+    """A write listener that also takes part in a write run on the event loop (`ResourceStore.create_in`), with the
+    statements it runs in a session."""
+
+    def __call__(self, session: Session, written: StoredResource, previous: StoredResource | None) -> None: ...
+
+    async def on_loop(self, transaction: LoopTransaction, written: StoredResource,
+                      previous: StoredResource | None) -> None: ...
+
+
 @dataclass
 class SearchPage:
     matches: list[StoredResource]
@@ -118,9 +129,11 @@ class ResourceStore:
         self._listeners.append((listener, frozenset(types) if types is not None else None))
 
     def _publish(self, session: Session, written: StoredResource, previous: StoredResource | None) -> None:
-        for listener, types in self._listeners:
-            if types is None or written.resource_type in types:
-                listener(session, written, previous)
+        for listener in self._listeners_of(written.resource_type):
+            listener(session, written, previous)
+
+    def _listeners_of(self, resource_type: str) -> list[WriteListener]:
+        return [listener for listener, types in self._listeners if types is None or resource_type in types]
 
     # ------------------------------------------------------------------ reads
 
@@ -242,21 +255,42 @@ class ResourceStore:
 
     async def create_on_loop(self, database: LoopDatabase, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
         """`create_many` as one statement on the event loop (`services.fhir.loopdb.json_inserts`), for the audit
-        trail's batches. Only for types no write listener follows: a listener takes part in a session's
-        transaction."""
+        trail's batches. Only for types no write listener follows: a listener takes part in a transaction."""
         stored, tables = self._new_rows(resources, None)
         followed = {item.resource_type for item in stored if self.followed(item.resource_type)}
         if followed:
-            raise ValueError(f"writes of {', '.join(sorted(followed))} are followed by listeners; use create_many")
-        if self._insert_statement is None:
-            self._insert_statement = json_inserts([(table, list(_NEW_ROW_COLUMNS[n]))
-                                                   for n, (table, _) in enumerate(tables)])
-        await database.execute(self._insert_statement, [json_rows(rows) for _, rows in tables])
+            raise ValueError(f"writes of {', '.join(sorted(followed))} are followed by listeners; use create_in")
+        await database.execute(self._inserts(tables), [json_rows(rows) for _, rows in tables])
         return stored
+
+    async def create_in(self, transaction: LoopTransaction, resources: Sequence[dict[str, Any]],
+                        ids: Sequence[str] | None = None) -> list[StoredResource]:
+        """`create_many` in a transaction on the event loop: the rows in one statement, then what each listener
+        runs for each new version. Every listener of these types must be a `LoopListener` (`writes_on_loop`)."""
+        if not self.writes_on_loop({resource["resourceType"] for resource in resources}):
+            raise ValueError("a listener of these types writes only in a session; use create_many")
+        stored, tables = self._new_rows(resources, ids)
+        await transaction.execute(self._inserts(tables), [json_rows(rows) for _, rows in tables])
+        for item in stored:
+            for listener in self._listeners_of(item.resource_type):
+                await cast(LoopListener, listener).on_loop(transaction, item, None)
+        return stored
+
+    def writes_on_loop(self, resource_types: Collection[str]) -> bool:
+        """Whether every listener of these types takes part in writes on the event loop (`create_in`)."""
+        return all(isinstance(listener, LoopListener)
+                   for resource_type in resource_types for listener in self._listeners_of(resource_type))
 
     def followed(self, resource_type: str) -> bool:
         """Whether a write listener is told of writes of `resource_type`."""
-        return any(types is None or resource_type in types for _, types in self._listeners)
+        return bool(self._listeners_of(resource_type))
+
+    def _inserts(self, tables: list[tuple[Table, list[dict[str, Any]]]]) -> bytes:
+        """The one statement writing new versions' rows into the three tables (`json_inserts`)."""
+        if self._insert_statement is None:
+            self._insert_statement = json_inserts([(table, list(_NEW_ROW_COLUMNS[n]))
+                                                   for n, (table, _) in enumerate(tables)])
+        return self._insert_statement
 
     def _new_rows(self, resources: Sequence[dict[str, Any]], ids: Sequence[str] | None,
                   ) -> tuple[list[StoredResource], list[tuple[Table, list[dict[str, Any]]]]]:

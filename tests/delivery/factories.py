@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.careplan.careplan_builder import PLAN_IDENTIFIER_SYSTEM, plan_identifier
-from services.careplan.delivery.outbox import make_enqueue_hook
+from services.careplan.delivery.outbox import EnqueueHook
 from services.careplan.generate import PlanHook, PlanRepository, PlanResult
 from services.careplan.intake import Assessment, assessment_key, stored_response_id
 from services.careplan.searchparams import SEARCH_PARAMS
@@ -82,13 +82,10 @@ def careplan(identifier: str, *, subject: str = "Patient/p1", status: str = "dra
     return plan
 
 
-def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patient/p1", status: str = "draft",
-               site: str | None = None, author: str | None = None,
-               hooks: list[PlanHook] | None = None, category: list[dict[str, Any]] | None = None) -> StoredResource:
-    """Store an assessment and its plan through PlanRepository.save; returns the stored CarePlan.
-
-    `hooks` defaults to the outbox hook alone; pass an app's `ctx.extras["plan_hooks"]` to also poke its
-    embedded dispatcher."""
+def plan_result(key: str | None = None, *, subject: str = "Patient/p1", status: str = "draft",
+                site: str | None = None, author: str | None = None,
+                category: list[dict[str, Any]] | None = None) -> tuple[PlanResult, str]:
+    """An assessment and its plan as planning returns them, and the plan's identifier."""
     key = key or uuid.uuid4().hex[:12]
     response = assessment(key, subject=subject, author=author)
     akey = assessment_key(response)
@@ -98,8 +95,19 @@ def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patien
     if category:
         plan["category"] = category
     answers = {"body-site": [{"system": BODY_SITES, "code": site or f"site-{key}"}]}
-    result = PlanResult(plan, Assessment(response=response, subject=subject, answers=answers), None)  # type: ignore[arg-type]
-    repository = PlanRepository(make_store(), hooks if hooks is not None else [make_enqueue_hook()])
+    return PlanResult(plan, Assessment(response=response, subject=subject, answers=answers), None), identifier  # type: ignore[arg-type]
+
+
+def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patient/p1", status: str = "draft",
+               site: str | None = None, author: str | None = None,
+               hooks: list[PlanHook] | None = None, category: list[dict[str, Any]] | None = None) -> StoredResource:
+    """Store an assessment and its plan through PlanRepository.save; returns the stored CarePlan.
+
+    `hooks` defaults to the outbox hook alone; pass an app's `ctx.extras["plan_hooks"]` to also poke its
+    embedded dispatcher."""
+    result, identifier = plan_result(key, subject=subject, status=status, site=site, author=author,
+                                     category=category)
+    repository = PlanRepository(make_store(), hooks if hooks is not None else [EnqueueHook()])
     with Session(engine, expire_on_commit=False) as session:
         stored, created = repository.save(session, result, careplan_id=identifier)
     assert created
@@ -108,7 +116,7 @@ def store_plan(engine: Engine, key: str | None = None, *, subject: str = "Patien
 
 def bulk_plans(engine: Engine, count: int) -> list[str]:
     """`count` small plans (and their outbox rows) in one transaction; returns their identifiers."""
-    store, hook = make_store(), make_enqueue_hook()
+    store, hook = make_store(), EnqueueHook()
     identifiers = []
     with Session(engine, expire_on_commit=False) as session:
         for _ in range(count):

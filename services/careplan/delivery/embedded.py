@@ -17,7 +17,7 @@ from typing import Any
 from services.careplan.delivery.dispatcher import Dispatcher
 from services.careplan.delivery.ehr_client import EhrClient
 from services.careplan.delivery.metrics import DeliveryMetrics
-from services.careplan.delivery.outbox import make_enqueue_hook
+from services.careplan.delivery.outbox import EnqueueHook
 from services.careplan.delivery.recording import FinishHook
 from services.careplan.delivery.request_plan import CurrentPlan, PlanSelector
 from services.fhir.deps import ServiceContext
@@ -31,7 +31,7 @@ class EmbeddedDelivery:
         self.dispatcher: Dispatcher | None = None
         self.metrics: DeliveryMetrics | None = None
         self._task: asyncio.Task[None] | None = None
-        self.enqueue = make_enqueue_hook(self.poke)
+        self.enqueue = EnqueueHook(self.poke)
         self.finish_hooks: list[FinishHook] = []
         """Run in the transaction that records a delivery's final state (e.g. subscription events)."""
         self._own: tuple[EhrClient, PlanSelector] | None = None

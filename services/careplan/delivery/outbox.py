@@ -24,12 +24,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import orjson
-from sqlalchemy import Index, Text, UniqueConstraint, event, insert
+from sqlalchemy import Index, Text, UniqueConstraint, bindparam, event, insert
 from sqlmodel import Field, Session
 
-from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns, notify
+from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns, notify, notify_on_loop
+from services.fhir.loopdb import LoopStatement, LoopTransaction
 from services.fhir.store import StoredResource, utcnow
 from services.fhir.tables import core_table
 
@@ -37,7 +39,7 @@ NOTIFY_CHANNEL = "careplan_delivery"
 
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 __all__ = ["OPEN_STATES", "PENDING", "SENDING", "COMPLETED", "FAILED", "CANCELLED", "Delivery", "new_delivery",
-           "make_enqueue_hook", "NOTIFY_CHANNEL"]
+           "delivery_row", "EnqueueHook", "NOTIFY_CHANNEL"]
 
 
 class Delivery(LeaseColumns, table=True):
@@ -77,25 +79,44 @@ class Delivery(LeaseColumns, table=True):
 
 
 DELIVERIES = core_table(Delivery)
+_INSERT = insert(DELIVERIES).values({column.name: bindparam(column.name) for column in DELIVERIES.c})
+_INSERT_ON_LOOP = LoopStatement(_INSERT)
+_DEFAULTS = {name: info.default for name, info in Delivery.model_fields.items() if not info.is_required()}
 
 
 def new_delivery(plan: StoredResource, previous: StoredResource | None, *, now: datetime | None = None) -> Delivery:
+    return Delivery(**delivery_row(plan, previous, now=now))
+
+
+def delivery_row(plan: StoredResource, previous: StoredResource | None, *,
+                 now: datetime | None = None) -> dict[str, Any]:
+    """The outbox row queuing one plan version, every column given (`Delivery`'s defaults where it says nothing):
+    a plain row, as the enqueue hook writes one for every plan version."""
     now = now or utcnow()
     subject = (plan.parsed().get("subject") or {}).get("reference")
-    return Delivery(id=str(uuid.uuid4()), careplan_id=plan.id, careplan_version=plan.version_id,
-                    subject=subject if isinstance(subject, str) else None,
-                    kind="create" if previous is None else "update", created=now, updated=now, window_start=now,
-                    next_attempt_at=now)
+    return _DEFAULTS | {"id": str(uuid.uuid4()), "careplan_id": plan.id, "careplan_version": plan.version_id,
+                        "subject": subject if isinstance(subject, str) else None,
+                        "kind": "create" if previous is None else "update", "created": now, "updated": now,
+                        "window_start": now, "next_attempt_at": now}
 
 
-def make_enqueue_hook(on_commit: Callable[[], None] | None = None) -> Callable[[Session, StoredResource,
-                                                                                StoredResource | None], None]:
-    """The plan hook that queues every CarePlan version; `on_commit` wakes an in-process dispatcher."""
+class EnqueueHook:
+    """The plan hook that queues every CarePlan version, in a session or on the event loop; `on_commit` wakes an
+    in-process dispatcher."""
 
-    def enqueue(session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
-        session.execute(insert(DELIVERIES).values(new_delivery(plan, previous).model_dump()))
+    def __init__(self, on_commit: Callable[[], None] | None = None) -> None:
+        self.on_commit = on_commit
+
+    def __call__(self, session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
+        session.execute(_INSERT, delivery_row(plan, previous))
         notify(session, NOTIFY_CHANNEL)
-        if on_commit is not None:
+        if self.on_commit is not None:
+            on_commit = self.on_commit
             event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
 
-    return enqueue
+    async def on_loop(self, transaction: LoopTransaction, plan: StoredResource,
+                      previous: StoredResource | None) -> None:
+        await transaction.execute(_INSERT_ON_LOOP, delivery_row(plan, previous))
+        await notify_on_loop(transaction, NOTIFY_CHANNEL)
+        if self.on_commit is not None:
+            transaction.after_commit(self.on_commit)

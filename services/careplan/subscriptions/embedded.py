@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from services.careplan.subscriptions.events import make_delivery_event_hook, make_plan_event_hook
+from services.careplan.subscriptions.events import PlanEventHook, make_delivery_event_hook
 from services.careplan.subscriptions.notifier import Notifier
 from services.fhir.deps import ServiceContext
 
@@ -24,7 +24,7 @@ class EmbeddedSubscriptions:
         self.settings = settings
         self.notifier: Notifier | None = None
         self._task: asyncio.Task[None] | None = None
-        self.plan_hook = make_plan_event_hook(self.poke)
+        self.plan_hook = PlanEventHook(self.poke)
         self.delivery_hook = make_delivery_event_hook(self.poke)
 
     def poke(self) -> None:

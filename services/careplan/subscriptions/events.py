@@ -18,20 +18,22 @@ SUBSCRIPTION_MAX_SUBSCRIPTIONS. Nothing matches: one indexed UPDATE that changes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Update, and_, bindparam, event, insert, or_, select, update
+from sqlalchemy import ARRAY, String, Update, and_, any_, bindparam, event, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from services.careplan.delivery.outbox import Delivery
-from services.careplan.leases import notify
+from services.careplan.leases import notify, notify_on_loop
 from services.careplan.subscriptions.tables import ACTIVE, EVENT, NOTIFICATIONS, SUBSCRIPTIONS
 from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
 from services.careplan.tables import CareplanResourceVersion
+from services.fhir.loopdb import LoopStatement, LoopTransaction, json_inserts, json_rows
 from services.fhir.store import StoredResource, utcnow
 from services.fhir.tables import core_table
 
@@ -39,48 +41,83 @@ NOTIFY_CHANNEL = "careplan_subscription"
 _PLAN_VERSIONS = core_table(CareplanResourceVersion)
 
 
-def _bump(for_update: bool) -> Update:
+def _bump(postgresql: bool) -> Update:
     """Count one more event on every matching subscription, returning (id, its event number): made once, with
-    the event's values as parameters, since every plan write runs it."""
+    the event's values as parameters, since every plan write runs it. PostgreSQL locks the chosen rows (SQLite
+    locks the whole file) and takes the categories as one array."""
     subs = SUBSCRIPTIONS
+    categories = bindparam("event_categories", type_=ARRAY(String)) if postgresql \
+        else bindparam("event_categories", expanding=True)
     matching = and_(
         subs.c.topic == bindparam("event_topic"), subs.c.status == ACTIVE, subs.c.deleted.is_(False),
         or_(subs.c.end_at.is_(None), subs.c.end_at > bindparam("event_occurred")),
         or_(subs.c.filter_patient.is_(None), subs.c.filter_patient == bindparam("event_patient")),
         or_(subs.c.filter_category.is_(None),
-            subs.c.filter_category.in_(bindparam("event_categories", expanding=True))),
+            subs.c.filter_category == any_(categories) if postgresql else subs.c.filter_category.in_(categories)),
     )
     chosen = select(subs.c.id).where(matching).order_by(subs.c.id)
-    if for_update:
+    if postgresql:
         chosen = chosen.with_for_update()
     return (update(subs).where(subs.c.id.in_(chosen.scalar_subquery()))
             .values(events_since_start=subs.c.events_since_start + 1)
             .returning(subs.c.id, subs.c.events_since_start))
 
 
-_BUMP = {True: _bump(for_update=True), False: _bump(for_update=False)}
-"""By whether the database locks the chosen rows (PostgreSQL) or the whole file (SQLite)."""
+_BUMP = {True: _bump(postgresql=True), False: _bump(postgresql=False)}
+"""By whether the database is PostgreSQL."""
+_LOOP_BUMP = LoopStatement(_BUMP[True])
+_NOTIFICATION_COLUMNS = ("id", "subscription_id", "seq", "kind", "topic", "focus_type", "focus_id", "focus_version",
+                         "interaction", "occurred", "state", "attempts", "window_start", "next_attempt_at", "lease",
+                         "ambiguous", "created", "updated", "row_version")
+_LOOP_NOTIFICATIONS = json_inserts([(NOTIFICATIONS, _NOTIFICATION_COLUMNS)])
 
 
-def record_event(connection: Connection, topic: Topic, *, focus_type: str, focus_id: str,
-                 focus_version: int | None, interaction: str, patient: str | None, categories: list[str],
-                 occurred: datetime) -> int:
+@dataclass(frozen=True)
+class _Event:
+    """One topic event, to be queued for every subscription it matches."""
+
+    topic: Topic
+    focus_type: str
+    focus_id: str
+    focus_version: int | None
+    interaction: str
+    patient: str | None
+    categories: list[str]
+    occurred: datetime
+
+    def matching(self) -> dict[str, Any]:
+        """The parameters of `_BUMP`."""
+        return {"event_topic": self.topic.url, "event_occurred": self.occurred, "event_patient": self.patient or "",
+                "event_categories": self.categories or [""]}
+
+    def notifications(self, bumped: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """One notification row for each (subscription id, event number) `_BUMP` returned."""
+        now = utcnow()
+        return [{"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT,
+                 "topic": self.topic.url, "focus_type": self.focus_type, "focus_id": self.focus_id,
+                 "focus_version": self.focus_version, "interaction": self.interaction, "occurred": self.occurred,
+                 "state": "pending", "attempts": 0, "window_start": now, "next_attempt_at": now, "lease": 0,
+                 "ambiguous": False, "created": now, "updated": now, "row_version": 1}
+                for sub_id, number in bumped]
+
+
+def record_event(connection: Connection, event: _Event) -> int:
     """Queue one event for every matching subscription; returns how many."""
-    bumped = connection.execute(_BUMP[connection.dialect.name == "postgresql"], {
-        "event_topic": topic.url, "event_occurred": occurred, "event_patient": patient or "",
-        "event_categories": categories or [""],
-    }).all()
+    bumped = connection.execute(_BUMP[connection.dialect.name == "postgresql"], event.matching()).all()
     if not bumped:
         return 0
-    now = utcnow()
-    connection.execute(insert(NOTIFICATIONS), [
-        {"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT, "topic": topic.url,
-         "focus_type": focus_type, "focus_id": focus_id, "focus_version": focus_version,
-         "interaction": interaction, "occurred": occurred, "state": "pending", "attempts": 0,
-         "window_start": now, "next_attempt_at": now, "lease": 0, "ambiguous": False, "created": now,
-         "updated": now, "row_version": 1}
-        for sub_id, number in bumped])
+    connection.execute(insert(NOTIFICATIONS), event.notifications(bumped))
     notify(connection, NOTIFY_CHANNEL)
+    return len(bumped)
+
+
+async def record_event_on_loop(transaction: LoopTransaction, event: _Event) -> int:
+    """`record_event` in a transaction on the event loop (PostgreSQL)."""
+    bumped = await (await transaction.execute(_LOOP_BUMP, event.matching())).fetchall()
+    if not bumped:
+        return 0
+    await transaction.execute(_LOOP_NOTIFICATIONS, (json_rows(event.notifications(bumped)),))
+    await notify_on_loop(transaction, NOTIFY_CHANNEL)
     return len(bumped)
 
 
@@ -89,24 +126,33 @@ def _subject(resource: dict[str, Any]) -> str | None:
     return reference if isinstance(reference, str) else None
 
 
-def make_plan_event_hook(poke: Callable[[], None] | None = None) -> Callable[[Session, StoredResource,
-                                                                               StoredResource | None], None]:
+class PlanEventHook:
     """The plan hook: a new plan or a status change is an event; `poke` wakes an in-process notifier."""
 
-    def on_plan(session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
-        current = plan.parsed()
-        topics = plan_topics(current, previous.parsed() if previous is not None else None)
-        queued = 0
-        for topic in topics:
-            queued += record_event(session.connection(), topic, focus_type="CarePlan", focus_id=plan.id,
-                                   focus_version=plan.version_id,
-                                   interaction="create" if previous is None else "update",
-                                   patient=_subject(current), categories=category_tokens(current),
-                                   occurred=plan.last_updated)
-        if queued and poke is not None:
+    def __init__(self, poke: Callable[[], None] | None = None) -> None:
+        self.poke = poke
+
+    def __call__(self, session: Session, plan: StoredResource, previous: StoredResource | None) -> None:
+        queued = sum(record_event(session.connection(), item) for item in self._events(plan, previous))
+        if queued and self.poke is not None:
+            poke = self.poke
             event.listen(session, "after_commit", lambda _session: poke(), once=True)
 
-    return on_plan
+    async def on_loop(self, transaction: LoopTransaction, plan: StoredResource,
+                      previous: StoredResource | None) -> None:
+        queued = 0
+        for item in self._events(plan, previous):
+            queued += await record_event_on_loop(transaction, item)
+        if queued and self.poke is not None:
+            transaction.after_commit(self.poke)
+
+    @staticmethod
+    def _events(plan: StoredResource, previous: StoredResource | None) -> list[_Event]:
+        current = plan.parsed()
+        return [_Event(topic, focus_type="CarePlan", focus_id=plan.id, focus_version=plan.version_id,
+                       interaction="create" if previous is None else "update", patient=_subject(current),
+                       categories=category_tokens(current), occurred=plan.last_updated)
+                for topic in plan_topics(current, previous.parsed() if previous is not None else None)]
 
 
 def make_delivery_event_hook(poke: Callable[[], None] | None = None) -> Callable[[Connection, Delivery, str], None]:
@@ -116,9 +162,10 @@ def make_delivery_event_hook(poke: Callable[[], None] | None = None) -> Callable
         topic = delivery_topic(state)
         if topic is None or not _anyone_listening(connection, topic):
             return
-        queued = record_event(connection, topic, focus_type="Task", focus_id=delivery.id, focus_version=None,
-                              interaction="update", patient=delivery.subject,
-                              categories=_plan_categories(connection, delivery), occurred=utcnow())
+        queued = record_event(connection, _Event(topic, focus_type="Task", focus_id=delivery.id, focus_version=None,
+                                                 interaction="update", patient=delivery.subject,
+                                                 categories=_plan_categories(connection, delivery),
+                                                 occurred=utcnow()))
         if queued and poke is not None:
             # SQLite: the notifier's claim waits for this transaction's write lock; PostgreSQL: NOTIFY wakes it
             event.listen(connection, "commit", lambda _connection: poke(), once=True)
