@@ -36,6 +36,8 @@ MAX_HORIZON_DAYS = 5 * 366
 """No plan reaches further than this; a calendar that cannot fit the sessions within it is refused."""
 OPEN_DAYS_KEPT = 4 * MAX_HORIZON_DAYS
 """Days a calendar remembers whether it is open on: plans starting over several years, each within the horizon."""
+STRETCH_GROWTH_DAYS = 366
+"""How far past what was asked the calendar's stretch of open days grows: a year, so it grows seldom."""
 UNRANKED = 1_000_000
 """Rank of a procedure the content gives no rank: after every ranked one, in protocol order."""
 
@@ -97,6 +99,10 @@ class ClinicCalendar:
     """Public holidays of the clinic's country (a `holidays` calendar, or any container of dates)."""
     _open: dict[date, bool] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     """Days already looked up: every plan asks about the same months, and a holiday lookup is not free."""
+    _stretch: list[_Stretch] = field(default_factory=lambda: [_Stretch(date.max, date.max, ())], init=False,
+                                     repr=False, compare=False, hash=False)
+    """The open days of the stretch of calendar scanned so far, kept for every plan (which look up their windows
+    in it by bisection): one value, replaced whole, so plans drafted in other threads never see it half-built."""
 
     def __post_init__(self) -> None:
         if not self.working_days:
@@ -116,11 +122,53 @@ class ClinicCalendar:
         return known
 
     def next_open_day(self, day: date) -> date:
-        for offset in range(MAX_HORIZON_DAYS):
-            candidate = day + timedelta(days=offset)
-            if self.is_open(candidate):
-                return candidate
-        raise SchedulingError("The clinic is closed for the whole planning horizon")
+        return self.open_day_after(day, 1)
+
+    def open_day_after(self, day: date, count: int) -> date:
+        """The `count`-th open day at or after `day` (the first for a count below 1)."""
+        wanted = max(count, 1)
+        reach = day + timedelta(days=7 * wanted)
+        while True:
+            stretch = self._covering(day, reach)
+            at = bisect_left(stretch.days, day) + wanted - 1
+            if at < len(stretch.days) and (stretch.days[at] - day).days < MAX_HORIZON_DAYS:
+                return stretch.days[at]
+            if (stretch.end - day).days >= MAX_HORIZON_DAYS:
+                raise SchedulingError("The clinic is closed for the whole planning horizon")
+            reach = stretch.end
+
+    def open_days_between(self, first: date, last: date) -> Sequence[date]:
+        """The open days from `first` to `last`, in order."""
+        days = self._covering(first, last).days
+        return days[bisect_left(days, first):bisect_right(days, last)]
+
+    def _covering(self, first: date, last: date) -> _Stretch:
+        """A stretch holding every open day from `first` to `last`: the one kept, grown by at least a year when
+        it falls short, or a new one when growing it would keep more than OPEN_DAYS_KEPT days."""
+        kept = self._stretch[0]
+        if kept.start <= first and last < kept.end:
+            return kept
+        start, end = min(kept.start, first), max(kept.end, last + timedelta(days=1 + STRETCH_GROWTH_DAYS))
+        if kept.start == date.max or (end - start).days > OPEN_DAYS_KEPT:
+            start, end = first, last + timedelta(days=1 + STRETCH_GROWTH_DAYS)
+            grown = _Stretch(start, end, self._scan(start, end))
+        else:
+            grown = _Stretch(start, end, self._scan(start, kept.start) + kept.days + self._scan(kept.end, end))
+        self._stretch[0] = grown
+        return grown
+
+    def _scan(self, start: date, end: date) -> tuple[date, ...]:
+        days = (start + timedelta(days=n) for n in range((end - start).days))
+        return tuple(day for day in days if self.is_open(day))
+
+
+@dataclass(frozen=True)
+class _Stretch:
+    """The open days from `start` up to `end` (exclusive), in order."""
+
+    start: date
+    end: date
+    days: tuple[date, ...]
 
 
 @dataclass(frozen=True)
@@ -256,10 +304,7 @@ class _Bookings:
         """The days each procedure is booked on, in order: spacing rules look up their neighbours by bisection."""
         self.visit_days: list[date] = []
         """The days anything is booked on, in order."""
-        self._open_days: list[date] = []
-        """Every open day from `_open_from` up to `_scanned_to` (exclusive)."""
-        self._open_from = self._scanned_to = date.max
-        self.visits: Counter[tuple[int, int]] = Counter()
+        self.visits: Counter[int] = Counter()
         self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
         """Least days apart for each conflicting pair (a pair keeps the larger of the two procedures' gaps)."""
         for key, procedure in procedures.items():
@@ -271,28 +316,6 @@ class _Bookings:
         self._apart = {key: tuple((other, timedelta(days=gap - 1), timedelta(days=gap)) for other, gap in gaps.items())
                        for key, gaps in self.gaps.items()}
         """The gaps as (other, how far before, how far after a day `other` may not be), for `admissible`."""
-
-    def open_day_after(self, day: date, count: int) -> date:
-        """The `count`-th open day at or after `day` (the first for a count below 1).
-
-        The open days found are kept in order, so the many windows of one plan are looked up by bisection
-        instead of walking the calendar again."""
-        if day < self._open_from:  # before the stretch scanned so far: start anew
-            self._open_days, self._open_from, self._scanned_to = [], day, day
-        while self._scanned_to < day:  # after it: extend it up to `day`
-            self._scan_next()
-        wanted = bisect_left(self._open_days, day) + max(count, 1)
-        while len(self._open_days) < wanted:
-            if (self._scanned_to - day).days >= MAX_HORIZON_DAYS:
-                raise SchedulingError("The clinic is closed for the whole planning horizon")
-            self._scan_next()
-        return self._open_days[wanted - 1]
-
-    def _scan_next(self) -> None:
-        """Take one more day into the stretch of open days scanned so far."""
-        if self.calendar.is_open(self._scanned_to):
-            self._open_days.append(self._scanned_to)
-        self._scanned_to += timedelta(days=1)
 
     def admissible(self, procedure: Procedure, day: date) -> bool:
         taken = self.booked.get(day, ())
@@ -307,12 +330,6 @@ class _Bookings:
                 if nearest < len(days) and days[nearest] < day + after:
                     return False
         return True
-
-    def open_days_between(self, first: date, last: date) -> list[date]:
-        """The open days from `first` to `last`, in order."""
-        self.open_day_after(first, 1)
-        self.open_day_after(last, 1)  # the stretch scanned now reaches past `last`
-        return self._open_days[bisect_left(self._open_days, first):bisect_right(self._open_days, last)]
 
     def visits_between(self, first: date, last: date) -> list[date]:
         """The days something is booked on, from `first` to `last`, in order."""
@@ -338,9 +355,9 @@ def _last(result: Schedule, key: str) -> date | None:
     return result.sessions[key][-1].date() if result.sessions[key] else None
 
 
-def _week(day: date) -> tuple[int, int]:
-    year, week, _ = day.isocalendar()
-    return year, week
+def _week(day: date) -> int:
+    """The ISO week of `day`, as the day number of its Monday (cheaper to compute than its ISO year and number)."""
+    return day.toordinal() - day.weekday()
 
 
 def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: date,
@@ -359,7 +376,7 @@ def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: dat
         earliest = max(ideal, last + timedelta(days=gap)) if last else ideal
         if earliest > last_allowed:
             return days, bool(days)
-        tolerance = book.open_day_after(earliest, procedure.rhythm.tolerance_open_days(first=n == 0))
+        tolerance = book.calendar.open_day_after(earliest, procedure.rhythm.tolerance_open_days(first=n == 0))
         latest = min(tolerance, last_allowed)
         day = _choose(procedure, earliest, latest, book)
         if day is None:
@@ -377,7 +394,7 @@ def _choose(procedure: Procedure, earliest: date, latest: date, book: _Bookings)
     for day in book.visits_between(earliest, latest):
         if book.admissible(procedure, day):
             return day
-    for day in book.open_days_between(earliest, latest):  # a closed day is never admissible
+    for day in book.calendar.open_days_between(earliest, latest):  # a closed day is never admissible
         if book.admissible(procedure, day):
             return day
     return None

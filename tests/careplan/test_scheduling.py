@@ -7,20 +7,24 @@ from dataclasses import replace
 from datetime import date, timedelta
 
 import holidays
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.careplan.scheduling import (
+    MAX_HORIZON_DAYS,
     ClinicCalendar,
     CoursePlan,
     Procedure,
     Rhythm,
+    SchedulingError,
     schedule,
     symmetric_conflicts,
 )
 
 KEYS = ["aha", "vacuum", "meso", "phono", "derm"]
 GERMAN_HOLIDAYS = holidays.country_holidays("DE", subdiv="BE", years=range(2026, 2029))
+GERMANY_FOR_DECADES = holidays.country_holidays("DE", years=range(2025, 2055))
 
 
 @st.composite
@@ -171,3 +175,40 @@ def test_no_session_on_a_public_holiday():
     result = schedule([Procedure("vacuum", Rhythm(1, 1, "d", 5), 1)], calendar, CoursePlan(start=date(2027, 5, 3)))
     days = [m.date() for m in result.sessions["vacuum"]]
     assert ascension not in days and date(2027, 5, 7) in days
+
+
+@settings(max_examples=60, deadline=None)
+@given(working=st.sets(st.integers(0, 6), min_size=1), closed=st.sets(st.integers(0, 60), max_size=30),
+       asks=st.lists(st.tuples(st.integers(-400, 9000), st.integers(0, 12), st.integers(0, 40)), min_size=1,
+                     max_size=12))
+def test_open_days_kept_by_the_calendar_are_the_days_a_walk_finds(working, closed, asks):
+    """Plans ask a calendar about windows before, inside and far past what it keeps (growing its stretch of open
+    days, or starting a new one): every answer is what walking the calendar day by day gives."""
+    origin = date(2027, 1, 4)
+    calendar = ClinicCalendar(working_days=frozenset(working),
+                              closed=frozenset(origin + timedelta(days=n) for n in closed),
+                              holidays=GERMANY_FOR_DECADES)
+
+    def walked(day: date, count: int) -> date:
+        found = 0
+        while True:
+            if day.weekday() in working and day not in calendar.closed and day not in calendar.holidays:
+                found += 1
+                if found >= max(count, 1):
+                    return day
+            day += timedelta(days=1)
+
+    for offset, count, length in asks:
+        day = origin + timedelta(days=offset)
+        assert calendar.open_day_after(day, count) == walked(day, count)
+        last = day + timedelta(days=length)
+        expected = [d for d in (day + timedelta(days=n) for n in range(length + 1)) if calendar.is_open(d)]
+        assert list(calendar.open_days_between(day, last)) == expected
+
+
+def test_a_calendar_closed_past_the_horizon_is_refused():
+    everything = frozenset(date(2027, 1, 1) + timedelta(days=n) for n in range(MAX_HORIZON_DAYS + 10))
+    calendar = ClinicCalendar(closed=everything)
+    with pytest.raises(SchedulingError, match="whole planning horizon"):
+        calendar.open_day_after(date(2027, 1, 1), 1)
+    assert calendar.next_open_day(date(2027, 1, 1) + timedelta(days=MAX_HORIZON_DAYS + 10)).weekday() < 5
