@@ -64,6 +64,12 @@ async def notify_on_loop(transaction: LoopTransaction, channel: str) -> None:
 _PG_NOTIFY = b"SELECT pg_notify(%s, '')"
 
 
+def column_defaults(model: type[SQLModel]) -> dict[str, Any]:
+    """The default of every field of `model` that has one: a queue row written as a plain dict, without an ORM
+    object, still gives every column its value."""
+    return {name: info.default for name, info in model.model_fields.items() if not info.is_required()}
+
+
 def _when(**kwargs: Any) -> Any:
     return Field(sa_type=DateTime(timezone=True), **kwargs)
 

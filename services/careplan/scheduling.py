@@ -97,12 +97,11 @@ class ClinicCalendar:
     """Patient-burden budget: days a patient is asked to come in per ISO week."""
     holidays: Container[date] = field(default=frozenset(), compare=False, hash=False)
     """Public holidays of the clinic's country (a `holidays` calendar, or any container of dates)."""
-    _open: dict[date, bool] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
-    """Days already looked up: every plan asks about the same months, and a holiday lookup is not free."""
     _stretch: list[_Stretch] = field(default_factory=lambda: [_Stretch(date.max, date.max, ())], init=False,
                                      repr=False, compare=False, hash=False)
     """The open days of the stretch of calendar scanned so far, kept for every plan (which look up their windows
-    in it by bisection): one value, replaced whole, so plans drafted in other threads never see it half-built."""
+    in it by bisection; a holiday lookup is not free): one value, replaced whole, so plans drafted in other
+    threads never see it half-built."""
 
     def __post_init__(self) -> None:
         if not self.working_days:
@@ -113,13 +112,14 @@ class ClinicCalendar:
             raise SchedulingError("At least one visit a week must be allowed")
 
     def is_open(self, day: date) -> bool:
-        known = self._open.get(day)
-        if known is None:
-            if len(self._open) >= OPEN_DAYS_KEPT:
-                self._open.clear()
-            known = self._open[day] = (day.weekday() in self.working_days and day not in self.closed
-                                       and day not in self.holidays)
-        return known
+        kept = self._stretch[0]
+        if kept.start <= day < kept.end:
+            at = bisect_left(kept.days, day)
+            return at < len(kept.days) and kept.days[at] == day
+        return self._opens(day)
+
+    def _opens(self, day: date) -> bool:
+        return day.weekday() in self.working_days and day not in self.closed and day not in self.holidays
 
     def next_open_day(self, day: date) -> date:
         return self.open_day_after(day, 1)
@@ -159,7 +159,7 @@ class ClinicCalendar:
 
     def _scan(self, start: date, end: date) -> tuple[date, ...]:
         days = (start + timedelta(days=n) for n in range((end - start).days))
-        return tuple(day for day in days if self.is_open(day))
+        return tuple(day for day in days if self._opens(day))
 
 
 @dataclass(frozen=True)

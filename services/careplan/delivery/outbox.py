@@ -30,7 +30,15 @@ import orjson
 from sqlalchemy import Index, Text, UniqueConstraint, bindparam, event, insert
 from sqlmodel import Field, Session
 
-from services.careplan.leases import OPEN_STATES, PENDING, SENDING, LeaseColumns, notify, notify_on_loop
+from services.careplan.leases import (
+    OPEN_STATES,
+    PENDING,
+    SENDING,
+    LeaseColumns,
+    column_defaults,
+    notify,
+    notify_on_loop,
+)
 from services.fhir.loopdb import LoopStatement, LoopTransaction
 from services.fhir.store import StoredResource, utcnow
 from services.fhir.tables import core_table
@@ -81,7 +89,7 @@ class Delivery(LeaseColumns, table=True):
 DELIVERIES = core_table(Delivery)
 _INSERT = insert(DELIVERIES).values({column.name: bindparam(column.name) for column in DELIVERIES.c})
 _INSERT_ON_LOOP = LoopStatement(_INSERT)
-_DEFAULTS = {name: info.default for name, info in Delivery.model_fields.items() if not info.is_required()}
+_DEFAULTS = column_defaults(Delivery)
 
 
 def new_delivery(plan: StoredResource, previous: StoredResource | None, *, now: datetime | None = None) -> Delivery:

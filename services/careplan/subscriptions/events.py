@@ -29,8 +29,8 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from services.careplan.delivery.outbox import Delivery
-from services.careplan.leases import notify, notify_on_loop
-from services.careplan.subscriptions.tables import ACTIVE, EVENT, NOTIFICATIONS, SUBSCRIPTIONS
+from services.careplan.leases import column_defaults, notify, notify_on_loop
+from services.careplan.subscriptions.tables import ACTIVE, EVENT, NOTIFICATIONS, SUBSCRIPTIONS, Notification
 from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
 from services.careplan.tables import CareplanResourceVersion
 from services.fhir.loopdb import LoopStatement, LoopTransaction, json_inserts, json_rows
@@ -66,10 +66,8 @@ def _bump(postgresql: bool) -> Update:
 _BUMP = {True: _bump(postgresql=True), False: _bump(postgresql=False)}
 """By whether the database is PostgreSQL."""
 _LOOP_BUMP = LoopStatement(_BUMP[True])
-_NOTIFICATION_COLUMNS = ("id", "subscription_id", "seq", "kind", "topic", "focus_type", "focus_id", "focus_version",
-                         "interaction", "occurred", "state", "attempts", "window_start", "next_attempt_at", "lease",
-                         "ambiguous", "created", "updated", "row_version")
-_LOOP_NOTIFICATIONS = json_inserts([(NOTIFICATIONS, _NOTIFICATION_COLUMNS)])
+_LOOP_NOTIFICATIONS = json_inserts([(NOTIFICATIONS, list(NOTIFICATIONS.c.keys()))])
+_NOTIFICATION_DEFAULTS = column_defaults(Notification)
 
 
 @dataclass(frozen=True)
@@ -93,12 +91,11 @@ class _Event:
     def notifications(self, bumped: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """One notification row for each (subscription id, event number) `_BUMP` returned."""
         now = utcnow()
-        return [{"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT,
-                 "topic": self.topic.url, "focus_type": self.focus_type, "focus_id": self.focus_id,
-                 "focus_version": self.focus_version, "interaction": self.interaction, "occurred": self.occurred,
-                 "state": "pending", "attempts": 0, "window_start": now, "next_attempt_at": now, "lease": 0,
-                 "ambiguous": False, "created": now, "updated": now, "row_version": 1}
-                for sub_id, number in bumped]
+        return [_NOTIFICATION_DEFAULTS | {
+            "id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT, "topic": self.topic.url,
+            "focus_type": self.focus_type, "focus_id": self.focus_id, "focus_version": self.focus_version,
+            "interaction": self.interaction, "occurred": self.occurred, "window_start": now, "next_attempt_at": now,
+            "created": now, "updated": now} for sub_id, number in bumped]
 
 
 def record_event(connection: Connection, event: _Event) -> int:
