@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 PERIOD_DAYS = {"d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25}
@@ -61,6 +62,10 @@ class Rhythm:
         """The ideal distance between two sessions (3.5 days for twice a week)."""
         return PERIOD_DAYS[self.period_unit] * self.period / max(self.frequency, 1)
 
+    @cached_property
+    def offsets(self) -> tuple[timedelta, ...]:
+        """How far each session's ideal date lies after the first's (whole days)."""
+        return tuple(timedelta(days=math.floor(n * self.interval_days)) for n in range(self.count))
 
     def tolerance_open_days(self, first: bool) -> int:
         """How many open clinic days a session may slip past its ideal date before the series is deferred.
@@ -268,7 +273,7 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
             procedure = lookup[key]
             later = start + timedelta(weeks=1)
             limit = min(series_end, last_allowed)
-            span = timedelta(days=math.floor((procedure.rhythm.count - 1) * procedure.rhythm.interval_days))
+            span = procedure.rhythm.offsets[-1]
             while later < series_end and later + span <= limit:  # past that, the last session cannot fit
                 days, cut = _place(procedure, later, book, limit, _last(result, key))
                 if days and not cut:
@@ -313,27 +318,34 @@ class _Bookings:
                 gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
                 self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
                 self.gaps.setdefault(other, {})[key] = self.gaps[key][other]
-        self._apart = {key: tuple((other, timedelta(days=gap - 1), timedelta(days=gap)) for other, gap in gaps.items())
-                       for key, gaps in self.gaps.items()}
-        """The gaps as (other, how far before, how far after a day `other` may not be), for `admissible`."""
+        self._gaps_around = {key: tuple((other, timedelta(days=gap - 1), timedelta(days=gap))
+                                        for other, gap in gaps.items()) for key, gaps in self.gaps.items()}
+        """The gaps as (other, how far before, how far after a day `other` may not be), for `_apart`."""
 
-    def admissible(self, procedure: Procedure, day: date) -> bool:
-        taken = self.booked.get(day, ())
-        if not self.calendar.is_open(day) or len(taken) >= self.calendar.max_per_day:
-            return False
-        if not taken and self.visits[_week(day)] >= self.calendar.max_visits_per_week:
-            return False
-        for other, before, after in self._apart.get(procedure.key, ()):
+    def first_day_for(self, procedure: Procedure, earliest: date, latest: date) -> date | None:
+        """The first day from `earliest` to `latest` that can take `procedure` and that the patient already comes in,
+        else the first open day that can take it (a new visit, within the week's budget).
+
+        Every visit day is open (it was chosen here). A visit day in the window was refused by the first pass, so
+        the second looks only at days with nothing booked."""
+        for day in self.visit_days[bisect_left(self.visit_days, earliest):bisect_right(self.visit_days, latest)]:
+            if len(self.booked[day]) < self.calendar.max_per_day and self._apart(procedure, day):
+                return day
+        for day in self.calendar.open_days_between(earliest, latest):
+            if (not self.booked.get(day) and self.visits[_week(day)] < self.calendar.max_visits_per_week
+                    and self._apart(procedure, day)):
+                return day
+        return None
+
+    def _apart(self, procedure: Procedure, day: date) -> bool:
+        """Whether no procedure `procedure` conflicts with is booked less than their gap away from `day`."""
+        for other, before, after in self._gaps_around.get(procedure.key, ()):
             days = self.days_of.get(other)
-            if days:  # is `other` booked less than its gap away from `day`?
+            if days:
                 nearest = bisect_left(days, day - before)
                 if nearest < len(days) and days[nearest] < day + after:
                     return False
         return True
-
-    def visits_between(self, first: date, last: date) -> list[date]:
-        """The days something is booked on, from `first` to `last`, in order."""
-        return self.visit_days[bisect_left(self.visit_days, first):bisect_right(self.visit_days, last)]
 
     def add(self, key: str, day: date) -> None:
         if not self.booked[day]:
@@ -369,16 +381,17 @@ def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: dat
     series (empty list, nothing booked). `previous` is the procedure's last session of an earlier series: the
     minimum interval holds across series. The days returned are booked."""
     days: list[date] = []
-    gap = max(procedure.min_interval_days, 1)
-    for n in range(procedure.rhythm.count):
-        ideal = start + timedelta(days=math.floor(n * procedure.rhythm.interval_days))
+    gap = timedelta(days=max(procedure.min_interval_days, 1))
+    tolerances = procedure.rhythm.tolerance_open_days(first=True), procedure.rhythm.tolerance_open_days(first=False)
+    for n, offset in enumerate(procedure.rhythm.offsets):
+        ideal = start + offset
         last = days[-1] if days else previous
-        earliest = max(ideal, last + timedelta(days=gap)) if last else ideal
+        earliest = max(ideal, last + gap) if last else ideal
         if earliest > last_allowed:
             return days, bool(days)
-        tolerance = book.calendar.open_day_after(earliest, procedure.rhythm.tolerance_open_days(first=n == 0))
+        tolerance = book.calendar.open_day_after(earliest, tolerances[n > 0])
         latest = min(tolerance, last_allowed)
-        day = _choose(procedure, earliest, latest, book)
+        day = book.first_day_for(procedure, earliest, latest)
         if day is None:
             if tolerance > last_allowed:  # the course ends before the rhythm's window does: keep what fits
                 return days, True
@@ -387,17 +400,6 @@ def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: dat
         book.add(procedure.key, day)
         days.append(day)
     return days, False
-
-
-def _choose(procedure: Procedure, earliest: date, latest: date, book: _Bookings) -> date | None:
-    """The first admissible day in the window the patient already comes in, else the first admissible day."""
-    for day in book.visits_between(earliest, latest):
-        if book.admissible(procedure, day):
-            return day
-    for day in book.calendar.open_days_between(earliest, latest):  # a closed day is never admissible
-        if book.admissible(procedure, day):
-            return day
-    return None
 
 
 def _moments(days: Iterable[date], key: str, booked: dict[date, list[str]], calendar: ClinicCalendar) -> list[datetime]:
