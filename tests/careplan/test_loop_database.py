@@ -5,6 +5,7 @@ the loop's connections cannot be used."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,3 +145,37 @@ def test_no_connection_within_the_budget_is_a_503_with_retry_after(postgres_data
 
     refused = asyncio.run(exhausted())
     assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+
+
+def test_a_transaction_commits_whole_or_not_at_all_and_hands_its_connection_back_idle(postgres_database_url, caplog):
+    """BEGIN and COMMIT travel in the pipeline with the statements; a failed statement or an exception in the
+    block rolls everything back, and the pool's one connection serves the next transaction."""
+    database = LoopDatabase.of(postgres_database_url, 1, 5)
+    assert database is not None
+    committed: list[str] = []
+
+    async def scenario() -> tuple[Any, ...] | None:
+        await database.open()
+        try:
+            await database.execute(b"CREATE TABLE loop_tx (id INTEGER PRIMARY KEY)", ())
+            async with database.transaction() as transaction:
+                await transaction.execute(b"INSERT INTO loop_tx VALUES (%s)", (1,))
+                transaction.after_commit(lambda: committed.append("first"))
+                assert committed == [], "called only once committed"
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                async with database.transaction() as transaction:
+                    await transaction.execute(b"INSERT INTO loop_tx VALUES (%s)", (2,))
+                    await transaction.execute(b"INSERT INTO loop_tx VALUES (%s)", (1,))
+                    transaction.after_commit(lambda: committed.append("duplicate"))
+            with pytest.raises(LookupError):
+                async with database.transaction() as transaction:
+                    await transaction.execute(b"INSERT INTO loop_tx VALUES (%s)", (3,))
+                    raise LookupError
+            return await database.fetch_one(b"SELECT array_agg(id ORDER BY id) FROM loop_tx", ())
+        finally:
+            await database.close()
+
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        assert asyncio.run(scenario()) == ([1],)
+    assert committed == ["first"]
+    assert not caplog.records, "the transaction ended its own failures; the pool had nothing to roll back"
