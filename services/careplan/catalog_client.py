@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 import httpx
 
@@ -79,7 +79,7 @@ class CatalogClient:
         return value
 
     async def _entry(self, path: str, params: Sequence[tuple[str, str]]) -> _Cached:
-        key = digest(path, urlencode(list(params)))
+        key = digest(path, *chain.from_iterable(params))  # its parts length-prefixed: no encoding needed
         cached = self.cache.get(key)
         if cached and time.monotonic() - cached.checked < self.fresh_seconds:
             return cached

@@ -184,25 +184,16 @@ class Knowledge:
         return await self._protocol([("_id", plan_id)])
 
     async def _protocol(self, criteria: list[tuple[str, str]]) -> Protocol | None:
-        bundle = await self.catalog.get("/PlanDefinition", criteria + [
+        found: _Protocol | None = await self.catalog.derived("/PlanDefinition", criteria + [
             ("_include", "PlanDefinition:definition"), ("_include:iterate", "ActivityDefinition:product"),
-            ("_count", "50")])
-        plans = [r for r in _resources(bundle, "PlanDefinition", mode="match")]
-        if not plans:
+            ("_count", "50")], "protocol", _protocol_of)
+        if found is None:
             return None
-        plan = max(plans, key=lambda p: p.get("version", ""))
-        activities: dict[str, dict[str, Any]] = {}
-        for activity in _resources(bundle, "ActivityDefinition"):
-            activities[activity["url"]] = activity
-            activities[versioned(activity)] = activity
-        medications = {f"Medication/{m['id']}": m for m in _resources(bundle, "Medication")}
-        wanted = {ref.get("reference", "") for action in _walk_actions(plan)
-                  for ref in extensions(action, DELIVERED_PREPARATION)}
-        missing = sorted(r.split("/", 1)[1] for r in wanted - set(medications) if r.startswith("Medication/"))
-        if missing:
-            extra = await self.catalog.get("/Medication", [("_id", ",".join(missing)), ("_count", "1000")])
-            medications |= {f"Medication/{m['id']}": m for m in _resources(extra, "Medication")}
-        return await self._with_screening(plan, activities, medications)
+        medications = found.medications
+        if found.missing:
+            extra = await self.catalog.get("/Medication", [("_id", ",".join(found.missing)), ("_count", "1000")])
+            medications = medications | {f"Medication/{m['id']}": m for m in _resources(extra, "Medication")}
+        return await self._with_screening(found.plan, found.activities, medications)
 
     async def formulary(self) -> Protocol:
         """Every active activity and preparation of the catalog with the screening rules, as one Protocol
@@ -218,21 +209,62 @@ class Knowledge:
 
     async def _with_screening(self, plan: dict[str, Any], activities: dict[str, dict[str, Any]],
                               medications: dict[str, dict[str, Any]]) -> Protocol:
-        knowledge = await self.catalog.get("/MedicationKnowledge", [("status", "active"), ("_count", "1000")])
-        classes: dict[str, list[dict[str, Any]]] = {}
-        contraindications: dict[str, list[dict[str, Any]]] = {}
-        for item in _resources(knowledge, "MedicationKnowledge"):
-            contained = {f"#{r.get('id')}": r for r in item.get("contained", []) if isinstance(r, dict)}
-            issues = [contained[ref["reference"]] for ref in item.get("contraindication", [])
-                      if isinstance(ref, dict) and ref.get("reference") in contained]
-            for medication in item.get("associatedMedication", []):
-                found = [c for concept in item.get("productType", []) for c in codings(concept)]
-                classes.setdefault(medication.get("reference", ""), []).extend(found)
-                contraindications.setdefault(medication.get("reference", ""), []).extend(issues)
-        screening_bundle = await self.catalog.get("/PlanDefinition", [
-            ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")])
+        classes, contraindications = await self.catalog.derived(
+            "/MedicationKnowledge", [("status", "active"), ("_count", "1000")], "screening", _medication_screening)
+        screening = await self.catalog.derived("/PlanDefinition", [
+            ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")], "rules", _plans)
         return Protocol(plan=plan, activities=activities, medications=medications, classes=classes,
-                        screening=_resources(screening_bundle, "PlanDefinition"), contraindications=contraindications)
+                        screening=screening, contraindications=contraindications)
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What one PlanDefinition search answer holds of a protocol (shared by every plan drafted from it, so
+    read-only): the newest matching plan, its activities and preparations, and the preparations it names that the
+    answer did not include."""
+
+    plan: dict[str, Any]
+    activities: dict[str, dict[str, Any]]
+    """By url and by url|version."""
+    medications: dict[str, dict[str, Any]]
+    missing: list[str]
+    """Ids of the Medications its actions deliver that the answer did not include."""
+
+
+def _protocol_of(bundle: dict[str, Any]) -> _Protocol | None:
+    plans = _resources(bundle, "PlanDefinition", mode="match")
+    if not plans:
+        return None
+    plan = max(plans, key=lambda p: p.get("version", ""))
+    activities: dict[str, dict[str, Any]] = {}
+    for activity in _resources(bundle, "ActivityDefinition"):
+        activities[activity["url"]] = activity
+        activities[versioned(activity)] = activity
+    medications = {f"Medication/{m['id']}": m for m in _resources(bundle, "Medication")}
+    wanted = {ref.get("reference", "") for action in _walk_actions(plan)
+              for ref in extensions(action, DELIVERED_PREPARATION)}
+    missing = sorted(r.split("/", 1)[1] for r in wanted - set(medications) if r.startswith("Medication/"))
+    return _Protocol(plan, activities, medications, missing)
+
+
+def _medication_screening(bundle: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]],
+                                                           dict[str, list[dict[str, Any]]]]:
+    """MedicationKnowledge's product-type codings and the DetectedIssues it contraindicates, by 'Medication/<id>'."""
+    classes: dict[str, list[dict[str, Any]]] = {}
+    contraindications: dict[str, list[dict[str, Any]]] = {}
+    for item in _resources(bundle, "MedicationKnowledge"):
+        contained = {f"#{r.get('id')}": r for r in item.get("contained", []) if isinstance(r, dict)}
+        issues = [contained[ref["reference"]] for ref in item.get("contraindication", [])
+                  if isinstance(ref, dict) and ref.get("reference") in contained]
+        for medication in item.get("associatedMedication", []):
+            found = [c for concept in item.get("productType", []) for c in codings(concept)]
+            classes.setdefault(medication.get("reference", ""), []).extend(found)
+            contraindications.setdefault(medication.get("reference", ""), []).extend(issues)
+    return classes, contraindications
+
+
+def _plans(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return _resources(bundle, "PlanDefinition")
 
 
 def _newest_questionnaire(bundle: dict[str, Any]) -> dict[str, Any] | None:
