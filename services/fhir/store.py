@@ -120,13 +120,19 @@ class ResourceStore:
         self.I = index_table
         self.search_params = search_params
         self._listeners: list[tuple[WriteListener, Collection[str] | None]] = []
+        self._session_only: list[frozenset[str] | None] = []
+        """What each listener that writes only in a session follows (None: every type), for `writes_on_loop`: a
+        check against a runtime protocol costs tens of microseconds, so it is made once, when a listener is added."""
         self._read_statement: bytes | None = None
         self._insert_statement: bytes | None = None
 
     def listen(self, listener: WriteListener, *, types: Collection[str] | None = None) -> None:
         """Publish every write (of `types`, or of any type) to `listener`, after those registered before it:
         a read cache drops what a write makes stale, the delivery outbox queues a new plan version."""
-        self._listeners.append((listener, frozenset(types) if types is not None else None))
+        followed = frozenset(types) if types is not None else None
+        self._listeners.append((listener, followed))
+        if not isinstance(listener, LoopListener):
+            self._session_only.append(followed)
 
     def _publish(self, session: Session, written: StoredResource, previous: StoredResource | None) -> None:
         for listener in self._listeners_of(written.resource_type):
@@ -278,8 +284,7 @@ class ResourceStore:
 
     def writes_on_loop(self, resource_types: Collection[str]) -> bool:
         """Whether every listener of these types takes part in writes on the event loop (`create_in`)."""
-        return all(isinstance(listener, LoopListener)
-                   for resource_type in resource_types for listener in self._listeners_of(resource_type))
+        return not any(types is None or not types.isdisjoint(resource_types) for types in self._session_only)
 
     def followed(self, resource_type: str) -> bool:
         """Whether a write listener is told of writes of `resource_type`."""
