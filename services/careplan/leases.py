@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, Text, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import DateTime, Integer, String, Text, and_, bindparam, func, literal, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlmodel import Field, Session, SQLModel
 
-from services.fhir.loopdb import LoopTransaction
 from services.fhir.store import as_utc, utcnow
 
 PENDING, SENDING = "pending", "sending"
@@ -56,12 +55,10 @@ def notify(db: OrmSession | Connection, channel: str) -> None:
         db.execute(text(f"NOTIFY {channel}"))
 
 
-async def notify_on_loop(transaction: LoopTransaction, channel: str) -> None:
-    """`notify` in a transaction on the event loop (PostgreSQL): as a function call, which can be prepared."""
-    await transaction.execute(_PG_NOTIFY, (channel,))
-
-
-_PG_NOTIFY = b"SELECT pg_notify(%s, '')"
+def pg_notify(channel: str) -> ColumnElement[Any]:
+    """`notify` as a function call (PostgreSQL), to be part of a statement a transaction on the event loop runs:
+    the rows it writes and the notification in one statement."""
+    return func.pg_notify(literal(channel), literal(""))
 
 
 def column_defaults(model: type[SQLModel]) -> dict[str, Any]:

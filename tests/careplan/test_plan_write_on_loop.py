@@ -138,6 +138,7 @@ def test_a_reassessment_or_a_duplicate_is_left_to_the_session(database):
         "the same assessment again"
     assert _stored_plans(engine) == [first_id] and len(_rows(engine, DELIVERIES)) == 1, "nothing more stored"
     assert pokes.delivery == 1
+    assert _rows(engine, NOTIFICATIONS) == [] and pokes.subscriptions == 0, "no subscription: none queued or woken"
 
     with Session(engine, expire_on_commit=False) as session:
         stored, created = repository.save(session, reassessment, careplan_id=second_id)

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Index, Text, UniqueConstraint, bindparam, event, insert
+from sqlalchemy import Index, Text, UniqueConstraint, bindparam, event, insert, select
 from sqlmodel import Field, Session
 
 from services.careplan.leases import (
@@ -37,7 +37,7 @@ from services.careplan.leases import (
     LeaseColumns,
     column_defaults,
     notify,
-    notify_on_loop,
+    pg_notify,
 )
 from services.fhir.loopdb import LoopStatement, LoopTransaction
 from services.fhir.store import StoredResource, utcnow
@@ -88,7 +88,8 @@ class Delivery(LeaseColumns, table=True):
 
 DELIVERIES = core_table(Delivery)
 _INSERT = insert(DELIVERIES).values({column.name: bindparam(column.name) for column in DELIVERIES.c})
-_INSERT_ON_LOOP = LoopStatement(_INSERT)
+_QUEUE_ON_LOOP = LoopStatement(select(pg_notify(NOTIFY_CHANNEL)).add_cte(_INSERT.cte("queued")))
+"""`_INSERT` and the notification, as one statement for a transaction on the event loop."""
 _DEFAULTS = column_defaults(Delivery)
 
 
@@ -124,7 +125,6 @@ class EnqueueHook:
 
     async def on_loop(self, transaction: LoopTransaction, plan: StoredResource,
                       previous: StoredResource | None) -> None:
-        await transaction.execute(_INSERT_ON_LOOP, delivery_row(plan, previous))
-        await notify_on_loop(transaction, NOTIFY_CHANNEL)
+        await transaction.execute(_QUEUE_ON_LOOP, delivery_row(plan, previous))
         if self.on_commit is not None:
             transaction.after_commit(self.on_commit)

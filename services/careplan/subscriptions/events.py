@@ -12,7 +12,9 @@ One event is fanned out at once to every matching subscription: one UPDATE bumps
 queue instead of deadlocking, and each subscription's numbers follow its commit order) and
 returns the numbers; one INSERT writes a notification row per subscription. Only `active`
 subscriptions that have not ended receive events; how many exist is bounded by
-SUBSCRIPTION_MAX_SUBSCRIPTIONS. Nothing matches: one indexed UPDATE that changes nothing.
+SUBSCRIPTION_MAX_SUBSCRIPTIONS. Nothing matches: one indexed UPDATE that changes nothing. In a
+transaction on the event loop the UPDATE, the INSERT and the NOTIFY are one statement, which the
+transaction need not wait for.
 """
 
 from __future__ import annotations
@@ -24,16 +26,35 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, String, Update, and_, any_, bindparam, event, insert, or_, select, update
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow
+from sqlalchemy import (
+    ARRAY,
+    String,
+    Update,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    event,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from services.careplan.delivery.outbox import Delivery
-from services.careplan.leases import column_defaults, notify, notify_on_loop
+from services.careplan.leases import column_defaults, notify, pg_notify
 from services.careplan.subscriptions.tables import ACTIVE, EVENT, NOTIFICATIONS, SUBSCRIPTIONS, Notification
 from services.careplan.subscriptions.topics import Topic, category_tokens, delivery_topic, plan_topics
 from services.careplan.tables import CareplanResourceVersion
-from services.fhir.loopdb import LoopStatement, LoopTransaction, json_inserts, json_rows
+from services.fhir.loopdb import LoopStatement, LoopTransaction
 from services.fhir.store import StoredResource, utcnow
 from services.fhir.tables import core_table
 
@@ -65,9 +86,26 @@ def _bump(postgresql: bool) -> Update:
 
 _BUMP = {True: _bump(postgresql=True), False: _bump(postgresql=False)}
 """By whether the database is PostgreSQL."""
-_LOOP_BUMP = LoopStatement(_BUMP[True])
-_LOOP_NOTIFICATIONS = json_inserts([(NOTIFICATIONS, list(NOTIFICATIONS.c.keys()))])
 _NOTIFICATION_DEFAULTS = column_defaults(Notification)
+
+
+def _queue_on_loop() -> LoopStatement:
+    """`record_event` as one statement for a transaction on the event loop (PostgreSQL): `_BUMP`, a notification
+    for each subscription it bumps (the event's `_Event.template` with the row's own id, subscription and number),
+    and the NOTIFY if there was any. Its rowcount says whether anything was queued."""
+    bumped = _BUMP[True].cte("bumped")
+    names = list(NOTIFICATIONS.c.keys())
+    template = func.jsonb_populate_record(literal_column(f'NULL::"{NOTIFICATIONS.name}"'),
+                                          bindparam("template", type_=JSONB)).table_valued(*names).alias("template")
+    own = {"id": cast(func.gen_random_uuid(), String), "subscription_id": bumped.c.id,
+           "seq": bumped.c.events_since_start}
+    rows = select(*(own[name] if name in own else template.c[name] for name in names)).select_from(
+        bumped.join(template, true()))
+    queued = insert(NOTIFICATIONS).from_select(names, rows).cte("queued")
+    return LoopStatement(select(pg_notify(NOTIFY_CHANNEL)).select_from(bumped).limit(1).add_cte(queued))
+
+
+_QUEUE_ON_LOOP = _queue_on_loop()
 
 
 @dataclass(frozen=True)
@@ -88,14 +126,20 @@ class _Event:
         return {"event_topic": self.topic.url, "event_occurred": self.occurred, "event_patient": self.patient or "",
                 "event_categories": self.categories or [""]}
 
+    def template(self) -> dict[str, Any]:
+        """The columns of this event's notification that every subscription's has alike: all but its id,
+        subscription and number."""
+        now = utcnow()
+        return _NOTIFICATION_DEFAULTS | {
+            "kind": EVENT, "topic": self.topic.url, "focus_type": self.focus_type, "focus_id": self.focus_id,
+            "focus_version": self.focus_version, "interaction": self.interaction, "occurred": self.occurred,
+            "window_start": now, "next_attempt_at": now, "created": now, "updated": now}
+
     def notifications(self, bumped: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """One notification row for each (subscription id, event number) `_BUMP` returned."""
-        now = utcnow()
-        return [_NOTIFICATION_DEFAULTS | {
-            "id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number, "kind": EVENT, "topic": self.topic.url,
-            "focus_type": self.focus_type, "focus_id": self.focus_id, "focus_version": self.focus_version,
-            "interaction": self.interaction, "occurred": self.occurred, "window_start": now, "next_attempt_at": now,
-            "created": now, "updated": now} for sub_id, number in bumped]
+        template = self.template()
+        return [template | {"id": str(uuid.uuid4()), "subscription_id": sub_id, "seq": number}
+                for sub_id, number in bumped]
 
 
 def record_event(connection: Connection, event: _Event) -> int:
@@ -108,14 +152,11 @@ def record_event(connection: Connection, event: _Event) -> int:
     return len(bumped)
 
 
-async def record_event_on_loop(transaction: LoopTransaction, event: _Event) -> int:
-    """`record_event` in a transaction on the event loop (PostgreSQL)."""
-    bumped = await (await transaction.execute(_LOOP_BUMP, event.matching())).fetchall()
-    if not bumped:
-        return 0
-    await transaction.execute(_LOOP_NOTIFICATIONS, (json_rows(event.notifications(bumped)),))
-    await notify_on_loop(transaction, NOTIFY_CHANNEL)
-    return len(bumped)
+async def record_event_on_loop(transaction: LoopTransaction, event: _Event) -> AsyncCursor[TupleRow]:
+    """`record_event` in a transaction on the event loop, as one statement that waits for nothing: once committed,
+    its cursor's rowcount says whether any subscription was notified."""
+    return await transaction.execute(_QUEUE_ON_LOOP, event.matching() | {
+        "template": orjson.dumps(event.template()).decode()})
 
 
 def _subject(resource: dict[str, Any]) -> str | None:
@@ -137,11 +178,14 @@ class PlanEventHook:
 
     async def on_loop(self, transaction: LoopTransaction, plan: StoredResource,
                       previous: StoredResource | None) -> None:
-        queued = 0
-        for item in self._events(plan, previous):
-            queued += await record_event_on_loop(transaction, item)
-        if queued and self.poke is not None:
-            transaction.after_commit(self.poke)
+        recorded = [await record_event_on_loop(transaction, item) for item in self._events(plan, previous)]
+        poke = self.poke
+        if recorded and poke is not None:
+            def poke_if_queued() -> None:
+                if any(cursor.rowcount > 0 for cursor in recorded):
+                    poke()
+
+            transaction.after_commit(poke_if_queued)
 
     @staticmethod
     def _events(plan: StoredResource, previous: StoredResource | None) -> list[_Event]:
