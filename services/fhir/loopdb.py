@@ -169,35 +169,45 @@ def on_loop(database: LoopDatabase | None) -> TypeGuard[LoopDatabase]:
     return database is not None and database.usable()
 
 
-def json_inserts(tables: Sequence[tuple[Table, Sequence[str]]]) -> bytes:
-    """One statement inserting into each table the rows given as one JSON array parameter (`json_rows`):
-    `WITH t0 AS (INSERT ... SELECT ... FROM jsonb_to_recordset(%s::jsonb) AS r(...)), ... INSERT ...`.
+class RowInserts:
+    """One statement inserting rows into several tables (`WITH t0 AS (INSERT ...), ... INSERT ...`): each table's
+    rows as one JSON array parameter, read by `jsonb_to_recordset`, beside one binary bytea array for each of its
+    binary columns, the two zipped by `ROWS FROM`.
 
-    Its text does not depend on the number of rows, so it is prepared once, and a batch is as many parameters
-    as tables: psycopg's array dumpers, in Python, cost more than the database's JSON parser. The record's
-    types are the tables' own, without lengths (a cast to `VARCHAR(64)` would cut a longer value short, where
-    the insert refuses it); bytes travel as UTF-8 text (the store's contents are JSON)."""
-    inserts = []
-    for table, columns in tables:
-        types = {name: table.c[name].type.compile(dialect=_POSTGRESQL).split("(", 1)[0] for name in columns}
-        record = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name),
-                                                            sql.SQL("TEXT" if kind == "BYTEA" else kind))
-                                    for name, kind in types.items())
-        values = sql.SQL(", ").join(sql.SQL("convert_to(r.{}, 'UTF8')" if kind == "BYTEA" else "r.{}").format(
-            sql.Identifier(name)) for name, kind in types.items())
-        inserts.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM jsonb_to_recordset(%s::jsonb) AS r({})").format(
-            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)), values, record))
-    ctes = sql.SQL(", ").join(sql.SQL("{} AS ({})").format(sql.Identifier(f"t{n}"), statement)
-                              for n, statement in enumerate(inserts[:-1]))
-    return (sql.SQL("WITH {} {}").format(ctes, inserts[-1]) if len(inserts) > 1 else inserts[0]).as_bytes()
+    Its text does not depend on the number of rows, so it is prepared once, and a batch is a few parameters a
+    table: psycopg's array dumpers, in Python, cost more than the database's JSON parser for the many small
+    values. Binary columns hold whole resources, though, tens of kilobytes of JSON that the database would parse
+    a second time as a string escaped inside JSON: as bytes in binary they cost it about half. The record's types
+    are the tables' own, without lengths (a cast to `VARCHAR(64)` would cut a longer value short, where the insert
+    refuses it)."""
 
+    def __init__(self, tables: Sequence[tuple[Table, Sequence[str]]]) -> None:
+        self._binary: list[list[str]] = []
+        """The binary columns of each table, in the order of their parameters."""
+        inserts = []
+        for table, columns in tables:
+            types = {name: table.c[name].type.compile(dialect=_POSTGRESQL).split("(", 1)[0] for name in columns}
+            binary = [name for name in columns if types[name] == "BYTEA"]
+            plain = [name for name in columns if name not in binary]
+            self._binary.append(binary)
+            record = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(types[name]))
+                                        for name in plain)
+            sources = sql.SQL(", ").join([sql.SQL("jsonb_to_recordset(%s::jsonb) AS ({})").format(record)]
+                                         + [sql.SQL("unnest(%b::bytea[])") for _ in binary])
+            names = sql.SQL(", ").join(map(sql.Identifier, plain + binary))
+            inserts.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM ROWS FROM ({}) AS r({})").format(
+                sql.Identifier(table.name), names, names, sources, names))
+        ctes = sql.SQL(", ").join(sql.SQL("{} AS ({})").format(sql.Identifier(f"t{n}"), statement)
+                                  for n, statement in enumerate(inserts[:-1]))
+        self.query = (sql.SQL("WITH {} {}").format(ctes, inserts[-1]) if len(inserts) > 1 else inserts[0]).as_bytes()
 
-def json_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The parameter of one table in a `json_inserts` statement."""
-    return orjson.dumps(rows, default=_utf8).decode()
-
-
-def _utf8(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    raise TypeError(f"{type(value).__name__} is not stored as JSON")
+    def params(self, rows_of_tables: Sequence[Sequence[Mapping[str, Any]]]) -> list[Any]:
+        """The statement's parameters for these rows of each table, in the order the tables were given."""
+        params: list[Any] = []
+        for binary, rows in zip(self._binary, rows_of_tables, strict=True):
+            if not binary:
+                params.append(orjson.dumps(rows).decode())
+                continue
+            params.append(orjson.dumps([{k: v for k, v in row.items() if k not in binary} for row in rows]).decode())
+            params.extend([row[name] for row in rows] for name in binary)
+        return params

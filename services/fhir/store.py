@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col
 
-from services.fhir.loopdb import LoopDatabase, LoopTransaction, json_inserts, json_rows
+from services.fhir.loopdb import LoopDatabase, LoopTransaction, RowInserts
 from services.fhir.outcome import BadRequest, Conflict, Gone, NotFound, PreconditionFailed
 from services.fhir.searchparams import (
     FHIR_ID,
@@ -124,7 +124,7 @@ class ResourceStore:
         """What each listener that writes only in a session follows (None: every type), for `writes_on_loop`: a
         check against a runtime protocol costs tens of microseconds, so it is made once, when a listener is added."""
         self._read_statement: bytes | None = None
-        self._insert_statement: bytes | None = None
+        self._insert_statement: RowInserts | None = None
 
     def listen(self, listener: WriteListener, *, types: Collection[str] | None = None) -> None:
         """Publish every write (of `types`, or of any type) to `listener`, after those registered before it:
@@ -260,13 +260,14 @@ class ResourceStore:
         return stored
 
     async def create_on_loop(self, database: LoopDatabase, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
-        """`create_many` as one statement on the event loop (`services.fhir.loopdb.json_inserts`), for the audit
+        """`create_many` as one statement on the event loop (`services.fhir.loopdb.RowInserts`), for the audit
         trail's batches. Only for types no write listener follows: a listener takes part in a transaction."""
         stored, tables = self._new_rows(resources, None)
         followed = {item.resource_type for item in stored if self.followed(item.resource_type)}
         if followed:
             raise ValueError(f"writes of {', '.join(sorted(followed))} are followed by listeners; use create_in")
-        await database.execute(self._inserts(tables), [json_rows(rows) for _, rows in tables])
+        inserts = self._inserts(tables)
+        await database.execute(inserts.query, inserts.params([rows for _, rows in tables]))
         return stored
 
     async def create_in(self, transaction: LoopTransaction, resources: Sequence[dict[str, Any]],
@@ -276,7 +277,8 @@ class ResourceStore:
         if not self.writes_on_loop({resource["resourceType"] for resource in resources}):
             raise ValueError("a listener of these types writes only in a session; use create_many")
         stored, tables = self._new_rows(resources, ids)
-        await transaction.execute(self._inserts(tables), [json_rows(rows) for _, rows in tables])
+        inserts = self._inserts(tables)
+        await transaction.execute(inserts.query, inserts.params([rows for _, rows in tables]))
         for item in stored:
             for listener in self._listeners_of(item.resource_type):
                 await cast(LoopListener, listener).on_loop(transaction, item, None)
@@ -290,11 +292,11 @@ class ResourceStore:
         """Whether a write listener is told of writes of `resource_type`."""
         return bool(self._listeners_of(resource_type))
 
-    def _inserts(self, tables: list[tuple[Table, list[dict[str, Any]]]]) -> bytes:
-        """The one statement writing new versions' rows into the three tables (`json_inserts`)."""
+    def _inserts(self, tables: list[tuple[Table, list[dict[str, Any]]]]) -> RowInserts:
+        """The one statement writing new versions' rows into the three tables."""
         if self._insert_statement is None:
-            self._insert_statement = json_inserts([(table, list(_NEW_ROW_COLUMNS[n]))
-                                                   for n, (table, _) in enumerate(tables)])
+            self._insert_statement = RowInserts([(table, list(_NEW_ROW_COLUMNS[n]))
+                                                 for n, (table, _) in enumerate(tables)])
         return self._insert_statement
 
     def _new_rows(self, resources: Sequence[dict[str, Any]], ids: Sequence[str] | None,
