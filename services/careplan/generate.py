@@ -98,19 +98,27 @@ class CarePlanner:
 
     async def draft_plan(self, request: GenerateRequest, *, status: str = "draft",
                          protocol: Protocol | None = None, assessment_reference: str | None = None,
-                         identifier: str | None = None, created: datetime | None = None) -> PlanResult:
-        """Fetching knowledge is I/O on the event loop; checking and planning are CPU work, run by `run`."""
+                         identifier: str | None = None, created: datetime | None = None,
+                         checked: Assessment | None = None) -> PlanResult:
+        """Fetching knowledge is I/O on the event loop; checking and planning are CPU work, run by `run`.
+        `checked` is what `check` already made of this request's assessment."""
         today = datetime.now(ZoneInfo(self.clinic.timezone)).date()
         if request.start is not None:
             self.limits.check_start(request.start, today)
         questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
-        value_sets = await self.knowledge.answer_value_sets(questionnaire)
-        assessment = await self.run(check_assessment, request, questionnaire, value_sets)
+        assessment = checked or await self.check(request)
         if protocol is None:
             protocol = await self._protocol(request, assessment)
         result: PlanResult = await self.run(self._plan, request, questionnaire, assessment, protocol, today, status,
                                             assessment_reference, identifier, created)
         return result
+
+    async def check(self, request: GenerateRequest) -> Assessment:
+        """The assessment checks planning runs (422 with every problem)."""
+        questionnaire = await self.knowledge.questionnaire(self.questionnaire_url)
+        value_sets = await self.knowledge.answer_value_sets(questionnaire)
+        assessment: Assessment = await self.run(check_assessment, request, questionnaire, value_sets)
+        return assessment
 
     def _plan(self, request: GenerateRequest, questionnaire: dict[str, Any], assessment: Assessment,
               protocol: Protocol, today: date, status: str, assessment_reference: str | None,
@@ -235,26 +243,33 @@ class PlanRepository:
                                  "submit the assessment again", headers={"Retry-After": "1"})
 
     async def save_on_loop(self, database: LoopDatabase, result: PlanResult, *,
-                           careplan_id: str) -> StoredResource | None:
-        """`save` of a body site's first plan as one transaction on the event loop: the site's lock and the look-up
-        of its active plan in one round trip, then every row (the plan, its assessment, what the plan hooks queue)
-        with the commit. None, with nothing stored, when `save` must do it: the site has a plan to revoke, the
-        write collided with another, or a plan hook writes only in a session."""
+                           careplan_id: str) -> tuple[StoredResource, bool] | None:
+        """`save` of a body site's first plan as one transaction on the event loop: the site's lock, the look-ups of
+        a plan this assessment already made and of the site's active plan in one round trip, then every row (the
+        plan, its assessment, what the plan hooks queue) with the commit. Returns (plan, created), the plan an
+        earlier submission made included; None, with nothing stored, when `save` must do it: the site has a plan
+        to revoke, the write collided with another, or a plan hook writes only in a session."""
         if not self.store.writes_on_loop(("CarePlan", "QuestionnaireResponse")):
             return None
         record = _Record.of(result, careplan_id)
         try:
             async with database.transaction() as transaction:
                 await transaction.execute(_LOCK_ON_LOOP, record.site_lock())
+                made = await transaction.execute(_EXISTING, (record.subject, record.assessment_key))
                 active = await transaction.execute(_ACTIVE_FOR_SITE_ON_LOOP, record.site())
+                if await made.fetchone() is not None:
+                    raise _Made
                 if await active.fetchone() is not None:
                     raise _Revokes
                 _, stored = await self.store.create_in(transaction, record.resources(), ids=record.ids())
                 await transaction.execute(_INSERT_RECORD_ON_LOOP, record.row(stored))
+        except _Made:
+            existing = await self.existing_on_loop(database, record.subject, record.assessment_key)
+            return (existing, False) if existing is not None else None
         except (_Revokes, psycopg.IntegrityError):
             return None
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": None})
-        return stored
+        return stored, True
 
     def _save(self, session: Session, record: _Record) -> tuple[StoredResource, bool]:
         if session.get_bind().dialect.name == "postgresql":
@@ -284,6 +299,10 @@ class PlanRepository:
 
 class _Revokes(Exception):
     """The body site has an active plan: the save revokes it, in a session."""
+
+
+class _Made(Exception):
+    """The assessment was turned into a plan before: the save answers with that plan."""
 
 
 @dataclass

@@ -28,7 +28,6 @@ from services.careplan.generate import CarePlanner, PlanRepository, PlanResult
 from services.careplan.intake import (
     GenerateRequest,
     assessment_key,
-    check_assessment,
     parse_apply,
     parse_generate,
     stored_response_id,
@@ -38,7 +37,7 @@ from services.fhir.deps import ContextDep, ServiceContext
 from services.fhir.interaction_table import Entry, Permission
 from services.fhir.jsonio import read_json
 from services.fhir.loopdb import on_loop
-from services.fhir.outcome import Issue, NotFound, operation_outcome
+from services.fhir.outcome import FhirError, Issue, NotFound, operation_outcome
 from services.fhir.responses import FhirResponse
 from services.fhir.rest import fhir_base, resource_headers, write_response
 from services.fhir.scopes import required_scope
@@ -56,19 +55,29 @@ def operation_entries(planner: CarePlanner, repository: PlanRepository) -> list[
         parsed = await planner.run(_checked, planner, parse_generate, await read_json(request))
         key = assessment_key(parsed.assessment)
         base = fhir_base(request, ctx.settings.BASE_URL)
+        checked = None
         if key is not None:
-            await _check(planner, parsed)  # an invalid request learns nothing about what is stored
-            found = await _existing(ctx, repository, parsed.subject, key)
-            if found is not None:
-                return _already_generated(request, found, base)
+            checked = await planner.check(parsed)  # an invalid request learns nothing about what is stored
+            if not on_loop(ctx.loop_db):  # on the loop, the write looks it up with the site's active plan
+                found = await _existing(ctx, repository, parsed.subject, key)
+                if found is not None:
+                    return _already_generated(request, found, base)
         identifier = plan_identifier(key, parsed.subject) if key else None
         reference = f"QuestionnaireResponse/{stored_response_id(parsed.subject, key)}" if key else None
-        result = await planner.draft_plan(parsed, status=parsed.status, identifier=identifier,
-                                          assessment_reference=reference)
+        try:
+            result = await planner.draft_plan(parsed, status=parsed.status, identifier=identifier,
+                                              assessment_reference=reference, checked=checked)
+        except FhirError:
+            found = await _existing(ctx, repository, parsed.subject, key) if key and on_loop(ctx.loop_db) else None
+            if found is not None:  # the plan made before answers, though planning it again now fails
+                return _already_generated(request, found, base)
+            raise
 
         assert identifier is not None, "check_assessment refuses assessments without id or identifier"
         stored, created = await _save(ctx, repository, result, identifier)
-        return write_response(request, stored, base=base, created=created)
+        if not created:
+            return _already_generated(request, stored, base)
+        return write_response(request, stored, base=base, created=True)
 
     async def apply(request: Request) -> Response:
         """The CarePlan a protocol would produce for an assessment; stores nothing."""
@@ -109,13 +118,6 @@ def _applied(result: PlanResult) -> Response:
         {"name": "outcome", "resource": operation_outcome(result.warnings)}]})
 
 
-async def _check(planner: CarePlanner, parsed: GenerateRequest) -> None:
-    """The assessment checks planning runs (422 with every problem), before a stored plan is looked up."""
-    questionnaire = await planner.knowledge.questionnaire(planner.questionnaire_url)
-    value_sets = await planner.knowledge.answer_value_sets(questionnaire)
-    await planner.run(check_assessment, parsed, questionnaire, value_sets)
-
-
 def _already_generated(request: Request, stored: StoredResource, base: str) -> Response:
     """The plan an earlier submission stored: in full to a caller that may read plans, else only where it is."""
     access = current_access(request)
@@ -135,9 +137,9 @@ async def _save(ctx: ServiceContext, repository: PlanRepository, result: PlanRes
     """Store the plan: on the event loop where it can be (PostgreSQL, a body site's first plan), else in a session
     in a worker thread. Returns (plan, created)."""
     if on_loop(ctx.loop_db):
-        stored = await repository.save_on_loop(ctx.loop_db, result, careplan_id=careplan_id)
-        if stored is not None:
-            return stored, True
+        saved = await repository.save_on_loop(ctx.loop_db, result, careplan_id=careplan_id)
+        if saved is not None:
+            return saved
 
     def in_session() -> tuple[StoredResource, bool]:
         with ctx.session() as session:

@@ -21,6 +21,7 @@ from services.careplan.subscriptions.tables import ACTIVE, NOTIFICATIONS, Subscr
 from services.careplan.subscriptions.topics import PLAN_CREATED
 from services.careplan.tables import AssessmentPlan
 from services.fhir.loopdb import LoopDatabase, LoopTransaction
+from services.fhir.outcome import Unprocessable
 from services.fhir.store import StoredResource
 from tests.careplan.conftest import example
 from tests.delivery.conftest import pg_engine  # noqa: F401 - shared fixture
@@ -97,8 +98,10 @@ def test_a_first_plan_on_the_loop_stores_and_queues_what_a_session_does(database
     looped, looped_id = plan_result(status="active")
     in_session, session_id = plan_result(status="active")
 
-    stored = on_loop(lambda db: repository.save_on_loop(db, looped, careplan_id=looped_id))
-    assert stored is not None and stored.id == looped_id
+    saved = on_loop(lambda db: repository.save_on_loop(db, looped, careplan_id=looped_id))
+    assert saved is not None
+    stored, created = saved
+    assert created and stored.id == looped_id
     assert (pokes.delivery, pokes.subscriptions) == (1, 1), "both wake-ups once, after the commit"
     with Session(engine, expire_on_commit=False) as session:
         _, created = repository.save(session, in_session, careplan_id=session_id)
@@ -134,8 +137,9 @@ def test_a_reassessment_or_a_duplicate_is_left_to_the_session(database):
     assert on_loop(lambda db: repository.save_on_loop(db, first, careplan_id=first_id)) is not None
     assert on_loop(lambda db: repository.save_on_loop(db, reassessment, careplan_id=second_id)) is None, \
         "the site has an active plan to revoke"
-    assert on_loop(lambda db: repository.save_on_loop(db, first, careplan_id=first_id)) is None, \
-        "the same assessment again"
+    again = on_loop(lambda db: repository.save_on_loop(db, first, careplan_id=first_id))
+    assert again is not None and (again[0].id, again[0].version_id, again[1]) == (first_id, 1, False), \
+        "the same assessment again: the plan it made"
     assert _stored_plans(engine) == [first_id] and len(_rows(engine, DELIVERIES)) == 1, "nothing more stored"
     assert pokes.delivery == 1
     assert _rows(engine, NOTIFICATIONS) == [] and pokes.subscriptions == 0, "no subscription: none queued or woken"
@@ -148,9 +152,12 @@ def test_a_reassessment_or_a_duplicate_is_left_to_the_session(database):
         assert not created and again.id == first_id
 
     draft, draft_id = plan_result(status="draft")
-    assert on_loop(lambda db: repository.save_on_loop(db, draft, careplan_id=draft_id)) is not None
+    with Session(engine) as session:  # what a concurrent submission of the same assessment has committed
+        repository.store.create(session, dict(draft.careplan), resource_id=draft_id)
+        session.commit()
     assert on_loop(lambda db: repository.save_on_loop(db, draft, careplan_id=draft_id)) is None, \
         "a duplicate collides on the plan's id, and the transaction stores none of it"
+    assert _rows(engine, AssessmentPlan.__table__, careplan_id=draft_id) == []
     assert [row["careplan_version"] for row in _rows(engine, DELIVERIES, careplan_id=draft_id)] == [1]
 
 
@@ -200,3 +207,25 @@ def test_generate_writes_a_first_plan_on_the_loop(postgres_database_url, catalog
         assert read.json() == plan and read.headers["etag"] == created.headers["etag"] == 'W/"1"'
         tasks = client.get("/fhir/Task", params={"focus": f"CarePlan/{plan['id']}"}).json()
         assert [e["resource"]["status"] for e in tasks["entry"]] == ["requested"], "queued for delivery"
+
+        again = client.post("/fhir/CarePlan/$generate", json=example("atrophic-pregnant"), headers=FHIR_JSON)
+        assert again.status_code == 200 and again.json() == plan and in_session == [], \
+            "a resubmission is found in the write's first round trip"
+        planner = app.state.ctx.extras["planner"]
+
+        def no_longer_plannable(*_: Any) -> PlanResult:
+            raise Unprocessable("The catalog has no treatment protocol for this scar type")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(planner, "_plan", no_longer_plannable)
+            kept = client.post("/fhir/CarePlan/$generate", json=example("atrophic-pregnant"), headers=FHIR_JSON)
+            assert kept.status_code == 200 and kept.json() == plan, "the plan made before, though planning now fails"
+            fresh = client.post("/fhir/CarePlan/$generate", json=example("hypotrophic-abdomen"), headers=FHIR_JSON)
+            assert fresh.status_code == 422, "a new assessment that cannot be planned is refused"
+        invalid = example("atrophic-pregnant")
+        for parameter in invalid["parameter"]:
+            if parameter["name"] == "assessment":
+                parameter["resource"]["item"] = [item for item in parameter["resource"]["item"]
+                                                 if item["linkId"] != "scar-type"]
+        refused = client.post("/fhir/CarePlan/$generate", json=invalid, headers=FHIR_JSON)
+        assert refused.status_code == 422, "an invalid resubmission learns nothing about what is stored"
