@@ -2,9 +2,9 @@
 
 Plans are queued by `$generate` with the embedded dispatcher off, then drained by 1 and by 4 `cicatrix
 dispatch --drain` workers. Throughput is plans over the time between the first attempt and the last
-finished delivery (from the outbox rows; the rows fall due only once the processes are up, so start-up
-is not counted). Between the two runs the outbox rows are set pending again and the sandbox emptied.
-The baseline is the sandbox's own accept rate for the very transaction Bundles the dispatchers sent
+finished delivery (from the outbox rows; the rows fall due only once every process has logged that it
+started, so start-up is not counted). Between the two runs the outbox rows are set pending again and the
+sandbox emptied. The baseline is the sandbox's own accept rate for the very transaction Bundles the dispatchers sent
 (taken from its request log), posted directly by the load generator with as many connections as the
 4 dispatchers keep in flight, with the same headers.
 
@@ -20,18 +20,21 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
 
+from services.careplan.delivery.outbox import NOTIFY_CHANNEL
 from tests.bench import careplan, stack
 from tests.bench.measure import Figure, ok_statuses
 
 SANDBOX = stack.ROOT / "tools" / "ehr-sandbox" / "server.js"
 LATENCY_MS = 20
 BATCH = 8  # CAREPLAN_DELIVERY_BATCH_SIZE: deliveries one dispatcher has in flight
-START_SECONDS = 3.0
+STARTED = b"dispatcher started"
+"""What a dispatcher logs once it listens and claims (services.careplan.relay)."""
 """The queued rows fall due this long after the dispatchers are launched. Processes started together do not
 come up together on 2 cores (the first claimed about 0.4 s before the other three had read the EHR's
 CapabilityStatement); with the rows due at one moment every dispatcher starts on them at once, and the
@@ -66,13 +69,22 @@ def _configure(ehr: stack.Server) -> None:
 
 
 def _drain(url: str, env: dict[str, str], workers: int) -> float:
-    """Run `workers` dispatchers until the outbox is empty; plans per second from the outbox rows."""
-    _due_in(url, START_SECONDS)
+    """Run `workers` dispatchers until the outbox is empty; plans per second from the outbox rows.
+
+    The rows fall due, with the NOTIFY that wakes the dispatchers, only once every dispatcher has started: four
+    processes importing on one core take seconds, which are not delivery time."""
+    _hold(url)
     command = pinned(DISPATCHER_CORE, [sys.executable, "-m", "services.cli", "dispatch", "--drain"])
-    processes = [subprocess.Popen(command, cwd=stack.ROOT,
-                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                  stderr=open(stack.LOGS / f"dispatch-{workers}-{i}.log", "wb"))  # noqa: SIM115
-                 for i in range(workers)]
+    logs = [stack.LOGS / f"dispatch-{workers}-{i}.log" for i in range(workers)]
+    processes = [subprocess.Popen(command, cwd=stack.ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                  stderr=open(log, "wb"))  # noqa: SIM115
+                 for log in logs]
+    deadline = time.monotonic() + 120
+    while not all(STARTED in log.read_bytes() for log in logs):
+        if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+            raise RuntimeError(f"the dispatchers did not all start; see {', '.join(str(log) for log in logs)}")
+        time.sleep(0.1)
+    _release(url)
     for process in processes:
         if process.wait(timeout=600) != 0:
             raise RuntimeError(f"cicatrix dispatch exited with {process.returncode}")
@@ -88,11 +100,21 @@ def _drain(url: str, env: dict[str, str], workers: int) -> float:
     return completed / float(seconds)
 
 
-def _due_in(url: str, seconds: float) -> None:
+def _hold(url: str) -> None:
+    """Pending deliveries fall due in an hour: started dispatchers wait for `_release`."""
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE careplan_delivery SET next_attempt_at = now() + make_interval(secs => :s) "
-                                "WHERE state = 'pending'"), {"s": seconds})
+        connection.execute(text("UPDATE careplan_delivery SET next_attempt_at = now() + interval '1 hour' "
+                                "WHERE state = 'pending'"))
+    engine.dispose()
+
+
+def _release(url: str) -> None:
+    """Pending deliveries are due now, and the dispatchers are told so as `$generate` tells them."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE careplan_delivery SET next_attempt_at = now() WHERE state = 'pending'"))
+        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     engine.dispose()
 
 
