@@ -9,6 +9,7 @@ with a FHIRPath `expression`, and all of them are reported at once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,22 +128,34 @@ def _strings(values: object) -> frozenset[str]:
 
 def _binding_issues(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
     """Missing required primitives, and codes outside a required binding (recorded as enum_values)."""
-    for name, field in type(model).model_fields.items():
+    for name, alias, required, allowed in _checked_fields(type(model)):
         value = getattr(model, name, None)
-        alias = field.alias or name
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if value is None and extra.get("element_required") and getattr(model, f"{name}__ext", None) is None:
-            yield Issue(code="required", expression=(f"{path}.{alias}",),
-                        diagnostics=f"{path}.{alias}: this element is required")
-        if value is None or name == "fhir_comments":
+        if value is None:
+            if required and getattr(model, f"{name}__ext", None) is None:
+                yield Issue(code="required", expression=(f"{path}.{alias}",),
+                            diagnostics=f"{path}.{alias}: this element is required")
             continue
-        allowed = R4_REQUIRED_CODES.get(f"{type(model).__name__}.{alias}") or _strings(extra.get("enum_values"))
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
-            # a "+" in enum_values marks a list the models truncated: only R4_REQUIRED_CODES can check those
-            if allowed and "+" not in allowed and isinstance(item, str) and item not in allowed:
+            if allowed and isinstance(item, str) and item not in allowed:
                 yield Issue(code="code-invalid", expression=(where,),
                             diagnostics=f"{where}: '{item}' is not one of {', '.join(sorted(allowed))}")
             elif isinstance(item, FHIRAbstractModel):
                 yield from _binding_issues(item, where)
+
+
+@functools.cache
+def _checked_fields(model: type[FHIRAbstractModel]) -> tuple[tuple[str, str, bool, frozenset[str]], ...]:
+    """(name, JSON name, whether required, the codes a required binding allows) of each field of a model class
+    that `_binding_issues` looks at: read off the class once (one entry per R4B class, a bounded set)."""
+    fields = []
+    for name, field in model.model_fields.items():
+        if name == "fhir_comments":
+            continue
+        alias = field.alias or name
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        allowed = R4_REQUIRED_CODES.get(f"{model.__name__}.{alias}") or _strings(extra.get("enum_values"))
+        # a "+" in enum_values marks a list the models truncated: only R4_REQUIRED_CODES can check those
+        fields.append((name, alias, bool(extra.get("element_required")), frozenset() if "+" in allowed else allowed))
+    return tuple(fields)
