@@ -257,15 +257,14 @@ class PlanRepository:
                 await transaction.execute(_LOCK_ON_LOOP, record.site_lock())
                 made = await transaction.execute(_EXISTING, (record.subject, record.assessment_key))
                 active = await transaction.execute(_ACTIVE_FOR_SITE_ON_LOOP, record.site())
-                if await made.fetchone() is not None:
-                    raise _Made
+                if (earlier := await made.fetchone()) is not None:
+                    raise _Made(earlier[0])
                 if await active.fetchone() is not None:
                     raise _Revokes
                 _, stored = await self.store.create_in(transaction, record.resources(), ids=record.ids())
                 await transaction.execute(_INSERT_RECORD_ON_LOOP, record.row(stored))
-        except _Made:
-            existing = await self.existing_on_loop(database, record.subject, record.assessment_key)
-            return (existing, False) if existing is not None else None
+        except _Made as made_before:
+            return await self.store.read_on_loop(database, "CarePlan", made_before.careplan_id), False
         except (_Revokes, psycopg.IntegrityError):
             return None
         log.info("careplan stored", extra={"careplan_id": stored.id, "replaces": None})
@@ -303,6 +302,10 @@ class _Revokes(Exception):
 
 class _Made(Exception):
     """The assessment was turned into a plan before: the save answers with that plan."""
+
+    def __init__(self, careplan_id: str) -> None:
+        super().__init__(careplan_id)
+        self.careplan_id = careplan_id
 
 
 @dataclass

@@ -266,8 +266,7 @@ class ResourceStore:
         followed = {item.resource_type for item in stored if self.followed(item.resource_type)}
         if followed:
             raise ValueError(f"writes of {', '.join(sorted(followed))} are followed by listeners; use create_in")
-        inserts = self._inserts(tables)
-        await database.execute(inserts.query, inserts.params([rows for _, rows in tables]))
+        await database.execute(*self._inserts(tables))
         return stored
 
     async def create_in(self, transaction: LoopTransaction, resources: Sequence[dict[str, Any]],
@@ -277,8 +276,7 @@ class ResourceStore:
         if not self.writes_on_loop({resource["resourceType"] for resource in resources}):
             raise ValueError("a listener of these types writes only in a session; use create_many")
         stored, tables = self._new_rows(resources, ids)
-        inserts = self._inserts(tables)
-        await transaction.execute(inserts.query, inserts.params([rows for _, rows in tables]))
+        await transaction.execute(*self._inserts(tables))
         for item in stored:
             for listener in self._listeners_of(item.resource_type):
                 await cast(LoopListener, listener).on_loop(transaction, item, None)
@@ -292,12 +290,12 @@ class ResourceStore:
         """Whether a write listener is told of writes of `resource_type`."""
         return bool(self._listeners_of(resource_type))
 
-    def _inserts(self, tables: list[tuple[Table, list[dict[str, Any]]]]) -> RowInserts:
-        """The one statement writing new versions' rows into the three tables."""
+    def _inserts(self, tables: list[tuple[Table, list[dict[str, Any]]]]) -> tuple[bytes, list[Any]]:
+        """The one statement writing new versions' rows into the three tables, and its parameters for `tables`."""
         if self._insert_statement is None:
             self._insert_statement = RowInserts([(table, list(_NEW_ROW_COLUMNS[n]))
                                                  for n, (table, _) in enumerate(tables)])
-        return self._insert_statement
+        return self._insert_statement.query, self._insert_statement.params([rows for _, rows in tables])
 
     def _new_rows(self, resources: Sequence[dict[str, Any]], ids: Sequence[str] | None,
                   ) -> tuple[list[StoredResource], list[tuple[Table, list[dict[str, Any]]]]]:
