@@ -67,13 +67,14 @@ class Rhythm:
         """How far each session's ideal date lies after the first's (whole days)."""
         return tuple(timedelta(days=math.floor(n * self.interval_days)) for n in range(self.count))
 
-    def tolerance_open_days(self, first: bool) -> int:
-        """How many open clinic days a session may slip past its ideal date before the series is deferred.
+    @cached_property
+    def tolerances(self) -> tuple[int, int]:
+        """How many open clinic days the first session of a series, and each later one, may slip past its ideal
+        date before the series is deferred.
 
         Half an interval for a session within the series (a twice-weekly session a day or two late); the first
         session of a series may take a whole interval to find its place among the others."""
-        interval = math.ceil(self.interval_days)
-        return max(2, interval if first else math.ceil(self.interval_days / 2) + 1)
+        return max(2, math.ceil(self.interval_days)), max(2, math.ceil(self.interval_days / 2) + 1)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,11 @@ class ClinicCalendar:
     def open_day_after(self, day: date, count: int) -> date:
         """The `count`-th open day at or after `day` (the first for a count below 1)."""
         wanted = max(count, 1)
+        kept = self._stretch[0]
+        if kept.start <= day:  # the kept stretch holds every open day from `day` on that it reaches
+            at = bisect_left(kept.days, day) + wanted - 1
+            if at < len(kept.days) and (kept.days[at] - day).days < MAX_HORIZON_DAYS:
+                return kept.days[at]
         reach = day + timedelta(days=7 * wanted)
         while True:
             stretch = self._covering(day, reach)
@@ -328,18 +334,21 @@ class _Bookings:
 
         Every visit day is open (it was chosen here). A visit day in the window was refused by the first pass, so
         the second looks only at days with nothing booked."""
+        gaps = self._gaps_around.get(procedure.key)
+        booked, most = self.booked, self.calendar.max_per_day
         for day in self.visit_days[bisect_left(self.visit_days, earliest):bisect_right(self.visit_days, latest)]:
-            if len(self.booked[day]) < self.calendar.max_per_day and self._apart(procedure, day):
+            if len(booked[day]) < most and (not gaps or self._apart(gaps, day)):
                 return day
+        visits, budget = self.visits, self.calendar.max_visits_per_week
         for day in self.calendar.open_days_between(earliest, latest):
-            if (not self.booked.get(day) and self.visits[_week(day)] < self.calendar.max_visits_per_week
-                    and self._apart(procedure, day)):
+            if not booked.get(day) and visits[_week(day)] < budget and (not gaps or self._apart(gaps, day)):
                 return day
         return None
 
-    def _apart(self, procedure: Procedure, day: date) -> bool:
-        """Whether no procedure `procedure` conflicts with is booked less than their gap away from `day`."""
-        for other, before, after in self._gaps_around.get(procedure.key, ()):
+    def _apart(self, gaps: tuple[tuple[str, timedelta, timedelta], ...], day: date) -> bool:
+        """Whether no procedure of `gaps` (a procedure's `_gaps_around`) is booked less than its gap away from
+        `day`."""
+        for other, before, after in gaps:
             days = self.days_of.get(other)
             if days:
                 nearest = bisect_left(days, day - before)
@@ -382,7 +391,7 @@ def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: dat
     minimum interval holds across series. The days returned are booked."""
     days: list[date] = []
     gap = timedelta(days=max(procedure.min_interval_days, 1))
-    tolerances = procedure.rhythm.tolerance_open_days(first=True), procedure.rhythm.tolerance_open_days(first=False)
+    tolerances = procedure.rhythm.tolerances
     for n, offset in enumerate(procedure.rhythm.offsets):
         ideal = start + offset
         last = days[-1] if days else previous
