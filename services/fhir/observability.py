@@ -184,8 +184,16 @@ def _only_json_stream(logger: logging.Logger) -> logging.StreamHandler[Any] | No
     return None
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+"""The methods the metrics name; any other is counted as `_OTHER` (as OpenTelemetry's HTTP conventions do)."""
+
+
 class HttpMetrics:
-    """Requests by route and status, and a latency histogram, in a registry of the app's own."""
+    """Requests by route and status, and a latency histogram, in a registry of the app's own.
+
+    Every label has a bounded set of values: routes are templates (or `unmatched`), and a method outside
+    `HTTP_METHODS` is `_OTHER`. The h11 server takes any token as a method, and a series per invented method
+    would let clients grow the metrics, and this process, without end."""
 
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
@@ -202,6 +210,8 @@ class HttpMetrics:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in HTTP_METHODS:
+            method = "_OTHER"
         children = self._children.get((method, route, status))
         if children is None:  # label lookups cost more than the update itself: resolve each series once
             children = (self.requests.labels(self.service, method, route, str(status)),

@@ -78,6 +78,16 @@ def test_metrics_count_requests_by_route_and_status(service, tmp_path):
     assert "http_request_duration_seconds_bucket" in text
 
 
+def test_metrics_count_invented_methods_as_one_series(tmp_path):
+    """A server on h11 passes any token as the method: each must not become a series of its own."""
+    with running(make("catalog", f"sqlite:///{tmp_path}/m.db")) as client:
+        for n in range(50):
+            client.request(f"BREW{n}", "/fhir/metadata")
+        text = client.get("/metrics").text
+    assert "BREW" not in text
+    assert 'http_requests_total{method="_OTHER",route="/fhir/metadata",service="catalog",status="405"} 50.0' in text
+
+
 def test_both_services_migrate_into_one_database_without_collisions(database_url):
     engine = make_engine(database_url)
     CATALOG_MIGRATIONS.upgrade(engine)
