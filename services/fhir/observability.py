@@ -200,8 +200,8 @@ class HttpMetrics(Collector):
     """Requests by route and status, and a latency histogram, in a registry of the app's own.
 
     The event loop that answers the requests counts them in plain dicts, turned into Prometheus families only
-    when /metrics is scraped: prometheus_client's Counter and Histogram take a lock for every update (four a
-    request), which cost a cached catalog read about a tenth of its time.
+    when /metrics is scraped: prometheus_client's Counter and Histogram take a lock for every update (three a
+    request), and the two together cost a cached catalog read about a tenth of its time.
 
     Every label has a bounded set of values: routes are templates (or `unmatched`), and a method outside
     `HTTP_METHODS` is `_OTHER`. The h11 server takes any token as a method, and a series per invented method

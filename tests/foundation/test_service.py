@@ -78,6 +78,31 @@ def test_metrics_count_requests_by_route_and_status(service, tmp_path):
     assert "http_request_duration_seconds_bucket" in text
 
 
+def test_metrics_expose_what_prometheus_client_would():
+    """The counts kept by the service are exposed as prometheus_client's own Counter and Histogram expose the same
+    observations (a duration on a bucket's bound counts in that bucket)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from services.fhir.observability import LATENCY_BUCKETS, HttpMetrics
+
+    ours = HttpMetrics("catalog")
+    registry = CollectorRegistry()
+    requests = Counter("http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("http_request_duration_seconds", "Time to answer an HTTP request",
+                        ["service", "method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
+    for method, route, status, seconds in [("GET", "/fhir/{resource_type}/{resource_id}", 200, 0.0004),
+                                           ("GET", "/fhir/{resource_type}/{resource_id}", 200, 0.001),
+                                           ("GET", "/fhir/{resource_type}/{resource_id}", 304, 0.0025),
+                                           ("POST", "/fhir/CarePlan/$generate", 201, 0.07),
+                                           ("GET", "unmatched", 404, 12.5)]:
+        ours.observe(method, route, status, seconds)
+        requests.labels("catalog", method, route, str(status)).inc()
+        latency.labels("catalog", method, route).observe(seconds)
+    expected = [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+    assert sorted(generate_latest(ours.registry).decode().splitlines()) == sorted(expected)
+
+
 def test_metrics_count_invented_methods_as_one_series(tmp_path):
     """A server on h11 passes any token as the method: each must not become a series of its own."""
     with running(make("catalog", f"sqlite:///{tmp_path}/m.db")) as client:
