@@ -102,9 +102,10 @@ def calendar_rows(planned: list[PlannedActivity], schedule: Schedule, start: dat
         for moment in schedule.sessions.get(activity.key, []):
             by_month[(moment.year, moment.month, activity.key)].append(moment.day)
     visits: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for day in schedule.days():
+    visit_days = schedule.days()
+    for day in visit_days:
         visits[(day.year, day.month)].add(day.day)
-    last = max([end] + list(schedule.days()))
+    last = max([end, *visit_days])
     return [(month, [sorted(by_month.get((month.year, month.month, a.key), [])) for a in planned],
              len(visits.get((month.year, month.month), set()))) for month in _month_starts(start, last)]
 
