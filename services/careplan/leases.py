@@ -31,11 +31,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, Text, and_, bindparam, func, literal, or_, select, text, update
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, Session, SQLModel
 
 from services.fhir.store import as_utc, utcnow
@@ -112,22 +126,33 @@ class LeasedQueue:
     def _column(self, name: str, model: Any = None) -> Any:
         return getattr(model if model is not None else self.model, name)
 
-    def due(self, now: datetime | BindParameter[datetime]) -> Any:
-        """Rows to claim: pending and due, or sending with an expired lease; never ahead of an earlier open row.
+    def _first_open(self) -> Any:
+        """Whether a row is its group's first open row (no earlier row of the group is still open).
 
-        "No earlier row is open" is asked as "this is the group's first open row": a scalar subquery that
-        PostgreSQL answers with one probe of the (group, order) index per due row. Asked as NOT EXISTS, it
-        became an anti-join, and on a table without fresh statistics a nested loop over every open row."""
-        model, earlier = self.model, aliased(self.model)
+        A scalar subquery that PostgreSQL answers with one probe of the (group, order) index per row it asks
+        about. Asked as NOT EXISTS, it became an anti-join, and on a table without fresh statistics a nested
+        loop over every open row."""
+        earlier = aliased(self.model)
         first_open = (select(func.min(self._column(self.order, earlier)))
                       .where(self._column(self.group, earlier) == self._column(self.group),
                              earlier.state.in_(OPEN_STATES))
                       .scalar_subquery())
-        return and_(
-            or_(and_(model.state == PENDING, model.next_attempt_at <= now),
-                and_(model.state == SENDING, model.claimed_until < now)),
-            self._column(self.order) == first_open,
-        )
+        return self._column(self.order) == first_open
+
+    def _due(self, state: ColumnElement[bool], dialect: str) -> Any:
+        """The first `limit` claimable rows in one state, in due order, locked (PostgreSQL) as they are read.
+
+        Due order is the next attempt's time alone, which the (state, next attempt) index yields as it is read,
+        so the scan stops at the limit. Rows due at the same moment come in any order: they belong to different
+        groups (a group's later rows wait for its first), so no order among them is owed."""
+        model = self.model
+        rows = (select(model.id, model.next_attempt_at)
+                .where(state, self._first_open())
+                .order_by(model.next_attempt_at)
+                .limit(bindparam("limit", type_=Integer)))
+        if dialect == "postgresql":
+            rows = rows.with_for_update(skip_locked=True, of=model)
+        return rows.subquery()
 
     def claim(self, engine: Engine, *, worker: str, limit: int, lease_seconds: float) -> list[Any]:
         """Take up to `limit` due rows for `worker` (committed before returning), in due order."""
@@ -155,12 +180,15 @@ class LeasedQueue:
         statement = self._statements.get(("claim", dialect))
         if statement is None:
             model, now = self.model, bindparam("now", type_=DateTime(timezone=True))
-            due = (select(model.id).where(self.due(now))
-                   .order_by(model.next_attempt_at, self._column(self.order))
-                   .limit(bindparam("limit", type_=Integer)).correlate(None))
-            if dialect == "postgresql":
-                due = due.with_for_update(skip_locked=True, of=model)
-            statement = (update(model).where(model.id.in_(due.scalar_subquery()))
+            # Pending rows that are due, and rows whose lease ran out, each walked in due order on the (state,
+            # next attempt) index until `limit` are found; the claim takes the first `limit` of the two. As one
+            # condition with OR, the database read and sorted every due row for each claim: a backlog of
+            # 2,000 deliveries cost 3-4 ms a claim, against 0.1 ms now.
+            parts = [self._due(and_(model.state == PENDING, model.next_attempt_at <= now), dialect),
+                     self._due(and_(model.state == SENDING, model.claimed_until < now), dialect)]
+            due = union_all(*(select(part.c.id, part.c.next_attempt_at) for part in parts)).subquery()
+            first = select(due.c.id).order_by(due.c.next_attempt_at).limit(bindparam("limit", type_=Integer))
+            statement = (update(model).where(model.id.in_(first.scalar_subquery()))
                          .values(state=SENDING, claimed_by=bindparam("worker", type_=String),
                                  claimed_until=bindparam("until", type_=DateTime(timezone=True)),
                                  lease=model.lease + 1,

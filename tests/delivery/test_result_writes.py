@@ -17,7 +17,7 @@ from sqlmodel import Session
 from services.careplan.delivery import claims
 from services.careplan.delivery.outbox import Delivery, new_delivery
 from services.careplan.relay import Relay, Work
-from services.fhir.store import StoredResource
+from services.fhir.store import StoredResource, utcnow
 from tests.delivery.conftest import deliveries, delivery_settings, drain
 from tests.delivery.factories import bulk_plans, store_plan
 from tests.delivery.test_processes import assert_each_once, transactions
@@ -41,6 +41,34 @@ def test_a_result_is_written_in_the_claim_that_then_takes_the_plans_next_version
     [one, two] = deliveries(engine, first.id)
     assert (one.state, one.ehr_id, one.claimed_by, one.finished_at is not None) == ("completed", "e1", None, True)
     assert (two.state, two.claimed_by) == ("sending", "w1")
+
+
+def test_a_claim_takes_due_rows_and_rows_whose_lease_ran_out_in_due_order(engine):
+    """Pending rows that are due and rows whose lease ran out are looked for apart (each in due order, stopping at
+    the limit), and the claim takes the earliest of both: nothing held or not yet due, nothing past the limit."""
+    bulk_plans(engine, 5)
+    now = utcnow()
+    states = [("pending", -50, None), ("sending", -40, -5), ("sending", -30, 5), ("sending", -20, -1),
+              ("pending", 60, None)]  # (state, due in minutes, lease ends in minutes)
+    rows = deliveries(engine)
+    with Session(engine) as session:
+        for row, (state, due, lease) in zip(rows, states, strict=True):
+            stored = session.get(Delivery, row.id)
+            assert stored is not None
+            stored.state, stored.next_attempt_at = state, now + timedelta(minutes=due)
+            stored.claimed_until = None if lease is None else now + timedelta(minutes=lease)
+            stored.claimed_by = None if lease is None else "gone"
+            session.add(stored)
+        session.commit()
+
+    first = claims.claim(engine, worker="w1", limit=2, lease_seconds=60)
+    rest = claims.claim(engine, worker="w2", limit=8, lease_seconds=60)
+
+    assert [c.delivery.id for c in first] == [rows[0].id, rows[1].id]
+    assert [c.was_ambiguous for c in first] == [False, True]
+    assert [c.delivery.id for c in rest] == [rows[3].id]
+    assert [(r.state, r.claimed_by) for r in deliveries(engine)] == [
+        ("sending", "w1"), ("sending", "w1"), ("sending", "gone"), ("sending", "w2"), ("pending", None)]
 
 
 def test_a_result_whose_lease_was_taken_over_is_not_written(engine):
