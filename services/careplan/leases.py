@@ -127,17 +127,20 @@ class LeasedQueue:
         return getattr(model if model is not None else self.model, name)
 
     def _first_open(self) -> Any:
-        """Whether a row is its group's first open row (no earlier row of the group is still open).
+        """Whether an open row is its group's first open row (no earlier row of the group is still open).
 
         A scalar subquery that PostgreSQL answers with one probe of the (group, order) index per row it asks
         about. Asked as NOT EXISTS, it became an anti-join, and on a table without fresh statistics a nested
-        loop over every open row."""
+        loop over every open row. It is asked as "at most the group's first open position", which for an open
+        row (itself one of the group's open rows) means "is the first": PostgreSQL guesses that an equality
+        with a subquery holds for one row in 200, and then expects to read every due row to find a claim's
+        worth and sorts them all, where most due rows are their group's first and a few dozen suffice."""
         earlier = aliased(self.model)
         first_open = (select(func.min(self._column(self.order, earlier)))
                       .where(self._column(self.group, earlier) == self._column(self.group),
                              earlier.state.in_(OPEN_STATES))
                       .scalar_subquery())
-        return self._column(self.order) == first_open
+        return self._column(self.order) <= first_open
 
     def _due(self, state: ColumnElement[bool], dialect: str) -> Any:
         """The first `limit` claimable rows in one state, in due order, locked (PostgreSQL) as they are read.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event, text
 from sqlmodel import Session
 
 from services.careplan.delivery import claims
@@ -69,6 +71,41 @@ def test_a_claim_takes_due_rows_and_rows_whose_lease_ran_out_in_due_order(engine
     assert [c.delivery.id for c in rest] == [rows[3].id]
     assert [(r.state, r.claimed_by) for r in deliveries(engine)] == [
         ("sending", "w1"), ("sending", "w1"), ("sending", "gone"), ("sending", "w2"), ("pending", None)]
+
+
+def test_a_claim_reads_about_as_many_rows_as_it_takes_whatever_the_backlog(pg_engine):
+    """With 1,000 deliveries due at the same moment, a claim of 8 reads a few dozen rows of the outbox, not all of
+    them: PostgreSQL's plan of the very statement a claim sent, executed again and rolled back."""
+    _, engine = pg_engine
+    bulk_plans(engine, 1000)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE careplan_delivery SET next_attempt_at = now() - interval '1 second'"))
+        connection.execute(text("ANALYZE careplan_delivery"))
+    sent: list[tuple[str, Any]] = []
+
+    def claim_sent(_connection, _cursor, statement, parameters, _context, _many) -> None:
+        if "SKIP LOCKED" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", claim_sent)
+    try:
+        assert len(claims.claim(engine, worker="w1", limit=8, lease_seconds=60)) == 8
+    finally:
+        event.remove(engine, "before_cursor_execute", claim_sent)
+    [(statement, parameters)] = sent
+    with engine.connect() as connection:
+        [[plan]] = connection.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters).all()
+        connection.rollback()
+
+    def outbox_scans(node: dict[str, Any]) -> Iterator[tuple[str, int]]:
+        """(how, rows read) of each scan that looks for due rows (the claim's own subqueries)."""
+        if node.get("Relation Name") == "careplan_delivery" and node.get("Alias", "").startswith("careplan_delivery_"):
+            yield node["Node Type"], node["Actual Rows"] * node["Actual Loops"]
+        for child in node.get("Plans", []):
+            yield from outbox_scans(child)
+
+    scans = list(outbox_scans(plan[0]["Plan"]))
+    assert scans and sum(rows for _, rows in scans) <= 64, scans
 
 
 def test_a_result_whose_lease_was_taken_over_is_not_written(engine):
