@@ -134,19 +134,15 @@ class ClinicCalendar:
         """The `count`-th open day at or after `day` (the first for a count below 1)."""
         wanted = max(count, 1)
         kept = self._stretch[0]
-        if kept.start <= day:  # the kept stretch holds every open day from `day` on that it reaches
-            at = bisect_left(kept.days, day) + wanted - 1
-            if at < len(kept.days) and (kept.days[at] - day).days < MAX_HORIZON_DAYS:
-                return kept.days[at]
-        reach = day + timedelta(days=7 * wanted)
+        # The kept stretch holds every open day from `day` on that it reaches: look there before growing anything.
+        stretch = kept if kept.start <= day < kept.end else self._covering(day, day + timedelta(days=7 * wanted))
         while True:
-            stretch = self._covering(day, reach)
             at = bisect_left(stretch.days, day) + wanted - 1
             if at < len(stretch.days) and (stretch.days[at] - day).days < MAX_HORIZON_DAYS:
                 return stretch.days[at]
             if (stretch.end - day).days >= MAX_HORIZON_DAYS:
                 raise SchedulingError("The clinic is closed for the whole planning horizon")
-            reach = stretch.end
+            stretch = self._covering(day, stretch.end)
 
     def open_days_between(self, first: date, last: date) -> Sequence[date]:
         """The open days from `first` to `last`, in order."""
