@@ -92,9 +92,12 @@ class LoopDatabase:
             return False
 
     async def fetch_one(self, query: bytes, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """One statement in autocommit: a single round trip, no BEGIN or ROLLBACK."""
+        """One statement in autocommit: a single round trip, no BEGIN or ROLLBACK.
+
+        Its row comes in binary: a stored resource's bytes as they are, where text would send them hex-escaped,
+        twice as long, for psycopg to decode (about half the client's CPU of reading a care plan)."""
         async with self._connection() as connection:
-            cursor = await connection.execute(query, params, prepare=True)
+            cursor = await connection.execute(query, params, prepare=True, binary=True)
             row: tuple[Any, ...] | None = await cursor.fetchone()
             return row
 
