@@ -5,7 +5,8 @@
 Runs the services as `cicatrix serve` runs them (uvicorn, one process each) on PostgreSQL (a schema of
 its own in BENCH_DATABASE_URL / TEST_DATABASE_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/test,
 dropped afterwards), drives them from a load generator in a separate process (`tests/bench/load.py`),
-and writes bench-results/latest.md (and latest.json; latest-full.* with `--full`), which it also prints.
+and writes bench-results/latest.md (and latest.json; latest-full.* with `--full`), which it also prints; on
+stderr it says how long each part took, as it goes.
 The peer (fhirstarter) is installed into .bench-venv/ with pip on first use; it never enters the project's
 environment.
 `--quick` shortens every measurement (for trying the harness, not for figures). `--full` uses the issue's
