@@ -36,8 +36,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -131,7 +132,7 @@ class AuditTrail:
             **({"entity": entities} if entities else {}),
         }
 
-    def entity_groups(self, request: FhirRequest, body: bytes | None,
+    def entity_groups(self, request: FhirRequest, returned: Sequence[Mapping[str, Any]],
                       looked_at: list[Checked] | None = None) -> list[list[str]]:
         """The references the request touched, one group (one AuditEvent) per patient they name.
 
@@ -142,10 +143,8 @@ class AuditTrail:
         if request.target:
             shared[request.target] = None
         by_patient: dict[str, dict[str, None]] = {}
-        returned: list[Mapping[str, Any]] = list(_resources(body))
         seen = {_reference(r) for r in returned}
-        returned += [resource_of(item) for item in looked_at or () if _reference(item) not in seen]
-        for resource in returned:
+        for resource in [*returned, *(resource_of(item) for item in looked_at or () if _reference(item) not in seen)]:
             references = dict.fromkeys(ref for ref in [_reference(resource)] if ref)
             if request.interaction in ("create", "operation"):
                 references.update(dict.fromkeys(info["reference"] for info in resource.get("supportingInfo") or []
@@ -257,12 +256,13 @@ class AuditMiddleware:
         except FhirError as exc:
             error, messages = exc, []
         except Exception:
-            await self._record(scope, Outcome(500, crashed=True), None, swallow=True)
+            await self._record(scope, Outcome(500, crashed=True), _Answer(b"", touched(scope)), swallow=True)
             raise
+        answer = _Answer(_body(messages), touched(scope))
         if error is None and messages:
-            error = self._outside_compartment(scope, _body(messages))
+            error = self._outside_compartment(scope, answer)
         outcome = Outcome(error.status if error else messages[0]["status"] if messages else 500)
-        await self._record(scope, outcome, None if error else _body(messages))
+        await self._record(scope, outcome, answer if error is None else answer.withheld())
         if error is not None:
             error.headers.setdefault("Cache-Control", "no-store")
             raise error
@@ -271,19 +271,19 @@ class AuditMiddleware:
                 message["headers"] = [*message.get("headers", []), NO_STORE]
             await send(message)
 
-    def _outside_compartment(self, scope: Scope, body: bytes) -> FhirError | None:
+    def _outside_compartment(self, scope: Scope, answer: _Answer) -> FhirError | None:
         access = scope.get(ACCESS_SCOPE_KEY)
         compartment = self.trail.compartment
         if not isinstance(access, Access) or access.patient is None or compartment is None:
             return None
         try:
-            for resource in _resources(body):
+            for resource in answer.resources:
                 compartment.check_resource(access, resource)
         except FhirError as exc:
             return exc
         return None
 
-    async def _record(self, scope: Scope, outcome: Outcome, body: bytes | None, *, swallow: bool = False) -> None:
+    async def _record(self, scope: Scope, outcome: Outcome, answer: _Answer, *, swallow: bool = False) -> None:
         try:
             request = fhir_request(scope)
         except InvalidId:
@@ -292,12 +292,12 @@ class AuditMiddleware:
         if principal is None or request is None or not self.trail.audited(request):
             return
         try:
-            looked_at = touched(scope)
+            looked_at = answer.looked_at
             if outcome.status == 403 and not looked_at:
                 looked_at = await run_in_threadpool(self.trail.refused_target, self.commits.sessions, request)
             client = scope.get("client")
             events = [self.trail.event(request, principal, outcome, group, client[0] if client else None)
-                      for group in self.trail.entity_groups(request, body, looked_at)]
+                      for group in self.trail.entity_groups(request, answer.resources, looked_at)]
             await asyncio.gather(*(self.commits.record(event) for event in events))
         except Exception as exc:  # noqa: BLE001 - whatever broke, the access must not go unrecorded silently
             log.error("audit event could not be recorded",
@@ -321,15 +321,39 @@ def _body(messages: list[Message]) -> bytes:
     return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
 
 
-def _resources(body: bytes | None) -> Iterator[dict[str, Any]]:
-    """The resources a FHIR JSON response carries (a resource, or a Bundle's entries); none for an outcome."""
-    if not body:
-        return
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    if not isinstance(value, dict):
+class _Answer:
+    """What a response carries, parsed at most once for all of the request's checks and audit events.
+
+    A read answers with a stored resource's very bytes: that resource's own parse (which the compartment check
+    may already have made) stands for the body's."""
+
+    def __init__(self, body: bytes, looked_at: list[Checked]) -> None:
+        self.body = body
+        self.looked_at = looked_at
+        """What the request's compartment checks looked at (`services.fhir.compartment.touched`)."""
+
+    def withheld(self) -> _Answer:
+        """The answer of a refusal: none of the body, and all that the checks looked at."""
+        return _Answer(b"", self.looked_at)
+
+    @cached_property
+    def resources(self) -> list[Mapping[str, Any]]:
+        """The resources the response carries (a resource, or a Bundle's entries); none for an outcome."""
+        if not self.body:
+            return []
+        for item in self.looked_at:
+            if isinstance(item, StoredResource) and item.content == self.body:
+                return list(_carried(item.resource))
+        try:
+            value = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return []
+        return list(_carried(value))
+
+
+def _carried(value: Any) -> Iterator[Mapping[str, Any]]:
+    """The resources a parsed FHIR JSON response carries (a resource, or a Bundle's entries)."""
+    if not isinstance(value, Mapping):
         return
     if value.get("resourceType") == "Bundle":
         for entry in value.get("entry") or []:

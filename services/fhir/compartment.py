@@ -44,7 +44,7 @@ def touched(scope: Mapping[str, Any]) -> list[Checked]:
 
 
 def resource_of(item: Checked) -> Mapping[str, Any]:
-    return item.parsed() if isinstance(item, StoredResource) else item
+    return item.resource if isinstance(item, StoredResource) else item
 
 
 def current_access(request: Request) -> Access | None:

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -73,6 +74,27 @@ def test_reads_searches_history_and_vread_are_recorded(secured_careplan, issuer,
                                                 frozenset({f"CarePlan/{other['id']}", other["subject"]["reference"]})}
     for event in events:
         r4_validator.assert_valid(event)
+
+
+def test_a_patient_read_is_checked_and_recorded_on_one_parse_of_the_plan(secured_careplan, issuer, monkeypatch):
+    """The compartment check of the read, the check of the answer and the audit event share the stored plan's
+    parse: a plan is tens of kilobytes, and a patient app reads its plans often."""
+    plan = generate(secured_careplan, issuer.bearer(WRITER)).json()
+    parsed: list[bytes] = []
+    loads = orjson.loads
+
+    def counted(data: bytes | str) -> Any:
+        parsed.append(data if isinstance(data, bytes) else data.encode())
+        return loads(data)
+
+    monkeypatch.setattr(orjson, "loads", counted)
+    response = secured_careplan.get(f"/fhir/CarePlan/{plan['id']}",
+                                    headers=issuer.bearer("patient/CarePlan.rs", patient="example-1", sub="app-1"))
+    monkeypatch.undo()
+    assert response.status_code == 200
+    assert parsed.count(response.content) == 1
+    [event] = audit_events(secured_careplan, issuer, agent="app-1")
+    assert subtypes(event) == ["read"] and entities(event) == {f"CarePlan/{plan['id']}", "Patient/example-1"}
 
 
 def test_failures_and_denials_are_recorded_but_unauthenticated_requests_are_not(secured_careplan, issuer):
