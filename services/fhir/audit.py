@@ -144,7 +144,8 @@ class AuditTrail:
             shared[request.target] = None
         by_patient: dict[str, dict[str, None]] = {}
         seen = {_reference(r) for r in returned}
-        for resource in [*returned, *(resource_of(item) for item in looked_at or () if _reference(item) not in seen)]:
+        unreturned = [resource_of(item) for item in looked_at or () if _reference(item) not in seen]
+        for resource in [*returned, *unreturned]:
             references = dict.fromkeys(ref for ref in [_reference(resource)] if ref)
             if request.interaction in ("create", "operation"):
                 references.update(dict.fromkeys(info["reference"] for info in resource.get("supportingInfo") or []
