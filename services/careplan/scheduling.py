@@ -19,6 +19,9 @@ plan rotates instead of dropping anything, and every deferral is recorded with i
 a session on a closed day or a holiday, never exceeds the daily cap or the weekly
 visit budget, never puts two incompatible procedures closer than their gap, and
 always respects the minimum interval.
+
+Internally days are day numbers (`date.toordinal()`): the scheduler tries hundreds of days per plan, and integers
+are cheaper to add, compare and bisect than dates. The calendar's public methods and the Schedule speak dates.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ STRETCH_GROWTH_DAYS = 366
 """How far past what was asked the calendar's stretch of open days grows: a year, so it grows seldom."""
 UNRANKED = 1_000_000
 """Rank of a procedure the content gives no rank: after every ranked one, in protocol order."""
+_NEVER = date.max.toordinal()
+"""Start and end of the stretch a calendar keeps before it has scanned any (a day number)."""
 
 
 class SchedulingError(ValueError):
@@ -63,9 +68,9 @@ class Rhythm:
         return PERIOD_DAYS[self.period_unit] * self.period / max(self.frequency, 1)
 
     @cached_property
-    def offsets(self) -> tuple[timedelta, ...]:
-        """How far each session's ideal date lies after the first's (whole days)."""
-        return tuple(timedelta(days=math.floor(n * self.interval_days)) for n in range(self.count))
+    def offsets(self) -> tuple[int, ...]:
+        """How many days each session's ideal date lies after the first's."""
+        return tuple(math.floor(n * self.interval_days) for n in range(self.count))
 
     @cached_property
     def tolerances(self) -> tuple[int, int]:
@@ -103,7 +108,7 @@ class ClinicCalendar:
     """Patient-burden budget: days a patient is asked to come in per ISO week."""
     holidays: Container[date] = field(default=frozenset(), compare=False, hash=False)
     """Public holidays of the clinic's country (a `holidays` calendar, or any container of dates)."""
-    _stretch: list[_Stretch] = field(default_factory=lambda: [_Stretch(date.max, date.max, ())], init=False,
+    _stretch: list[_Stretch] = field(default_factory=lambda: [_Stretch(_NEVER, _NEVER, ())], init=False,
                                      repr=False, compare=False, hash=False)
     """The open days of the stretch of calendar scanned so far, kept for every plan (which look up their windows
     in it by bisection; a holiday lookup is not free): one value, replaced whole, so plans drafted in other
@@ -118,10 +123,11 @@ class ClinicCalendar:
             raise SchedulingError("At least one visit a week must be allowed")
 
     def is_open(self, day: date) -> bool:
+        number = day.toordinal()
         kept = self._stretch[0]
-        if kept.start <= day < kept.end:
-            at = bisect_left(kept.days, day)
-            return at < len(kept.days) and kept.days[at] == day
+        if kept.start <= number < kept.end:
+            at = bisect_left(kept.days, number)
+            return at < len(kept.days) and kept.days[at] == number
         return self._opens(day)
 
     def _opens(self, day: date) -> bool:
@@ -132,50 +138,58 @@ class ClinicCalendar:
 
     def open_day_after(self, day: date, count: int) -> date:
         """The `count`-th open day at or after `day` (the first for a count below 1)."""
-        wanted = max(count, 1)
-        kept = self._stretch[0]
-        # The kept stretch holds every open day from `day` on that it reaches: look there before growing anything.
-        stretch = kept if kept.start <= day < kept.end else self._covering(day, day + timedelta(days=7 * wanted))
-        while True:
-            at = bisect_left(stretch.days, day) + wanted - 1
-            if at < len(stretch.days) and (stretch.days[at] - day).days < MAX_HORIZON_DAYS:
-                return stretch.days[at]
-            if (stretch.end - day).days >= MAX_HORIZON_DAYS:
-                raise SchedulingError("The clinic is closed for the whole planning horizon")
-            stretch = self._covering(day, stretch.end)
+        return date.fromordinal(self.open_number_after(day.toordinal(), count))
 
     def open_days_between(self, first: date, last: date) -> Sequence[date]:
         """The open days from `first` to `last`, in order."""
+        return [date.fromordinal(n) for n in self.open_numbers_between(first.toordinal(), last.toordinal())]
+
+    def open_number_after(self, number: int, count: int) -> int:
+        """`open_day_after` on day numbers."""
+        wanted = max(count, 1)
+        kept = self._stretch[0]
+        # The kept stretch holds every open day from `number` on that it reaches: look there before growing anything.
+        stretch = kept if kept.start <= number < kept.end else self._covering(number, number + 7 * wanted)
+        while True:
+            at = bisect_left(stretch.days, number) + wanted - 1
+            if at < len(stretch.days) and stretch.days[at] - number < MAX_HORIZON_DAYS:
+                return stretch.days[at]
+            if stretch.end - number >= MAX_HORIZON_DAYS:
+                raise SchedulingError("The clinic is closed for the whole planning horizon")
+            stretch = self._covering(number, stretch.end)
+
+    def open_numbers_between(self, first: int, last: int) -> Sequence[int]:
+        """`open_days_between` on day numbers."""
         days = self._covering(first, last).days
         return days[bisect_left(days, first):bisect_right(days, last)]
 
-    def _covering(self, first: date, last: date) -> _Stretch:
+    def _covering(self, first: int, last: int) -> _Stretch:
         """A stretch holding every open day from `first` to `last`: the one kept, grown by at least a year when
         it falls short, or a new one when growing it would keep more than OPEN_DAYS_KEPT days."""
         kept = self._stretch[0]
         if kept.start <= first and last < kept.end:
             return kept
-        start, end = min(kept.start, first), max(kept.end, last + timedelta(days=1 + STRETCH_GROWTH_DAYS))
-        if kept.start == date.max or (end - start).days > OPEN_DAYS_KEPT:
-            start, end = first, last + timedelta(days=1 + STRETCH_GROWTH_DAYS)
+        start, end = min(kept.start, first), max(kept.end, last + 1 + STRETCH_GROWTH_DAYS)
+        if kept.start == _NEVER or end - start > OPEN_DAYS_KEPT:
+            start, end = first, last + 1 + STRETCH_GROWTH_DAYS
             grown = _Stretch(start, end, self._scan(start, end))
         else:
             grown = _Stretch(start, end, self._scan(start, kept.start) + kept.days + self._scan(kept.end, end))
         self._stretch[0] = grown
         return grown
 
-    def _scan(self, start: date, end: date) -> tuple[date, ...]:
-        days = (start + timedelta(days=n) for n in range((end - start).days))
-        return tuple(day for day in days if self._opens(day))
+    def _scan(self, start: int, end: int) -> tuple[int, ...]:
+        return tuple(number for number in range(start, end) if self._opens(date.fromordinal(number)))
 
 
 @dataclass(frozen=True)
 class _Stretch:
-    """The open days from `start` up to `end` (exclusive), in order."""
+    """The open days from `start` up to `end` (exclusive), in order, as day numbers."""
 
-    start: date
-    end: date
-    days: tuple[date, ...]
+    start: int
+    end: int
+    days: tuple[int, ...]
+
 
 
 @dataclass(frozen=True)
@@ -253,47 +267,51 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
         key=lambda pair: (order_of[pair[0]], order_of[pair[1]]))}
     ranked = sorted(procedures, key=lambda p: p.rank)  # stable: protocol order within a rank
     lookup = {p.key: p for p in procedures}
-    start = calendar.next_open_day(course.start)
-    last_allowed = course.end or course.start + timedelta(days=MAX_HORIZON_DAYS)
+    start = calendar.next_open_day(course.start).toordinal()
+    course_end = course.end.toordinal() if course.end else None
+    last_allowed = course_end or course.start.toordinal() + MAX_HORIZON_DAYS
+    last_session: dict[str, int] = {}  # each procedure's last session so far: the minimum interval holds across series
     waiting: Counter[str] = Counter()  # series each procedure has waited since it was last placed
     while ranked:
         order = sorted(ranked, key=lambda p: -waiting[p.key])  # stable: rank order among equal waits
-        placed: dict[str, tuple[date, ...]] = {}
+        placed: dict[str, list[int]] = {}
         deferred: list[str] = []
         truncated: list[str] = []
         for procedure in order:
-            days, cut = _place(procedure, start, book, last_allowed, _last(result, procedure.key))
+            days, cut = _place(procedure, start, book, last_allowed, last_session.get(procedure.key))
             if not days:
                 deferred.append(procedure.key)
                 continue
-            placed[procedure.key] = tuple(days)
+            placed[procedure.key] = days
             if cut:
                 truncated.append(procedure.key)
         # Rotation within the series: what waited may still fit after the others' sessions, before the series ends.
         series_end = max((d[-1] for d in placed.values()), default=start)
         for key in list(deferred):
             procedure = lookup[key]
-            later = start + timedelta(weeks=1)
+            later = start + 7
             limit = min(series_end, last_allowed)
             span = procedure.rhythm.offsets[-1]
             while later < series_end and later + span <= limit:  # past that, the last session cannot fit
-                days, cut = _place(procedure, later, book, limit, _last(result, key))
+                days, cut = _place(procedure, later, book, limit, last_session.get(key))
                 if days and not cut:
-                    placed[key] = tuple(days)
+                    placed[key] = days
                     deferred.remove(key)
                     break
                 book.remove(key, days)
-                later += timedelta(weeks=1)
+                later += 7
         if not placed:  # no room for another series: what still waits is said, not dropped
             result.left_over = tuple(deferred)
             break
-        result.series.append(Series(len(result.series) + 1, start, placed, tuple(deferred), tuple(truncated)))
+        result.series.append(Series(len(result.series) + 1, date.fromordinal(start),
+                                    {key: tuple(map(date.fromordinal, days)) for key, days in placed.items()},
+                                    tuple(deferred), tuple(truncated)))
         for key, placed_days in placed.items():
             result.sessions[key].extend(_moments(placed_days, key, book.booked, calendar))
+            last_session[key] = placed_days[-1]
         waiting = Counter({key: waiting[key] + 1 for key in deferred})
-        end = max(d[-1] for d in placed.values())
-        next_start = end + timedelta(days=course.break_days + 1)
-        if course.end is None or next_start > course.end:
+        next_start = series_end + course.break_days + 1
+        if course_end is None or next_start > course_end:
             break
         start = next_start
     for key in result.sessions:
@@ -302,14 +320,16 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
 
 
 class _Bookings:
-    """What is booked so far: procedures per day and visits per ISO week, with the admissibility rules."""
+    """What is booked so far: procedures per day and visits per ISO week, with the admissibility rules. Days are
+    day numbers."""
 
     def __init__(self, calendar: ClinicCalendar, procedures: dict[str, Procedure]) -> None:
         self.calendar = calendar
-        self.booked: dict[date, list[str]] = defaultdict(list)
-        self.days_of: dict[str, list[date]] = defaultdict(list)
-        """The days each procedure is booked on, in order: spacing rules look up their neighbours by bisection."""
-        self.visit_days: list[date] = []
+        self.booked: dict[int, list[str]] = defaultdict(list)
+        self.days_of: dict[str, list[int]] = defaultdict(list)
+        """The days each procedure is booked on, in order: spacing rules look up their neighbours by bisection.
+        Each list is kept for the whole schedule, changed in place."""
+        self.visit_days: list[int] = []
         """The days anything is booked on, in order."""
         self.visits: Counter[int] = Counter()
         self.gaps: dict[str, dict[str, int]] = {key: {} for key in procedures}
@@ -320,11 +340,12 @@ class _Bookings:
                 gap = max(procedure.apart_days, theirs.apart_days if theirs else 1, 1)
                 self.gaps[key][other] = max(gap, self.gaps[key].get(other, 0))
                 self.gaps.setdefault(other, {})[key] = self.gaps[key][other]
-        self._gaps_around = {key: tuple((other, timedelta(days=gap - 1), timedelta(days=gap))
-                                        for other, gap in gaps.items()) for key, gaps in self.gaps.items()}
-        """The gaps as (other, how far before, how far after a day `other` may not be), for `_apart`."""
+        self._gaps_around = {key: tuple((self.days_of[other], gap - 1, gap) for other, gap in gaps.items())
+                             for key, gaps in self.gaps.items()}
+        """The gaps as (the other procedure's days, how far before, how far after a day they may not be), for
+        `_apart`."""
 
-    def first_day_for(self, procedure: Procedure, earliest: date, latest: date) -> date | None:
+    def first_day_for(self, procedure: Procedure, earliest: int, latest: int) -> int | None:
         """The first day from `earliest` to `latest` that can take `procedure` and that the patient already comes in,
         else the first open day that can take it (a new visit, within the week's budget).
 
@@ -336,30 +357,30 @@ class _Bookings:
             if len(booked[day]) < most and (not gaps or self._apart(gaps, day)):
                 return day
         visits, budget = self.visits, self.calendar.max_visits_per_week
-        for day in self.calendar.open_days_between(earliest, latest):
+        for day in self.calendar.open_numbers_between(earliest, latest):
             if not booked.get(day) and visits[_week(day)] < budget and (not gaps or self._apart(gaps, day)):
                 return day
         return None
 
-    def _apart(self, gaps: tuple[tuple[str, timedelta, timedelta], ...], day: date) -> bool:
+    @staticmethod
+    def _apart(gaps: tuple[tuple[list[int], int, int], ...], day: int) -> bool:
         """Whether no procedure of `gaps` (a procedure's `_gaps_around`) is booked less than its gap away from
         `day`."""
-        for other, before, after in gaps:
-            days = self.days_of.get(other)
+        for days, before, after in gaps:
             if days:
                 nearest = bisect_left(days, day - before)
                 if nearest < len(days) and days[nearest] < day + after:
                     return False
         return True
 
-    def add(self, key: str, day: date) -> None:
+    def add(self, key: str, day: int) -> None:
         if not self.booked[day]:
             self.visits[_week(day)] += 1
             insort(self.visit_days, day)
         self.booked[day].append(key)
         insort(self.days_of[key], day)
 
-    def remove(self, key: str, days: Iterable[date]) -> None:
+    def remove(self, key: str, days: Iterable[int]) -> None:
         for day in days:
             self.booked[day].remove(key)
             self.days_of[key].remove(day)
@@ -368,35 +389,31 @@ class _Bookings:
                 self.visit_days.remove(day)
 
 
-def _last(result: Schedule, key: str) -> date | None:
-    return result.sessions[key][-1].date() if result.sessions[key] else None
+def _week(day: int) -> int:
+    """The ISO week of day number `day`, as the day number of its Monday (day number 1 is a Monday)."""
+    return day - (day - 1) % 7
 
 
-def _week(day: date) -> int:
-    """The ISO week of `day`, as the day number of its Monday (cheaper to compute than its ISO year and number)."""
-    return day.toordinal() - day.weekday()
-
-
-def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: date,
-           previous: date | None) -> tuple[list[date], bool]:
+def _place(procedure: Procedure, start: int, book: _Bookings, last_allowed: int,
+           previous: int | None) -> tuple[list[int], bool]:
     """Days for one series of one procedure, and whether the course end cut it short.
 
     Each session has an ideal date from the rhythm; it goes on the first admissible day the patient already comes
     in, else the first admissible day, within the rhythm's tolerance. A session with no such day defers the whole
     series (empty list, nothing booked). `previous` is the procedure's last session of an earlier series: the
     minimum interval holds across series. The days returned are booked."""
-    days: list[date] = []
-    gap = timedelta(days=max(procedure.min_interval_days, 1))
-    tolerances = procedure.rhythm.tolerances
-    for n, offset in enumerate(procedure.rhythm.offsets):
+    days: list[int] = []
+    gap = max(procedure.min_interval_days, 1)
+    first_tolerance, later_tolerance = procedure.rhythm.tolerances
+    open_after = book.calendar.open_number_after
+    last = previous
+    for offset in procedure.rhythm.offsets:
         ideal = start + offset
-        last = days[-1] if days else previous
-        earliest = max(ideal, last + gap) if last else ideal
+        earliest = ideal if last is None else max(ideal, last + gap)
         if earliest > last_allowed:
             return days, bool(days)
-        tolerance = book.calendar.open_day_after(earliest, tolerances[n > 0])
-        latest = min(tolerance, last_allowed)
-        day = book.first_day_for(procedure, earliest, latest)
+        tolerance = open_after(earliest, later_tolerance if days else first_tolerance)
+        day = book.first_day_for(procedure, earliest, min(tolerance, last_allowed))
         if day is None:
             if tolerance > last_allowed:  # the course ends before the rhythm's window does: keep what fits
                 return days, True
@@ -404,16 +421,18 @@ def _place(procedure: Procedure, start: date, book: _Bookings, last_allowed: dat
             return [], False
         book.add(procedure.key, day)
         days.append(day)
+        last = day
     return days, False
 
 
-def _moments(days: Iterable[date], key: str, booked: dict[date, list[str]], calendar: ClinicCalendar) -> list[datetime]:
+def _moments(days: Iterable[int], key: str, booked: dict[int, list[str]], calendar: ClinicCalendar) -> list[datetime]:
     """Session start times: the day's first slot, later slots for the day's later procedures (local time zone)."""
     zone = ZoneInfo(calendar.timezone)
     moments = []
     for day in days:
         slot = booked[day].index(key)
-        start = datetime.combine(day, calendar.first_session, zone) + timedelta(minutes=slot * calendar.slot_minutes)
+        start = datetime.combine(date.fromordinal(day), calendar.first_session, zone) + timedelta(
+            minutes=slot * calendar.slot_minutes)
         moments.append(start)
     return moments
 
