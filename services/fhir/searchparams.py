@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
@@ -119,8 +119,10 @@ def normalise(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold().strip()
 
 
-@dataclass(frozen=True)
-class IndexValue:
+class IndexValue(NamedTuple):
+    """One value a search parameter takes in a resource: one index row. A tuple, not a dataclass: every write
+    builds one per value and `extract` drops duplicates by hashing them."""
+
     system: str | None = None
     value: str | None = None
     norm: str | None = None
