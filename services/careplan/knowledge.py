@@ -125,6 +125,9 @@ class Protocol:
     """Screening rule sets (PlanDefinitions of type eca-rule)."""
     contraindications: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """The DetectedIssues MedicationKnowledge.contraindication names, by 'Medication/<id>'."""
+    terms: dict[int, Any] = field(default_factory=dict)
+    """What planning reads from each action of `plan` (planning.ActivityTerms), by the action's identity, shared
+    by every plan drafted from the same catalog answer (`_Protocol.terms`)."""
 
     @property
     def canonical(self) -> str:
@@ -193,7 +196,7 @@ class Knowledge:
         if found.missing:
             extra = await self.catalog.get("/Medication", [("_id", ",".join(found.missing)), ("_count", "1000")])
             medications = medications | {f"Medication/{m['id']}": m for m in _resources(extra, "Medication")}
-        return await self._with_screening(found.plan, found.activities, medications)
+        return await self._with_screening(found.plan, found.activities, medications, found.terms)
 
     async def formulary(self) -> Protocol:
         """Every active activity and preparation of the catalog with the screening rules, as one Protocol
@@ -205,16 +208,17 @@ class Knowledge:
             activities[versioned(activity)] = activity
         bundle = await self.catalog.get("/Medication", [("_count", "1000")])
         medications = {f"Medication/{m['id']}": m for m in _resources(bundle, "Medication")}
-        return await self._with_screening({}, activities, medications)
+        return await self._with_screening({}, activities, medications, terms={})  # no plan, so no actions
 
     async def _with_screening(self, plan: dict[str, Any], activities: dict[str, dict[str, Any]],
-                              medications: dict[str, dict[str, Any]]) -> Protocol:
+                              medications: dict[str, dict[str, Any]], terms: dict[int, Any]) -> Protocol:
         classes, contraindications = await self.catalog.derived(
             "/MedicationKnowledge", [("status", "active"), ("_count", "1000")], "screening", _medication_screening)
         screening = await self.catalog.derived("/PlanDefinition", [
             ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")], "rules", _plans)
         return Protocol(plan=plan, activities=activities, medications=medications, classes=classes,
-                        screening=screening, contraindications=contraindications)
+                        screening=screening, contraindications=contraindications,
+                        terms=terms)
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,9 @@ class _Protocol:
     medications: dict[str, dict[str, Any]]
     missing: list[str]
     """Ids of the Medications its actions deliver that the answer did not include."""
+    terms: dict[int, Any] = field(default_factory=dict)
+    """What planning reads from each action of `plan` and its definition, filled as plans are drafted: by the
+    action's identity, which stays the action's own while this answer holds the plan (read-only, like the rest)."""
 
 
 def _protocol_of(bundle: dict[str, Any]) -> _Protocol | None:

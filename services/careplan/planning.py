@@ -319,8 +319,29 @@ def _alternatives(children: list[dict[str, Any]], protocol: Protocol, screening:
             draft.alternatives.append(options[0].name if len(options) == 1 else title)
 
 
-def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Protocol, screening: Screening,
-              goal_ids: list[str]) -> PlannedActivity:
+@dataclass(frozen=True)
+class ActivityTerms:
+    """What the catalog says about one action and its ActivityDefinition: the same for every plan drafted from the
+    protocol, so it is read from the content once (`Protocol.terms`) and each plan adds its own goals, preparations
+    and screening."""
+
+    key: str
+    title: str
+    definition: dict[str, Any]
+    references: tuple[str, ...]
+    """The preparations it delivers, as 'Medication/<id>' references."""
+    goal_ids: tuple[str, ...]
+    """The action's own goalId list (empty: every goal of the plan)."""
+    rhythm: Rhythm | None
+    min_interval_days: int
+    not_same_day: tuple[str, ...]
+    clinic_default: str | None
+    apart_days: int
+    apart_reason: str
+    rank: int
+
+
+def _terms(action: dict[str, Any], definition: dict[str, Any]) -> ActivityTerms:
     timing = action.get("timingTiming") or definition.get("timingTiming") or {}
     repeat = timing.get("repeat") or {}
     rhythm = None
@@ -333,21 +354,37 @@ def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Prot
                  [v.get("reference", "") for v in extensions(definition, DELIVERED_PREPARATION)]
     if not references and definition.get("productReference"):
         references = [definition["productReference"].get("reference", "")]
-    activity = PlannedActivity(
+    return ActivityTerms(
         key=action.get("id") or definition.get("id", ""),
         title=action.get("title") or definition.get("title", ""),
         definition=definition,
-        preparations=[Preparation(protocol.medications[r], r) for r in references if r in protocol.medications],
-        goal_ids=[g for g in action.get("goalId", []) if g in goal_ids] or list(goal_ids),
+        references=tuple(references),
+        goal_ids=tuple(action.get("goalId", [])),
         rhythm=rhythm,
         min_interval_days=duration_days(intervals[0]) if intervals else 1,
-        not_same_day=[v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)],
+        not_same_day=tuple(v for v in extensions(definition, NOT_SAME_DAY_AS) if isinstance(v, str)),
         clinic_default=next(iter(extensions(timing, CLINIC_DEFAULT) + extensions(
             ((definition.get("dosage") or [{}])[0].get("timing") or {}), CLINIC_DEFAULT)), None),
         apart_days=max([duration_days(v) for v in extensions(definition, NOT_SAME_DAY_GAP)] or [1]),
         apart_reason=next((v for v in extensions(definition, NOT_SAME_DAY_REASON) if isinstance(v, str)), ""),
         rank=next((int(v) for v in extensions(action, SCHEDULING_RANK) if isinstance(v, int)), UNRANKED),
     )
+
+
+def _activity(action: dict[str, Any], definition: dict[str, Any], protocol: Protocol, screening: Screening,
+              goal_ids: list[str]) -> PlannedActivity:
+    """`action` (an action of `protocol.plan`, `definition` its ActivityDefinition) as this plan's activity, screened
+    for this patient."""
+    terms: ActivityTerms | None = protocol.terms.get(id(action))
+    if terms is None:
+        terms = protocol.terms[id(action)] = _terms(action, definition)
+    activity = PlannedActivity(
+        key=terms.key, title=terms.title, definition=terms.definition,
+        preparations=[Preparation(protocol.medications[r], r) for r in terms.references if r in protocol.medications],
+        goal_ids=[g for g in terms.goal_ids if g in goal_ids] or list(goal_ids),
+        rhythm=terms.rhythm, min_interval_days=terms.min_interval_days, not_same_day=list(terms.not_same_day),
+        clinic_default=terms.clinic_default, apart_days=terms.apart_days, apart_reason=terms.apart_reason,
+        rank=terms.rank)
     _screen(activity, protocol, screening)
     return activity
 
