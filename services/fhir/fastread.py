@@ -263,15 +263,17 @@ class SearchRoute(BaseRoute):
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
         resource_type = scope["path_params"]["resource_type"]
-        base = fhir_base(request, self.base_url)
-        # the query and the base (from the Host header) are the client's: the key holds their digest
-        key = ("search", resource_type, digest(request.url.query, base).hex())
+        # The query and the Host header are the client's: the key holds their digest. It is made from the raw
+        # scope, and the Request and the base URL of the answer's links only when the search runs: a search
+        # answered from the cache builds neither.
+        origin = (self.base_url,) if self.base_url else (scope.get("scheme", "http"), _header(scope, b"host") or "")
+        key = ("search", resource_type, digest(scope["query_string"], *origin).hex())
         if _header(scope, b"prefer") is None:
-            found = await self.cache.fetch(key, lambda: self._search(key, base, request, True), self.work.run)
+            found = await self.cache.fetch(key, lambda: self._search(key, Request(scope, receive), True),
+                                           self.work.run)
         else:
-            found = await self.work.run(self._search, key, base, request, False)
+            found = await self.work.run(self._search, key, Request(scope, receive), False)
         body, tag = found
         if none_match(_header(scope, b"if-none-match"), tag):
             await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag.encode())]})
@@ -282,8 +284,9 @@ class SearchRoute(BaseRoute):
             (b"etag", tag.encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _search(self, key: tuple[str, ...], base: str, request: Request, cacheable: bool) -> tuple[bytes, str]:
+    def _search(self, key: tuple[str, ...], request: Request, cacheable: bool) -> tuple[bytes, str]:
         generation = self.cache.generation
+        base = fhir_base(request, self.base_url)
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
         with self.sessions() as session:
             body = self.search(key[1], pairs, request, session, base)

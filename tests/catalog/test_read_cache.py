@@ -73,3 +73,19 @@ def test_transaction_writes_are_seen_by_the_next_read(client: TestClient):
     response = client.post("/fhir", json=bundle, headers=FHIR_JSON)
     assert response.status_code == 200, response.text
     assert client.get(path).json()["title"] == "In a transaction"
+
+
+def test_a_cached_search_keeps_the_links_of_the_host_it_was_asked_at(client: TestClient):
+    """Without a configured BASE_URL a search's links are made from the request's Host: a search cached for one
+    host is never served to another, and each host's answer is cached on its own."""
+    create(client, activity_definition(name=(name := unique())))
+    query = f"/fhir/ActivityDefinition?name={name}"
+
+    def links(host: str) -> set[str]:
+        bundle = client.get(query, headers={"Host": host}).json()
+        return {link["url"] for link in bundle["link"]} | {entry["fullUrl"] for entry in bundle["entry"]}
+
+    first, other, again = links("ehr-a.example"), links("ehr-b.example:8443"), links("ehr-a.example")
+    assert all(url.startswith("http://ehr-a.example/fhir/") for url in first)
+    assert all(url.startswith("http://ehr-b.example:8443/fhir/") for url in other)
+    assert again == first
