@@ -97,7 +97,9 @@ class FhirEdgeMiddleware:
                                    f"{self.max_body_bytes} bytes")
         if scope["path"].startswith(self.fhir_prefix):
             raw_query = scope.get("query_string", b"")
-            format_param = parse_qs(raw_query.decode("latin-1")).get("_format", [None])[0] if raw_query else None
+            # Only a query that names `_format`, or may name it percent-encoded, is parsed here: most do neither.
+            format_param = parse_qs(raw_query.decode("latin-1")).get("_format", [None])[0] \
+                if b"_format" in raw_query or b"%" in raw_query else None
             try:
                 check_acceptable(headers.get("accept"), format_param)
                 scope[REQUEST_SCOPE_KEY] = parse_cached(scope["method"], scope["path"], prefix=self.fhir_prefix)

@@ -99,6 +99,8 @@ def test_format_xml_is_406_and_format_json_is_served(client, r4_validator):
     response = client.get("/fhir/metadata?_format=json", headers={"accept": "application/fhir+xml"})
     assert response.status_code == 200
     assert response.json()["resourceType"] == "CapabilityStatement"
+    assert_outcome(client.get("/fhir/metadata?%5Fformat=xml"), 406, r4_validator)  # the name percent-encoded
+    assert_outcome(client.get("/fhir/metadata?%5F%66ormat=xml"), 406, r4_validator)
 
 
 def test_generic_json_accept_gets_fhir_json(client):
