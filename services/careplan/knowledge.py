@@ -217,8 +217,7 @@ class Knowledge:
         screening = await self.catalog.derived("/PlanDefinition", [
             ("type", f"{PLAN_TYPE_SYSTEM}|eca-rule"), ("status", "active"), ("_count", "100")], "rules", _plans)
         return Protocol(plan=plan, activities=activities, medications=medications, classes=classes,
-                        screening=screening, contraindications=contraindications,
-                        terms=terms)
+                        screening=screening, contraindications=contraindications, terms=terms)
 
 
 @dataclass(frozen=True)
