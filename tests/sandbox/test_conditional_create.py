@@ -69,6 +69,21 @@ def test_conditional_create_of_an_invalid_resource_is_400_even_when_it_matches(f
     assert response.status_code == 400
 
 
+def test_conditional_create_of_an_invalid_resource_without_a_match_is_400_and_stores_nothing(ehr_sandbox, fhir):
+    """Validated once, before the search: what it creates when nothing matches was checked all the same."""
+    invalid = careplan()
+    del invalid["intent"]
+
+    response = fhir.post("/CarePlan", invalid, headers={"If-None-Exist": CRITERIA})
+    in_bundle = fhir.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": invalid, "request": {"method": "POST", "url": "CarePlan", "ifNoneExist": CRITERIA}}]})
+
+    assert response.status_code == 400
+    assert in_bundle.status_code == 400
+    assert "intent" in issue_text(response.json()) and "intent" in issue_text(in_bundle.json())
+    assert ehr_sandbox.store() == []
+
+
 def test_provenance_is_made_idempotent_with_a_tag(ehr_sandbox, fhir):
     from tests.sandbox.conftest import provenance
 

@@ -12,6 +12,8 @@
  * - an unknown search parameter       -> 400. Conditional create (`If-None-Exist`, `ifNoneExist`) searches through
  *   silently matches nothing             here too, so a typo there is a 400 instead of a duplicate resource;
  * - `withTransaction` has no rollback -> the outermost call snapshots the store and restores it on any error;
+ * - a conditional create is validated before its search, so that an invalid request is refused even when it
+ *   matches; the version it then stores (the same resource with the server's id and meta) is not validated again;
  * - `readHistory` reverses its stored history array in place -> it reads a copy;
  * - search evaluates FHIRPath on every stored resource (slow: tens of ms per search with a few hundred resources,
  *   and every conditional create searches twice) -> token searches (`identifier=`, `_tag=`, the keys of
@@ -44,6 +46,8 @@ const IGNORED_SEARCH_FEATURES = {
 
 class SandboxRepository extends MemoryRepository {
   #transactionDepth = 0;
+  /** Candidates `conditionalCreate` validated, which medplum's conditionalCreate then hands to createResource. */
+  #validated = new WeakSet();
 
   constructor() {
     super();
@@ -53,7 +57,8 @@ class SandboxRepository extends MemoryRepository {
   }
 
   async createResource(resource, options) {
-    return this.#store(options?.assignedId ? resource : withoutId(resource));
+    const validated = this.#validated.delete(resource);
+    return this.#store(options?.assignedId ? resource : withoutId(resource), validated);
   }
 
   async conditionalCreate(resource, search, options) {
@@ -66,6 +71,7 @@ class SandboxRepository extends MemoryRepository {
     const candidate = options?.assignedId ? resource : withoutId(resource);
     // Validate even when a match means nothing gets written: an invalid request is invalid either way.
     validate(candidate);
+    this.#validated.add(candidate);
     return super.conditionalCreate(candidate, search, options);
   }
 
@@ -141,8 +147,9 @@ class SandboxRepository extends MemoryRepository {
     return maps.flatMap((byId) => [...byId.values()].map(deepClone));
   }
 
-  /** Validates and stores a new version, with the server's own versionId and lastUpdated. */
-  async #store(resource) {
+  /** Validates and stores a new version, with the server's own versionId and lastUpdated (`validated`: the
+   * resource was validated just before, and only the server's id and meta are added to it here). */
+  async #store(resource, validated = false) {
     const previousVersions = this.history.get(resource.resourceType)?.get(resource.id)?.length ?? 0;
     const { resourceType, id, meta, ...content } = deepClone(resource);
     const next = {
@@ -151,7 +158,9 @@ class SandboxRepository extends MemoryRepository {
       meta: { ...meta, versionId: String(previousVersions + 1), lastUpdated: new Date().toISOString() },
       ...content,
     };
-    validate(next);
+    if (!validated) {
+      validate(next);
+    }
     return super.createResource(next);
   }
 
