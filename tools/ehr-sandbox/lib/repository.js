@@ -12,8 +12,6 @@
  * - an unknown search parameter       -> 400. Conditional create (`If-None-Exist`, `ifNoneExist`) searches through
  *   silently matches nothing             here too, so a typo there is a 400 instead of a duplicate resource;
  * - `withTransaction` has no rollback -> the outermost call snapshots the store and restores it on any error;
- * - a conditional create is validated before its search, so that an invalid request is refused even when it
- *   matches; the version it then stores (the same resource with the server's id and meta) is not validated again;
  * - `readHistory` reverses its stored history array in place -> it reads a copy;
  * - search evaluates FHIRPath on every stored resource (slow: tens of ms per search with a few hundred resources,
  *   and every conditional create searches twice) -> token searches (`identifier=`, `_tag=`, the keys of
@@ -69,7 +67,9 @@ class SandboxRepository extends MemoryRepository {
       );
     }
     const candidate = options?.assignedId ? resource : withoutId(resource);
-    // Validate even when a match means nothing gets written: an invalid request is invalid either way.
+    // Validate even when a match means nothing gets written: an invalid request is invalid either way. What it
+    // creates when nothing matches is this candidate with the server's id and meta, so `#store` does not check it
+    // a second time.
     validate(candidate);
     this.#validated.add(candidate);
     return super.conditionalCreate(candidate, search, options);
