@@ -258,7 +258,8 @@ class Schedule:
 
 def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: CoursePlan) -> Schedule:
     """Place every procedure's sessions series by series until `course.end` (one series when it is None)."""
-    book = _Bookings(calendar, {p.key: p for p in procedures})
+    lookup = {p.key: p for p in procedures}
+    book = _Bookings(calendar, lookup)
     result = Schedule(sessions={p.key: [] for p in procedures}, max_visits_per_week=calendar.max_visits_per_week)
     order_of = {p.key: n for n, p in enumerate(procedures)}
     result.kept_apart = {pair: book.gaps[pair[0]][pair[1]] for pair in sorted(
@@ -266,7 +267,6 @@ def schedule(procedures: Sequence[Procedure], calendar: ClinicCalendar, course: 
          if key in order_of and other in order_of and order_of[key] < order_of[other]),
         key=lambda pair: (order_of[pair[0]], order_of[pair[1]]))}
     ranked = sorted(procedures, key=lambda p: p.rank)  # stable: protocol order within a rank
-    lookup = {p.key: p for p in procedures}
     start = calendar.next_open_day(course.start).toordinal()
     course_end = course.end.toordinal() if course.end else None
     last_allowed = course_end or course.start.toordinal() + MAX_HORIZON_DAYS
