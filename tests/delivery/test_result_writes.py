@@ -129,6 +129,51 @@ def test_a_result_whose_lease_was_taken_over_is_not_written(engine):
     assert (row.state, row.claimed_by, row.lease, row.ambiguous) == ("sending", "w2", again.lease, True)
 
 
+def test_results_writing_the_same_columns_go_as_one_statement_and_a_lost_lease_is_told_apart(engine):
+    """Three successes and a retry: the successes are one executemany. The second success's lease was taken over,
+    so the row count falls short and the rows are read back: only that one is reported unwritten, and only the
+    written ones run their finish hook."""
+    bulk_plans(engine, 4)
+    taken = claims.claim(engine, worker="w1", limit=8, lease_seconds=60)
+    lost = taken[1].delivery.id
+    with Session(engine) as session:  # its lease ran out and another worker claimed the row
+        row = session.get(Delivery, lost)
+        assert row is not None
+        row.claimed_until = row.claimed_until - timedelta(hours=1)  # type: ignore[operator]
+        session.add(row)
+        session.commit()
+    [again] = claims.claim(engine, worker="w2", limit=8, lease_seconds=60)
+    hooked: list[str] = []
+
+    def success(claim: claims.Claim) -> claims.Result:
+        return claims.success(claim, shape="transaction", ehr_type="CarePlan", ehr_id=f"e-{claim.delivery.id}",
+                              ehr_version="1", outputs=[], readback=[], attempts=1,
+                              then=lambda _connection: hooked.append(claim.delivery.id))
+
+    results = [success(taken[0]), success(taken[1]), success(taken[2]),
+               claims.retry(taken[3], attempts=1, next_attempt_at=utcnow(), ambiguous=False, error="503",
+                            status=503, shape=None)]
+    statements: list[tuple[str, bool]] = []
+
+    def sent(_connection, _cursor, statement, _parameters, _context, many) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            statements.append((statement, many))
+
+    event.listen(engine, "before_cursor_execute", sent)
+    try:
+        with engine.connect() as connection:
+            written, _ = claims.record_and_claim(connection, results, worker="w1", limit=0, lease_seconds=60)
+    finally:
+        event.remove(engine, "before_cursor_execute", sent)
+
+    assert written == [True, False, True, True]
+    assert hooked == [taken[0].delivery.id, taken[2].delivery.id]
+    assert [many for _, many in statements] == [True, False], "the successes together, the retry alone"
+    rows = {row.id: row for row in deliveries(engine)}
+    assert [rows[c.delivery.id].state for c in taken] == ["completed", "sending", "completed", "pending"]
+    assert (rows[lost].claimed_by, rows[lost].lease) == ("w2", again.lease)
+
+
 @pytest.mark.sandbox
 def test_a_finish_hook_that_fails_holds_back_only_its_own_delivery(engine, database_url, ehr_sandbox):
     plans = bulk_plans(engine, 6)

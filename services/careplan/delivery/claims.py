@@ -28,7 +28,7 @@ from services.careplan.delivery.outbox import (
     PENDING,
     Delivery,
 )
-from services.careplan.leases import AfterFinish, LeasedQueue
+from services.careplan.leases import AfterFinish, Finish, LeasedQueue
 from services.fhir.store import as_utc, utcnow
 
 QUEUE = LeasedQueue(Delivery, group="careplan_id", order="careplan_version")
@@ -79,7 +79,8 @@ def record_and_claim(connection: Connection, results: list[Result], *, worker: s
     The results go first, so a completed version frees the plan's next version for this very claim.
     Whether each result was written (the lease still ours) comes back in order, with the claims."""
     with Session(bind=connection, expire_on_commit=False) as session:
-        written = [write(session.connection(), result) for result in results]
+        written = QUEUE.finish_many_in(session.connection(), [
+            Finish(result.claim.delivery.id, result.claim.lease, result.values, result.then) for result in results])
         rows = QUEUE.claim_in(session, worker=worker, limit=limit, lease_seconds=lease_seconds) if limit > 0 else []
         session.commit()
     return written, [Claim(row, row.lease, row.ambiguous) for row in rows]
