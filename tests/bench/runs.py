@@ -110,7 +110,8 @@ def run_all(wanted: set[str], *, quick: bool, full: bool = False, figures: list[
                                              total=sizes.memory_requests, connections=64))
             progress.done("figure 7 (catalog memory)")
         if "5" in wanted:
-            figures.append(delivery.figure_delivery(server, plans=sizes.delivery_plans, env=careplan_env))
+            figures.append(delivery.figure_delivery(server, plans=sizes.delivery_plans, rounds=sizes.rounds,
+                                                    env=careplan_env))
             progress.done("figure 5 (delivery)")
         if "10" in wanted:
             figures.append(subscriptions.figure_fan_out(server, subscriptions=sizes.subscriptions, env=careplan_env))
