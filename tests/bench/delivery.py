@@ -1,10 +1,10 @@
 """Figure 5: delivery throughput of `cicatrix dispatch` against the EHR sandbox with 20 ms added latency.
 
-Plans are queued by `$generate` with the embedded dispatcher off, then drained by 1 `cicatrix dispatch
---drain` worker (context), and by 4 in each of `rounds` rounds. Throughput is plans over the time between the
-first attempt and the last finished delivery (from the outbox rows; the rows fall due only once every process
-has logged that it started, so start-up is not counted). Before each drain the outbox rows are set pending
-again and the sandbox emptied. The baseline is the sandbox's own accept rate for the very transaction Bundles
+Plans are queued by `$generate` with the embedded dispatcher off, then drained by 1 `cicatrix dispatch`
+worker (context), and by 4 in each of `rounds` rounds (the same four processes, started once). Throughput is
+plans over the time between the first attempt and the last finished delivery (from the outbox rows; the rows
+fall due only once every process has logged that it started, so start-up is not counted). Before each drain
+the outbox rows are set pending again and the sandbox emptied. The baseline is the sandbox's own accept rate for the very transaction Bundles
 the dispatchers sent (taken from its request log), posted directly by the load generator with as many
 connections as the 4 dispatchers keep in flight, with the same headers: before the first round and after each.
 A round's ratio is its 4 dispatchers' rate over the mean of the baselines just before and just after it, and
@@ -21,6 +21,7 @@ without taskset, both share what there is and the figure says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -71,32 +73,55 @@ def _configure(ehr: stack.Server) -> None:
     httpx.post(f"{ehr.base}/_control/config", json={"latencyMs": LATENCY_MS}).raise_for_status()
 
 
-def _drain(url: str, env: dict[str, str], workers: int) -> float:
-    """Run `workers` dispatchers until the outbox is empty; plans per second from the outbox rows.
+@contextlib.contextmanager
+def _dispatchers(url: str, env: dict[str, str], workers: int) -> Iterator[Callable[[], float]]:
+    """`workers` `cicatrix dispatch` processes, started once for all the rounds they drain, and the function that
+    drains the outbox with them (see `_drain`); they are stopped with SIGTERM at the end.
 
-    The rows fall due, with the NOTIFY that wakes the dispatchers, only once every dispatcher has started: four
-    processes importing on one core take seconds, which are not delivery time."""
+    Pending rows are held until every dispatcher has started: four processes importing on one core take seconds,
+    which are not delivery time, and which a new start for every round would add to the run."""
     _hold(url)
-    command = pinned(DISPATCHER_CORE, [sys.executable, "-m", "services.cli", "dispatch", "--drain"])
+    command = pinned(DISPATCHER_CORE, [sys.executable, "-m", "services.cli", "dispatch"])
     logs = [stack.LOGS / f"dispatch-{workers}-{i}.log" for i in range(workers)]
     processes = [subprocess.Popen(command, cwd=stack.ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                   stderr=open(log, "wb"))  # noqa: SIM115
                  for log in logs]
-    deadline = time.monotonic() + 120
-    while not all(STARTED in log.read_bytes() for log in logs):
-        if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
-            raise RuntimeError(f"the dispatchers did not all start; see {', '.join(str(log) for log in logs)}")
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(STARTED in log.read_bytes() for log in logs):
+            if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+                raise RuntimeError(f"the dispatchers did not all start; see {', '.join(str(log) for log in logs)}")
+            time.sleep(0.1)
+        yield lambda: _drain(url, processes)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _drain(url: str, processes: list[subprocess.Popen[bytes]]) -> float:
+    """Release the held rows and wait until none is open; plans per second from the outbox rows: plans over the
+    time between the first attempt and the last finished delivery."""
     _release(url)
-    for process in processes:
-        if process.wait(timeout=600) != 0:
-            raise RuntimeError(f"cicatrix dispatch exited with {process.returncode}")
     engine = create_engine(url)
-    with engine.connect() as connection:
-        row = connection.execute(text(
-            "SELECT count(*) FILTER (WHERE state = 'completed'), count(*), "
-            "extract(epoch FROM max(finished_at) - min(first_attempt_at)) FROM careplan_delivery")).one()
-    engine.dispose()
+    deadline = time.monotonic() + 600
+    try:
+        with engine.connect() as connection:
+            while connection.execute(text(
+                    "SELECT count(*) FROM careplan_delivery WHERE state IN ('pending', 'sending')")).scalar_one():
+                connection.rollback()
+                if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+                    raise RuntimeError("the dispatchers did not drain the outbox; see bench-results/logs")
+                time.sleep(0.1)
+            row = connection.execute(text(
+                "SELECT count(*) FILTER (WHERE state = 'completed'), count(*), "
+                "extract(epoch FROM max(finished_at) - min(first_attempt_at)) FROM careplan_delivery")).one()
+    finally:
+        engine.dispose()
     completed, total, seconds = row
     if completed != total:
         raise RuntimeError(f"{total - completed} of {total} deliveries did not complete; see bench-results/logs")
@@ -122,10 +147,12 @@ def _release(url: str) -> None:
 
 
 def _requeue(url: str) -> None:
+    """Every delivery pending again as it was queued, held like `_hold` until `_release`."""
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(text(
-            "UPDATE careplan_delivery SET state = 'pending', attempts = 0, next_attempt_at = now(), "
+            "UPDATE careplan_delivery SET state = 'pending', attempts = 0, "
+            "next_attempt_at = now() + interval '1 hour', "
             "first_attempt_at = NULL, finished_at = NULL, claimed_by = NULL, claimed_until = NULL, "
             "ambiguous = false, last_status = NULL, last_error = NULL, outcome = NULL, ehr_type = NULL, "
             "ehr_id = NULL, ehr_version = NULL, ehr_outputs = NULL, readback = NULL, shape = NULL"))
@@ -158,15 +185,19 @@ def figure_delivery(catalog_server: stack.Server, *, plans: int, rounds: int, en
                                 total=plans)
             ok_statuses(queued, ("201",))
         _configure(ehr)
-        one = _drain(url, settings, 1)
+        with _dispatchers(url, settings, 1) as drain:
+            one = drain()
         directs = [_direct(ehr, _sent(ehr))]
         fours: list[float] = []
-        for _ in range(rounds):
-            _requeue(url)
-            _configure(ehr)
-            fours.append(_drain(url, settings, 4))
-            bundles = _sent(ehr)
-            directs.append(_direct(ehr, bundles))
+        _requeue(url)
+        with _dispatchers(url, settings, 4) as drain:
+            for round_ in range(rounds):
+                if round_:
+                    _requeue(url)
+                _configure(ehr)
+                fours.append(drain())
+                bundles = _sent(ehr)
+                directs.append(_direct(ehr, bundles))
     rates = [direct["rps"] for direct in directs]
     ratios = [four / ((before + after) / 2) for four, before, after in zip(fours, rates, rates[1:], strict=False)]
     ratio = statistics.median(ratios)
