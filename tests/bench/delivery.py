@@ -1,17 +1,17 @@
 """Figure 5: delivery throughput of `cicatrix dispatch` against the EHR sandbox with 20 ms added latency.
 
-Plans are queued by `$generate` with the embedded dispatcher off, then drained by 1 `cicatrix dispatch`
-worker (context), and by 4 in each of `rounds` rounds (the same four processes, started once). Throughput is
-plans over the time between the first attempt and the last finished delivery (from the outbox rows; the rows
-fall due only once every process has logged that it started, so start-up is not counted). Before each drain
-the outbox rows are set pending again and the sandbox emptied. The baseline is the sandbox's own accept rate for the very transaction Bundles
-the dispatchers sent (taken from its request log), posted directly by the load generator with as many
-connections as the 4 dispatchers keep in flight, with the same headers: before the first round and after each.
-A round's ratio is its 4 dispatchers' rate over the mean of the baselines just before and just after it, and
-the figure is the median of the rounds' ratios, as `measure.alternate` pairs the other figures. The sandbox's
-JavaScript gets faster with every run (its CPU time per Bundle fell from about 6.1 to 5.2 ms over three runs
-of the same Bundles), so a baseline measured only after the dispatchers would be measured on a warmer sandbox
-than they were; and on a shared machine one drain of 300 plans lasts a few seconds, so a single round's
+Plans are queued by `$generate` with the embedded dispatcher off, then drained by 1 `cicatrix dispatch` worker
+(context), and by 4 in each of `rounds` rounds (the same four processes, started once). Throughput is plans over
+the time between the first attempt and the last finished delivery (from the outbox rows; the rows fall due only
+once every process has logged that it started, so start-up is not counted). Before each drain the outbox rows
+are set pending again and the sandbox emptied. The baseline is the sandbox's own accept rate for the very
+transaction Bundles the dispatchers sent (taken from its request log), posted directly by the load generator
+with as many connections as the 4 dispatchers keep in flight, with the same headers: before the first round and
+after each. A round's ratio is its 4 dispatchers' rate over the mean of the baselines just before and just after
+it, and the figure is the median of the rounds' ratios, as `measure.alternate` pairs the other figures. The
+sandbox's JavaScript gets faster with every run (its CPU time per Bundle fell from about 6.1 to 5.2 ms over
+three runs of the same Bundles), so a baseline measured only after the dispatchers would be measured on a warmer
+sandbox than they were; and on a shared machine one drain of 300 plans lasts a few seconds, so a single round's
 ratio moved by a fifth between runs of the same code.
 
 The sandbox runs on a core of its own (`taskset`), the dispatchers on the other, so the figure measures the
