@@ -192,8 +192,8 @@ class LeasedQueue:
         `worker`, `limit`): a statement built anew for every claim costs more than the database's work on it.
 
         A Core UPDATE on the table, from which the ORM loads the rows: an ORM-enabled UPDATE was copied for every
-        claim, and SQLAlchemy worked out the copy's cache key again (about 1 ms of CPU, more than the rest of the
-        claim)."""
+        claim, and SQLAlchemy worked out the copy's cache key again (0.5-0.8 ms of CPU a claim in process, against
+        1.4-1.6 ms for the rest of it with its commit)."""
         statement = self._statements.get(("claim", dialect))
         if statement is None:
             table, now = self._table, bindparam("now", type_=DateTime(timezone=True))
